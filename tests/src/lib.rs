@@ -1,0 +1,1 @@
+//! End-to-end harness: simulated nodes and pods in network namespaces.

@@ -1,0 +1,46 @@
+//! Where ztunnel's own sockets are made.
+//!
+//! Every socket ztunnel opens carries [`BYPASS_MARK`] so the capture hooks never take it. A
+//! [`SocketFactory`] decides in which network namespace a socket is created: the host's (tests,
+//! waypoints) or an enrolled pod's (`inpod` implements that one), so that outbound HBONE
+//! connections leave with the pod's own address and routing.
+
+use std::io;
+
+use tokio::net::TcpSocket;
+use ztunnel_common::constants::BYPASS_MARK;
+
+/// Makes the TCP sockets ztunnel uses to reach peers and applications.
+pub trait SocketFactory: Send + Sync + 'static {
+    /// A new, unbound, unconnected TCP socket for `ipv6` or IPv4, already marked with
+    /// [`BYPASS_MARK`].
+    fn new_tcp_socket(&self, ipv6: bool) -> io::Result<TcpSocket>;
+}
+
+/// Creates sockets in the network namespace ztunnel itself runs in.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostSocketFactory;
+
+impl SocketFactory for HostSocketFactory {
+    fn new_tcp_socket(&self, ipv6: bool) -> io::Result<TcpSocket> {
+        let socket = if ipv6 { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
+        set_mark(&socket, BYPASS_MARK)?;
+        Ok(socket)
+    }
+}
+
+/// Sets `SO_MARK` on a socket (needs `CAP_NET_ADMIN`; minimum kernel 2.6.25).
+pub fn set_mark(socket: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {
+    // SAFETY: the fd is a live socket owned by the caller; the option value is a valid u32 whose
+    // size is passed alongside it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
