@@ -10,7 +10,8 @@ use crate::{
     setup,
 };
 
-/// Options of `cargo xtask test`.
+/// Options of `cargo xtask test`. Cargo commands run on the workspace's default members: the
+/// eBPF crate builds only for the BPF target, through `ztunnel-user/build.rs`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
     /// Run only the tests whose name contains this text.
@@ -34,7 +35,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         eprintln!("test: cargo clippy --all-targets");
         run_checked(Command::new(&cargo).current_dir(&root).args([
             "clippy",
-            "--workspace",
             "--all-targets",
             "--",
             "--deny",
@@ -46,7 +46,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     eprintln!("test: unit tests and the end-to-end suite (as root), ZTUNNEL_BIN={}", binary.display());
     let mut test = Command::new(&cargo);
     test.current_dir(&root)
-        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(["test", "--no-fail-fast"])
         .env("ZTUNNEL_BIN", &binary);
     if let Some(filter) = &args.filter {
         test.arg("--").arg(filter);
