@@ -70,7 +70,11 @@ impl std::error::Error for PluginFailure {}
 
 impl CniRuntime {
     /// A runtime for `conflist`, running plugins from `plugin_path` inside netns `node_netns`.
-    pub fn new(conflist: Value, plugin_path: Vec<PathBuf>, node_netns: impl Into<String>) -> anyhow::Result<Self> {
+    pub fn new(
+        conflist: Value,
+        plugin_path: Vec<PathBuf>,
+        node_netns: impl Into<String>,
+    ) -> anyhow::Result<Self> {
         let plugins = conflist
             .get("plugins")
             .and_then(Value::as_array)
@@ -90,8 +94,12 @@ impl CniRuntime {
         let mut previous: Option<Value> = None;
         for plugin in self.plugins() {
             let result = self.invoke("ADD", plugin, pod, previous.as_ref())?;
-            let parsed: Value = serde_json::from_slice(&result)
-                .with_context(|| format!("plugin {} printed a result that is not JSON", plugin_type(plugin)))?;
+            let parsed: Value = serde_json::from_slice(&result).with_context(|| {
+                format!(
+                    "plugin {} printed a result that is not JSON",
+                    plugin_type(plugin)
+                )
+            })?;
             previous = Some(parsed);
         }
         previous.context("the chain produced no result")
@@ -202,13 +210,22 @@ impl CniRuntime {
 }
 
 fn plugin_type(plugin: &Value) -> &str {
-    plugin.get("type").and_then(Value::as_str).unwrap_or("<no type>")
+    plugin
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("<no type>")
 }
 
 /// A conflist that wires pods to a node the way a simple primary CNI does: `ptp` with
 /// `host-local` IPAM from `pod_subnet`, routes only for the simulated cluster range (nothing
 /// routes out), IPAM state under `ipam_dir`, then `chained` plugins (ours comes last).
-pub fn ptp_conflist(network: &str, pod_subnet: &str, cluster_range: &str, ipam_dir: &Path, chained: &[Value]) -> Value {
+pub fn ptp_conflist(
+    network: &str,
+    pod_subnet: &str,
+    cluster_range: &str,
+    ipam_dir: &Path,
+    chained: &[Value],
+) -> Value {
     let mut plugins = vec![json!({
         "type": "ptp",
         "ipMasq": false,

@@ -45,7 +45,6 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-
 fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -73,10 +72,14 @@ fn check_kernel() -> anyhow::Result<()> {
         missing.push("kernel BTF at /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF)");
     }
     if cgroup2_mount()?.is_none() {
-        missing.push("a mounted cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup/unified)");
+        missing
+            .push("a mounted cgroup v2 hierarchy (mount -t cgroup2 none /sys/fs/cgroup/unified)");
     }
     if !missing.is_empty() {
-        bail!("this kernel lacks what ztunnel needs: {}", missing.join(", "));
+        bail!(
+            "this kernel lacks what ztunnel needs: {}",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
@@ -102,10 +105,12 @@ fn install_debian_packages() -> anyhow::Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     run_checked(Command::new("apt-get").arg("update").arg("-q"))
         .context("apt-get update failed: is the Debian mirror reachable?")?;
-    run_checked(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
     .with_context(|| format!("cannot install Debian packages {}", missing.join(" ")))?;
     Ok(())
 }
@@ -128,7 +133,13 @@ fn install_nightly_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("setup: adding rust-src to the nightly toolchain");
-    run_checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run_checked(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// The nightly toolchain's sysroot and LLVM major version, as bpf-linker must match them.
@@ -190,11 +201,19 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         "setup: building bpf-linker against the nightly's LLVM {} (a few minutes)",
         llvm.major
     );
-    run_checked(Command::new("cargo")
-        .args(["+stable", "install", "bpf-linker", "--force", "--no-default-features"])
-        .arg("--features")
-        .arg(format!("llvm-{}", llvm.major))
-        .env("LLVM_PREFIX", &prefix))
+    run_checked(
+        Command::new("cargo")
+            .args([
+                "+stable",
+                "install",
+                "bpf-linker",
+                "--force",
+                "--no-default-features",
+            ])
+            .arg("--features")
+            .arg(format!("llvm-{}", llvm.major))
+            .env("LLVM_PREFIX", &prefix),
+    )
     .context("cannot build bpf-linker (see cargo's output above)")?;
     fs::write(&stamp_path, stamp)
         .with_context(|| format!("cannot write {}", stamp_path.display()))?;
@@ -224,7 +243,9 @@ fn llvm_prefix(llvm: &NightlyLlvm, cargo_home: &Path) -> anyhow::Result<PathBuf>
     let prefix = cargo_home.join(format!("bpf-linker-llvm-{}", llvm.major));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("cannot create {}", lib.display()))?;
-    let soname = library.file_name().context("libLLVM path has no file name")?;
+    let soname = library
+        .file_name()
+        .context("libLLVM path has no file name")?;
     for name in [Path::new("libLLVM.so"), Path::new(soname)] {
         let link = lib.join(name);
         let _ = fs::remove_file(&link);

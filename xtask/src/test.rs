@@ -27,9 +27,17 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
     eprintln!("test: building the ztunnel binary");
-    run_checked(Command::new(&cargo).current_dir(&root).args(["build", "--package", "ztunnel-user"]))?;
+    run_checked(Command::new(&cargo).current_dir(&root).args([
+        "build",
+        "--package",
+        "ztunnel-user",
+    ]))?;
     let binary = target_dir(&root).join("debug/ztunnel");
-    anyhow::ensure!(binary.exists(), "the build produced no {}", binary.display());
+    anyhow::ensure!(
+        binary.exists(),
+        "the build produced no {}",
+        binary.display()
+    );
 
     if !args.no_clippy {
         eprintln!("test: cargo clippy --all-targets");
@@ -43,7 +51,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         .context("clippy found problems")?;
     }
 
-    eprintln!("test: unit tests and the end-to-end suite (as root), ZTUNNEL_BIN={}", binary.display());
+    eprintln!(
+        "test: unit tests and the end-to-end suite (as root), ZTUNNEL_BIN={}",
+        binary.display()
+    );
     let mut test = Command::new(&cargo);
     test.current_dir(&root)
         .args(["test", "--no-fail-fast"])

@@ -3,5 +3,6 @@
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
 pub mod ebpf;
+pub mod enrollment;
 pub mod identity;
 pub mod socket;
