@@ -2,6 +2,7 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
+pub mod cni;
 pub mod ebpf;
 pub mod enrollment;
 pub mod identity;

@@ -16,7 +16,22 @@ enum Command {
     Version,
 }
 
+/// Whether this process was started under the CNI plugin's name.
+fn invoked_as_cni_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|name| name == ztunnel::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as_cni_plugin() {
+        std::process::exit(i32::from(ztunnel::cni::main()));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Version => {

@@ -38,6 +38,13 @@ pub enum Request {
         /// The pod.
         pod: PodRef,
     },
+    /// Answer `Ok` only if this pod is enrolled with these addresses and being served.
+    Check {
+        /// The pod.
+        pod: PodRef,
+        /// The addresses it should be enrolled with.
+        ips: Vec<IpAddr>,
+    },
 }
 
 /// ztunnel's answer.

@@ -37,6 +37,12 @@ pub trait EnrollmentHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Unenroll the pod; unknown pods succeed.
     fn unenroll(&self, pod: PodRef) -> impl Future<Output = Result<(), String>> + Send;
+    /// Succeed only if the pod is enrolled with `ips` and its listeners are open.
+    fn check(
+        &self,
+        pod: PodRef,
+        ips: Vec<IpAddr>,
+    ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 /// The listening enrollment socket.
@@ -126,6 +132,7 @@ async fn serve_one<H: EnrollmentHandler>(
             info!(pod = %pod.name, namespace = %pod.namespace, "unenrolling pod");
             handler.unenroll(pod).await
         }
+        Request::Check { pod, ips } => handler.check(pod, ips).await,
     };
     let reply = match outcome {
         Ok(()) => Reply::Ok,

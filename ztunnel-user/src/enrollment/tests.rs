@@ -38,6 +38,15 @@ impl EnrollmentHandler for Recorder {
         Ok(())
     }
 
+    async fn check(&self, pod: PodRef, _ips: Vec<IpAddr>) -> Result<(), String> {
+        let enrolled = self.enrolled.lock().map_err(|_| "poisoned")?;
+        if enrolled.iter().any(|(known, _, _)| *known == pod) {
+            Ok(())
+        } else {
+            Err("not enrolled".into())
+        }
+    }
+
     async fn unenroll(&self, pod: PodRef) -> Result<(), String> {
         self.unenrolled.lock().map_err(|_| "poisoned")?.push(pod);
         Ok(())
@@ -77,6 +86,13 @@ async fn enroll_carries_the_netns_descriptor_and_waits_for_the_answer() {
             client.send(&enroll("sleep"), Some(netns.as_fd())),
             client.send(&enroll("refuse-me"), Some(netns.as_fd())),
             client.send(&enroll("no-fd"), None),
+            client.send(
+                &Request::Check {
+                    pod: pod("sleep"),
+                    ips: vec![],
+                },
+                None,
+            ),
             client.send(&Request::Unenroll { pod: pod("sleep") }, None),
         )
     })
@@ -93,7 +109,8 @@ async fn enroll_carries_the_netns_descriptor_and_waits_for_the_answer() {
     assert!(
         matches!(outcomes.2, Err(EnrollmentError::Refused(ref message)) if message.contains("file descriptor"))
     );
-    assert!(outcomes.3.is_ok());
+    assert!(outcomes.3.is_ok(), "check of an enrolled pod");
+    assert!(outcomes.4.is_ok());
     let enrolled = recorder.enrolled.lock().unwrap();
     assert_eq!(enrolled.len(), 1);
     assert_eq!(enrolled[0].0, pod("sleep"));
