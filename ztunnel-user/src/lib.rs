@@ -2,6 +2,10 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
+pub mod admin;
+pub mod authz;
+pub mod config;
 pub mod ebpf;
 pub mod identity;
 pub mod socket;
+pub mod state;

@@ -1,0 +1,1 @@
+//! Admin, metrics and readiness servers.

@@ -1,0 +1,159 @@
+//! Reload on change: the file is polled, and a changed file that parses and checks out replaces
+//! the state; one that does not is logged and the last good state stays in force.
+//!
+//! Polling the content (not inotify) also sees Kubernetes ConfigMap updates, which swap a
+//! symlink rather than write the file, and costs one small read per interval.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use super::{ConfigError, parse};
+use crate::state::{State, StateError, StateHandle};
+
+/// How often the file is checked by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The result of the latest reload attempt, for whoever waits on one (tests, the admin page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// Counts attempts, starting at 0 for the initial load.
+    pub attempt: u64,
+    /// `Ok(summary)` when applied, `Err(message)` when rejected.
+    pub result: Result<String, String>,
+}
+
+/// Watches one configuration file and keeps a [`StateHandle`] up to date with it.
+#[derive(Debug)]
+pub struct Reloader {
+    path: PathBuf,
+    state: StateHandle,
+    last_seen: Mutex<Option<String>>,
+    outcome: watch::Sender<ReloadOutcome>,
+}
+
+/// A one-line description of a state, e.g. `3 workloads, 1 services, 2 policies`.
+pub fn summary(state: &State) -> String {
+    format!(
+        "{} workloads, {} services, {} policies",
+        state.workloads().count(),
+        state.services().count(),
+        state.policies().count()
+    )
+}
+
+impl Reloader {
+    /// Loads `path` (which must be valid: a daemon does not start on a bad file) into a new
+    /// state handle, and returns the reloader that will keep it current.
+    pub fn start(path: &Path) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let state = build(&text, path)?;
+        let applied = summary(&state);
+        tracing::info!(path = %path.display(), config = %applied, "configuration loaded");
+        let (outcome, _) = watch::channel(ReloadOutcome {
+            attempt: 0,
+            result: Ok(applied),
+        });
+        Ok(Self {
+            path: path.to_owned(),
+            state: StateHandle::new(state),
+            last_seen: Mutex::new(Some(text)),
+            outcome,
+        })
+    }
+
+    /// The handle the rest of the proxy reads the state from.
+    pub fn state(&self) -> StateHandle {
+        self.state.clone()
+    }
+
+    /// Notified after every reload attempt.
+    pub fn subscribe(&self) -> watch::Receiver<ReloadOutcome> {
+        self.outcome.subscribe()
+    }
+
+    /// Re-reads the file if its content changed since the last look, and applies it if valid.
+    /// Returns `None` when nothing changed.
+    pub fn check_for_change(&self) -> Option<Result<String, ConfigError>> {
+        let text = match read(&self.path) {
+            Ok(text) => text,
+            Err(error) => {
+                // Reported once per distinct failure, not once per poll.
+                let mut last_seen = self.lock_last_seen();
+                if last_seen.is_some() {
+                    *last_seen = None;
+                    tracing::warn!(%error, "config file unreadable; keeping the last good configuration");
+                    self.publish(Err(error.to_string()));
+                }
+                return None;
+            }
+        };
+        {
+            let mut last_seen = self.lock_last_seen();
+            if last_seen.as_deref() == Some(text.as_str()) {
+                return None;
+            }
+            *last_seen = Some(text.clone());
+        }
+        let result = build(&text, &self.path).map(|state| {
+            let applied = summary(&state);
+            self.state.replace(state);
+            applied
+        });
+        match &result {
+            Ok(applied) => {
+                tracing::info!(path = %self.path.display(), config = %applied, "configuration reloaded")
+            }
+            Err(error) => tracing::error!(path = %self.path.display(), %error,
+                "configuration rejected; the last good configuration stays in force"),
+        }
+        self.publish(
+            result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(ToString::to_string),
+        );
+        Some(result)
+    }
+
+    /// Polls the file every `interval` until the task is dropped or aborted.
+    pub async fn run(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            // The outcome is logged and published by the check itself.
+            let _ = self.check_for_change();
+        }
+    }
+
+    fn publish(&self, result: Result<String, String>) {
+        self.outcome.send_modify(|outcome| {
+            outcome.attempt += 1;
+            outcome.result = result;
+        });
+    }
+
+    fn lock_last_seen(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn build(text: &str, path: &Path) -> Result<State, ConfigError> {
+    let origin = path.display().to_string();
+    let config = parse(text, &origin)?;
+    State::from_config(config).map_err(|source: StateError| ConfigError::Invalid { origin, source })
+}
