@@ -8,7 +8,10 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{self, EnumAccess, IgnoredAny, MapAccess, VariantAccess, Visitor},
+};
 
 use crate::identity::SpiffeId;
 
@@ -54,7 +57,10 @@ pub struct Policy {
 }
 
 /// A string condition on a namespace or principal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Written as Istio's ztunnel reads it, with a YAML tag (`!Exact ns1`, `!Presence []`), or as
+/// a one-key map (`{Exact: ns1}`, `{Presence: []}`), which reads better in hand-written files.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum StringMatch {
     /// Equal to the value.
     Exact(String),
@@ -64,6 +70,67 @@ pub enum StringMatch {
     Suffix(String),
     /// Present and non-empty (Istio's `*`).
     Presence(),
+}
+
+const STRING_MATCH_KINDS: &[&str] = &["Exact", "Prefix", "Suffix", "Presence"];
+
+struct StringMatchVisitor;
+
+impl StringMatchVisitor {
+    fn value<'de, A: VariantAccess<'de>>(kind: &str, value: A) -> Result<StringMatch, A::Error> {
+        Ok(match kind {
+            "Exact" => StringMatch::Exact(value.newtype_variant()?),
+            "Prefix" => StringMatch::Prefix(value.newtype_variant()?),
+            "Suffix" => StringMatch::Suffix(value.newtype_variant()?),
+            "Presence" => {
+                value.newtype_variant::<IgnoredAny>()?;
+                StringMatch::Presence()
+            }
+            other => return Err(de::Error::unknown_variant(other, STRING_MATCH_KINDS)),
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for StringMatchVisitor {
+    type Value = StringMatch;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .write_str("a string match: !Exact, !Prefix, !Suffix or !Presence (or a one-key map)")
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<StringMatch, A::Error> {
+        let (kind, value): (String, _) = data.variant()?;
+        Self::value(&kind, value)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringMatch, A::Error> {
+        let kind: String = map.next_key()?.ok_or_else(|| {
+            de::Error::invalid_length(0, &"one of Exact, Prefix, Suffix, Presence")
+        })?;
+        let matched = match kind.as_str() {
+            "Exact" => StringMatch::Exact(map.next_value()?),
+            "Prefix" => StringMatch::Prefix(map.next_value()?),
+            "Suffix" => StringMatch::Suffix(map.next_value()?),
+            "Presence" => {
+                map.next_value::<IgnoredAny>()?;
+                StringMatch::Presence()
+            }
+            other => return Err(de::Error::unknown_variant(other, STRING_MATCH_KINDS)),
+        };
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom(
+                "a string match has exactly one of Exact, Prefix, Suffix, Presence",
+            ));
+        }
+        Ok(matched)
+    }
+}
+
+impl<'de> Deserialize<'de> for StringMatch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StringMatchVisitor)
+    }
 }
 
 /// A condition on the peer's namespace and service account.
@@ -159,16 +226,15 @@ fn field_matches<T>(positive: &[T], negative: &[T], holds: impl Fn(&T) -> bool) 
 impl Match {
     /// Whether every condition this match sets holds for `peer`.
     pub fn matches(&self, peer: &Peer<'_>) -> bool {
-        // Istio matches principals without the scheme, and an absent identity as "".
-        let principal = peer
-            .identity
-            .map(|identity| {
-                identity
-                    .to_string()
-                    .trim_start_matches("spiffe://")
-                    .to_owned()
-            })
-            .unwrap_or_default();
+        // Istio matches principals without the scheme; no identity matches no principal
+        // (so only a `notPrincipals` condition can hold for plaintext), while the namespace
+        // of no identity is "".
+        let principal = peer.identity.map(|identity| {
+            format!(
+                "{}/ns/{}/sa/{}",
+                identity.trust_domain, identity.namespace, identity.service_account
+            )
+        });
         let namespace = peer
             .identity
             .map_or("", |identity| identity.namespace.as_str());
@@ -177,7 +243,9 @@ impl Match {
         }) && field_matches(&self.service_accounts, &self.not_service_accounts, |m| {
             m.matches(peer.identity)
         }) && field_matches(&self.principals, &self.not_principals, |m| {
-            m.matches(&principal)
+            principal
+                .as_deref()
+                .is_some_and(|principal| m.matches(principal))
         }) && field_matches(&self.source_ips, &self.not_source_ips, |net| {
             net.contains(&peer.source_ip)
         }) && field_matches(&self.destination_ips, &self.not_destination_ips, |net| {
