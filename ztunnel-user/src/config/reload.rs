@@ -13,7 +13,10 @@ use std::{
 use tokio::sync::watch;
 
 use super::{ConfigError, parse};
-use crate::state::{State, StateError, StateHandle};
+use crate::{
+    admin::Metrics,
+    state::{State, StateError, StateHandle},
+};
 
 /// How often the file is checked by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +37,7 @@ pub struct Reloader {
     state: StateHandle,
     last_seen: Mutex<Option<String>>,
     outcome: watch::Sender<ReloadOutcome>,
+    metrics: Option<Metrics>,
 }
 
 /// A one-line description of a state, e.g. `3 workloads, 1 services, 2 policies`.
@@ -63,7 +67,14 @@ impl Reloader {
             state: StateHandle::new(state),
             last_seen: Mutex::new(Some(text)),
             outcome,
+            metrics: None,
         })
+    }
+
+    /// Counts reload attempts in `metrics` (`ztunnel_config_reloads_total`).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The handle the rest of the proxy reads the state from.
@@ -111,6 +122,9 @@ impl Reloader {
             Err(error) => tracing::error!(path = %self.path.display(), %error,
                 "configuration rejected; the last good configuration stays in force"),
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.config_reload(result.is_ok());
+        }
         self.publish(
             result
                 .as_ref()
@@ -156,4 +170,157 @@ fn build(text: &str, path: &Path) -> Result<State, ConfigError> {
     let origin = path.display().to_string();
     let config = parse(text, &origin)?;
     State::from_config(config).map_err(|source: StateError| ConfigError::Invalid { origin, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    const ONE: &str = "workloads:\n- {name: a, namespace: ns, workloadIps: [198.18.0.1]}\n";
+    const TWO: &str = "workloads:\n- {name: b, namespace: ns, workloadIps: [198.18.0.2]}\n";
+    const UNSUPPORTED: &str = "workloads:\n- name: c\n  namespace: ns\n  nativeTunnel: true\n";
+
+    struct ConfigFile {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl ConfigFile {
+        fn new(text: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ztunnel.yaml");
+            let file = Self { _dir: dir, path };
+            file.write(text);
+            file
+        }
+
+        /// Replaces the file atomically, as a ConfigMap update does.
+        fn write(&self, text: &str) {
+            let staging = self.path.with_extension("new");
+            std::fs::write(&staging, text).unwrap();
+            std::fs::rename(&staging, &self.path).unwrap();
+        }
+    }
+
+    fn serves(state: &StateHandle, ip: &str) -> bool {
+        state
+            .snapshot()
+            .workload_by_ip(ip.parse::<IpAddr>().unwrap())
+            .is_some()
+    }
+
+    #[test]
+    fn a_change_takes_effect() {
+        let file = ConfigFile::new(ONE);
+        let reloader = Reloader::start(&file.path).unwrap();
+        let state = reloader.state();
+        assert!(serves(&state, "198.18.0.1"));
+        assert!(
+            reloader.check_for_change().is_none(),
+            "unchanged file is not reloaded"
+        );
+        file.write(TWO);
+        assert_eq!(
+            reloader.check_for_change().unwrap().unwrap(),
+            "1 workloads, 0 services, 0 policies"
+        );
+        assert!(serves(&state, "198.18.0.2") && !serves(&state, "198.18.0.1"));
+    }
+
+    #[test]
+    fn a_broken_file_is_rejected_and_the_old_state_keeps_serving() {
+        let file = ConfigFile::new(ONE);
+        let metrics = Metrics::new();
+        let reloader = Reloader::start(&file.path)
+            .unwrap()
+            .with_metrics(metrics.clone());
+        let state = reloader.state();
+        for broken in [
+            "workloads: [",
+            "workloads:\n- {namespace: ns, workloadIps: [bogus]}\n",
+            UNSUPPORTED,
+        ] {
+            file.write(broken);
+            let error = reloader.check_for_change().unwrap().unwrap_err();
+            assert!(error.to_string().contains("ztunnel.yaml"), "{error}");
+            assert!(
+                serves(&state, "198.18.0.1"),
+                "old state must stay after {broken:?}"
+            );
+        }
+        std::fs::remove_file(&file.path).unwrap();
+        assert!(reloader.check_for_change().is_none());
+        assert!(
+            serves(&state, "198.18.0.1"),
+            "old state must stay when the file disappears"
+        );
+        file.write(TWO);
+        assert!(reloader.check_for_change().unwrap().is_ok());
+        assert!(serves(&state, "198.18.0.2"));
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("ztunnel_config_reloads_total{result=\"rejected\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ztunnel_config_reloads_total{result=\"applied\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_unsupported_field_is_named() {
+        let file = ConfigFile::new(ONE);
+        let reloader = Reloader::start(&file.path).unwrap();
+        file.write(UNSUPPORTED);
+        let error = reloader.check_for_change().unwrap().unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::UnsupportedField { field, line: 4, .. } if field == "nativeTunnel"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("`nativeTunnel`"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_file_at_start_is_an_error() {
+        let file = ConfigFile::new(UNSUPPORTED);
+        let error = Reloader::start(&file.path).unwrap_err();
+        assert!(error.to_string().contains("nativeTunnel"), "{error}");
+    }
+
+    /// Waits until the reloader has published attempt number `attempt`.
+    async fn outcome(updates: &mut watch::Receiver<ReloadOutcome>, attempt: u64) -> ReloadOutcome {
+        let wait = updates.wait_for(|outcome| outcome.attempt >= attempt);
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(Ok(outcome)) => outcome.clone(),
+            other => panic!("reload attempt {attempt} not seen within 10s: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watcher_applies_changes_and_rejects_broken_files() {
+        let file = ConfigFile::new(ONE);
+        let reloader = Reloader::start(&file.path).unwrap();
+        let state = reloader.state();
+        let mut updates = reloader.subscribe();
+        let watcher = tokio::spawn(reloader.run(Duration::from_millis(10)));
+
+        file.write(TWO);
+        assert!(outcome(&mut updates, 1).await.result.is_ok());
+        assert!(serves(&state, "198.18.0.2"));
+
+        file.write(UNSUPPORTED);
+        let rejected = outcome(&mut updates, 2).await.result.unwrap_err();
+        assert!(
+            rejected.contains("nativeTunnel") && rejected.contains("line 4"),
+            "{rejected}"
+        );
+        assert!(
+            serves(&state, "198.18.0.2"),
+            "the last good state stays in force"
+        );
+        watcher.abort();
+    }
 }
