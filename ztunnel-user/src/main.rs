@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Print the size of the embedded kernel programs.
     Version,
+    /// Install the CNI plugin on this node (binary + chained conflist entry), or remove it.
+    InstallCni(ztunnel::cni::install::InstallArgs),
 }
 
 /// Whether this process was started under the CNI plugin's name.
@@ -34,6 +36,11 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     match cli.command {
+        Command::InstallCni(args) => {
+            for line in ztunnel::cni::install::run(&args)? {
+                println!("{line}");
+            }
+        }
         Command::Version => {
             println!(
                 "ztunnel {} ({} bytes of kernel programs embedded)",

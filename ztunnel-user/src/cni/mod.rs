@@ -2,6 +2,7 @@
 //! name `ztunnel-cni` (as the installer places it). It enrolls each new pod with the node's
 //! ztunnel and passes the primary plugin's result through unchanged.
 
+pub mod install;
 pub mod node;
 pub mod plugin;
 pub mod spec;
