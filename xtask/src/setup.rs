@@ -23,10 +23,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "nginx-light",
     "procps",
-    "python3-venv",
     "tcpdump",
     "tshark",
 ];
+
+/// Python packages the tests use, installed into a virtualenv under `target/`: the HBONE interop
+/// peer (an HTTP/2 implementation that is not ours) and the Kubernetes manifest validator.
+const PYTHON_PACKAGES: &[&str] = &["h2>=4.1,<5", "kubernetes-validate==1.37.0"];
 
 /// LLVM majors that the bpf-linker release we install can be built against.
 const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
@@ -41,6 +44,7 @@ pub fn run() -> anyhow::Result<()> {
     install_nightly_rust_src()?;
     install_bpf_linker()?;
     mount_node_bpffs()?;
+    install_python_packages()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -275,5 +279,34 @@ fn mount_node_bpffs() -> anyhow::Result<()> {
         );
     }
     eprintln!("setup: mounted bpffs on {NODE_BPFFS}");
+    Ok(())
+}
+
+/// The virtualenv the tests' Python tools live in.
+pub fn python_venv() -> PathBuf {
+    crate::command::workspace_root().join("target/python")
+}
+
+/// Creates the virtualenv and installs [`PYTHON_PACKAGES`] into it, unless a stamp says the same
+/// list is already installed.
+fn install_python_packages() -> anyhow::Result<()> {
+    let venv = python_venv();
+    let stamp_path = venv.join("ztunnel-packages");
+    let stamp = PYTHON_PACKAGES.join("\n");
+    if fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str())
+        && venv.join("bin/python").exists()
+    {
+        return Ok(());
+    }
+    eprintln!("setup: installing Python test tools into {}", venv.display());
+    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("cannot create a Python virtualenv (is python3 with the venv module installed?)")?;
+    run_checked(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )
+    .with_context(|| format!("cannot install {} from PyPI", PYTHON_PACKAGES.join(" ")))?;
+    fs::write(&stamp_path, stamp).with_context(|| format!("cannot write {}", stamp_path.display()))?;
     Ok(())
 }

@@ -58,7 +58,8 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let mut test = Command::new(&cargo);
     test.current_dir(&root)
         .args(["test", "--no-fail-fast"])
-        .env("ZTUNNEL_BIN", &binary);
+        .env("ZTUNNEL_BIN", &binary)
+        .env("ZTUNNEL_PYTHON", setup::python_venv().join("bin/python"));
     if let Some(filter) = &args.filter {
         test.arg("--").arg(filter);
     }
