@@ -212,3 +212,11 @@ fn missing_file_names_the_path() {
         "{error}"
     );
 }
+
+#[test]
+fn what_we_write_we_read_back() {
+    let config = parse(ISTIO_LOCAL, "istio-local.yaml").unwrap();
+    let written = serde_norway::to_string(&config).unwrap();
+    assert!(written.contains("!Exact example.org/ns/ns1/sa/sleep"), "Istio's tag form:\n{written}");
+    assert_eq!(parse(&written, "written.yaml").unwrap(), config, "{written}");
+}
