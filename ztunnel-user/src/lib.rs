@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod cni;
 pub mod config;
 pub mod ebpf;
 pub mod identity;
