@@ -5,12 +5,14 @@
 //! and line, never silently ignored: a policy or routing field that is not honoured would be
 //! a security or correctness surprise.
 
+pub mod check;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use check::{check, describe};
 pub use reload::{ReloadOutcome, Reloader};
 
 use crate::{
@@ -106,7 +108,10 @@ impl ConfigError {
 /// Parses configuration text; `origin` names it in errors (a path, or `<input>`).
 pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, ConfigError> {
     // An empty document (or only comments) is an empty mesh, not an error.
-    if text.lines().all(|line| line.trim().is_empty() || line.trim_start().starts_with('#')) {
+    if text
+        .lines()
+        .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
+    {
         return Ok(LocalConfig::default());
     }
     serde_norway::from_str(text).map_err(|error| describe_yaml_error(&error, origin))

@@ -22,6 +22,15 @@ pub enum Protocol {
     Hbone,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Hbone => "HBONE",
+        })
+    }
+}
+
 /// Whether a workload may receive traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HealthStatus {
