@@ -37,3 +37,20 @@ pub const MAX_PODS: u32 = 1024;
 pub const MAX_WORKLOADS: u32 = 4096;
 /// Capacity of each original-destination LRU map.
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65536;
+
+/// Program names (the kernel function names) the loader looks up and attaches.
+pub mod programs {
+    /// `cgroup/connect4` (`ztunnel-ebpf/src/connect.rs`).
+    pub const CONNECT4: &str = "connect4";
+    /// `cgroup/connect6` (`ztunnel-ebpf/src/connect.rs`).
+    pub const CONNECT6: &str = "connect6";
+    /// `sockops` (`ztunnel-ebpf/src/sockops.rs`).
+    pub const SOCKOPS: &str = "sockops_rekey";
+    /// `cgroup/getsockopt` (`ztunnel-ebpf/src/getsockopt.rs`).
+    pub const GETSOCKOPT: &str = "getsockopt";
+    /// TC ingress classifier (`ztunnel-ebpf/src/tc_ingress.rs`).
+    pub const TC_INGRESS: &str = "tc_ingress";
+}
+
+/// Name of aya-log's ring buffer; pinned too so every loader shares one log stream.
+pub const LOG_RING_BUFFER_MAP: &str = "AYA_LOGS";

@@ -4,6 +4,8 @@
 //! destination the way it would under iptables REDIRECT. Runs after the kernel's own handler
 //! (which fails with `ENOPROTOOPT`/`ENOENT` without conntrack) and overrides its result.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::bpf_sock, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
@@ -35,7 +37,7 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
         return PROCEED;
     }
     // SAFETY: `sk` is always set for sockopt programs.
-    let socket = unsafe { &*sockopt.__bindgen_anon_1.sk };
+    let socket = unsafe { sockopt.__bindgen_anon_1.sk };
     // SAFETY: valid for cgroup sockopt programs.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sockopt.cast()) };
     let key = accepted_connection_key(socket, netns_cookie);
@@ -70,19 +72,40 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
 
 /// The key `sockops` filed, seen from the accepted socket (local = proxy, remote = client).
 #[inline(always)]
-fn accepted_connection_key(socket: &bpf_sock, netns_cookie: u64) -> ConnectionKey {
-    let ipv4 = socket.family == AF_INET;
-    let (client_address, proxy_address) = if ipv4 {
-        (address_bytes([socket.dst_ip4, 0, 0, 0]), address_bytes([socket.src_ip4, 0, 0, 0]))
-    } else {
-        (address_bytes(socket.dst_ip6), address_bytes(socket.src_ip6))
+fn accepted_connection_key(socket: *const bpf_sock, netns_cookie: u64) -> ConnectionKey {
+    // Every socket field is read once with a volatile load at its own offset: the verifier
+    // forbids arithmetic on socket pointers, which the compiler otherwise emits.
+    // SAFETY: `socket` is the context's valid socket; each field is readable in sockopt programs.
+    let (family, src_ip4, dst_ip4, src_ip6, dst_ip6, src_port, dst_port) = unsafe {
+        (
+            read_volatile(&(*socket).family),
+            read_volatile(&(*socket).src_ip4),
+            read_volatile(&(*socket).dst_ip4),
+            [
+                read_volatile(&(*socket).src_ip6[0]),
+                read_volatile(&(*socket).src_ip6[1]),
+                read_volatile(&(*socket).src_ip6[2]),
+                read_volatile(&(*socket).src_ip6[3]),
+            ],
+            [
+                read_volatile(&(*socket).dst_ip6[0]),
+                read_volatile(&(*socket).dst_ip6[1]),
+                read_volatile(&(*socket).dst_ip6[2]),
+                read_volatile(&(*socket).dst_ip6[3]),
+            ],
+            read_volatile(&(*socket).src_port),
+            read_volatile(&(*socket).dst_port),
+        )
     };
+    let ipv4 = family == AF_INET;
+    let (client_words, proxy_words) =
+        if ipv4 { ([dst_ip4, 0, 0, 0], [src_ip4, 0, 0, 0]) } else { (dst_ip6, src_ip6) };
     ConnectionKey {
         netns_cookie,
-        client_address,
-        proxy_address,
-        client_port: u16::from_be(socket.dst_port),
-        proxy_port: socket.src_port as u16,
+        client_address: address_bytes(client_words),
+        proxy_address: address_bytes(proxy_words),
+        client_port: u16::from_be(dst_port),
+        proxy_port: src_port as u16,
         family: if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 },
         padding: 0,
     }

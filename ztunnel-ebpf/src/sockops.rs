@@ -6,6 +6,8 @@
 //! the 4-tuple (the accepted socket's cookie is not the client's). The entry is deleted when the
 //! application's socket closes.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
@@ -65,21 +67,40 @@ fn on_close(ctx: &SockOpsContext) {
 fn connection_key(ctx: &SockOpsContext) -> ConnectionKey {
     // SAFETY: netns cookie is valid for sock_ops programs (5.15).
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
-    let ipv4 = ctx.family() == AF_INET;
-    let (client_address, proxy_address) = if ipv4 {
+    // Every context field is read once, up front, with a volatile load: the verifier rejects
+    // loads through a context pointer the compiler has offset and carried across branches.
+    let ops = ctx.ops;
+    // SAFETY: `ops` is the valid context; each field is a readable sock_ops field.
+    let (family, local_ip4, remote_ip4, local_ip6, remote_ip6, local_port) = unsafe {
         (
-            address_bytes([ctx.local_ip4(), 0, 0, 0]),
-            address_bytes([ctx.remote_ip4(), 0, 0, 0]),
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            read_volatile(&(*ops).remote_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+            [
+                read_volatile(&(*ops).remote_ip6[0]),
+                read_volatile(&(*ops).remote_ip6[1]),
+                read_volatile(&(*ops).remote_ip6[2]),
+                read_volatile(&(*ops).remote_ip6[3]),
+            ],
+            read_volatile(&(*ops).local_port),
         )
-    } else {
-        (address_bytes(ctx.local_ip6()), address_bytes(ctx.remote_ip6()))
     };
+    let proxy_port = remote_port(ctx);
+    let ipv4 = family == AF_INET;
+    let (client_words, proxy_words) =
+        if ipv4 { ([local_ip4, 0, 0, 0], [remote_ip4, 0, 0, 0]) } else { (local_ip6, remote_ip6) };
     ConnectionKey {
         netns_cookie,
-        client_address,
-        proxy_address,
-        client_port: ctx.local_port() as u16,
-        proxy_port: remote_port(ctx),
+        client_address: address_bytes(client_words),
+        proxy_address: address_bytes(proxy_words),
+        client_port: local_port as u16,
+        proxy_port,
         family: if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 },
         padding: 0,
     }
@@ -89,5 +110,7 @@ fn connection_key(ctx: &SockOpsContext) -> ConnectionKey {
 /// `remote_port` on little-endian machines.
 #[inline(always)]
 fn remote_port(ctx: &SockOpsContext) -> u16 {
-    u16::from_be((ctx.remote_port() >> 16) as u16)
+    // SAFETY: `remote_port` is a readable sock_ops field.
+    let raw = unsafe { read_volatile(&(*ctx.ops).remote_port) };
+    u16::from_be((raw >> 16) as u16)
 }

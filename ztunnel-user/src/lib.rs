@@ -4,4 +4,5 @@
 
 pub mod ebpf;
 pub mod identity;
+pub mod inpod;
 pub mod socket;

@@ -1,0 +1,3 @@
+//! Everything ztunnel does inside enrolled pods' network namespaces.
+
+pub mod netns;
