@@ -5,4 +5,5 @@
 pub mod ebpf;
 pub mod identity;
 pub mod inpod;
+pub mod inspect;
 pub mod socket;

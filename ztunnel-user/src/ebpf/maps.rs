@@ -179,3 +179,63 @@ mod tests {
         assert_eq!(key.family, FAMILY_IPV4);
     }
 }
+
+/// What the kernel does with an enrolled pod's traffic while ztunnel is not serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Refuse it: nothing leaves the pod in plaintext (the default).
+    #[default]
+    Closed,
+    /// Let it go direct.
+    Open,
+}
+
+impl FailMode {
+    /// The `config.fail_mode` value.
+    pub fn record_value(self) -> u32 {
+        match self {
+            Self::Closed => ztunnel_common::FAIL_CLOSED,
+            Self::Open => ztunnel_common::FAIL_OPEN,
+        }
+    }
+
+    /// The mode a `config.fail_mode` value means (unknown values are treated as closed).
+    pub fn from_record_value(value: u32) -> Self {
+        if value == ztunnel_common::FAIL_OPEN { Self::Open } else { Self::Closed }
+    }
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "closed" => Ok(Self::Closed),
+            "open" => Ok(Self::Open),
+            other => Err(format!("unknown fail mode {other:?}: expected \"closed\" or \"open\"")),
+        }
+    }
+}
+
+impl std::fmt::Display for FailMode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        })
+    }
+}
+
+#[cfg(test)]
+mod fail_mode_tests {
+    use super::FailMode;
+
+    #[test]
+    fn parses_both_modes_and_rejects_others() {
+        assert_eq!("closed".parse::<FailMode>(), Ok(FailMode::Closed));
+        assert_eq!("open".parse::<FailMode>(), Ok(FailMode::Open));
+        assert!("Open".parse::<FailMode>().is_err());
+        assert_eq!(FailMode::from_record_value(FailMode::Open.record_value()), FailMode::Open);
+        assert_eq!(FailMode::from_record_value(7), FailMode::Closed);
+    }
+}
