@@ -9,5 +9,7 @@ pub mod config;
 pub mod ebpf;
 pub mod enrollment;
 pub mod identity;
+pub mod inpod;
+pub mod inspect;
 pub mod socket;
 pub mod state;
