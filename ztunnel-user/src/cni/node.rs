@@ -22,6 +22,7 @@ use crate::{
         enroll::{self, PodSelector, PodSpec},
         state::read_enrolled,
     },
+    state::Protocol,
 };
 
 /// The pod's interface inside its netns, as the runtime names it (`CNI_IFNAME`).
@@ -181,8 +182,9 @@ impl Enroller for NodeEnroller {
     }
 }
 
-/// A pod is a mesh workload when the workload config lists a workload with its namespace and
-/// one of its addresses; without a `workloadConfig` in the plugin's section, every pod is.
+/// A pod is a mesh workload when the workload config lists an HBONE workload with its namespace
+/// and one of its addresses (`protocol: TCP` workloads are outside the mesh and never captured);
+/// without a `workloadConfig` in the plugin's section, every pod is.
 #[derive(Debug, Default)]
 pub struct ConfigDirectory;
 
@@ -206,7 +208,8 @@ impl WorkloadDirectory for ConfigDirectory {
         })?;
         Ok(ips.iter().any(|ip| {
             state.workload_by_ip(*ip).is_some_and(|workload| {
-                workload.namespace == namespace
+                workload.protocol == Protocol::Hbone
+                    && workload.namespace == namespace
                     && (workload.name.is_empty() || workload.name == name)
             })
         }))
