@@ -14,6 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{
     InpodError,
     enroll::{forget_pod, still_exists},
+    enrollment_handler::{DaemonEnrollmentHandler, ReconcileRequest},
     handler::{PodContext, PodTrafficHandler},
     listeners::PodListeners,
     netns::Netns,
@@ -51,6 +52,15 @@ pub async fn run(config: DaemonConfig, handler: Arc<dyn PodTrafficHandler>) -> R
     let maps = Arc::new(maps);
     let mut serving: HashMap<u64, PodListeners> = HashMap::new();
     reconcile(&config, &handler, &maps, &mut serving);
+
+    let socket_path = config.run_dir.join(crate::enrollment::SOCKET_NAME);
+    let enrollment = crate::enrollment::EnrollmentServer::bind(&socket_path).map_err(|error| InpodError::Io {
+        action: format!("open the enrollment socket {}", socket_path.display()),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    let (requests, mut reconcile_requests) = tokio::sync::mpsc::channel::<ReconcileRequest>(16);
+    let enrollment_handler = Arc::new(DaemonEnrollmentHandler::new(requests, config.run_dir.clone()));
+    let enrollment_task = tokio::spawn(enrollment.serve(enrollment_handler));
     tracing::info!(bpffs_root = %config.layout.root().display(), fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
 
     let signal_error = |source| InpodError::Io { action: "install signal handlers".into(), source };
@@ -62,8 +72,14 @@ pub async fn run(config: DaemonConfig, handler: Arc<dyn PodTrafficHandler>) -> R
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = ticker.tick() => reconcile(&config, &handler, &maps, &mut serving),
+            Some(reply) = reconcile_requests.recv() => {
+                reconcile(&config, &handler, &maps, &mut serving);
+                let _ = reply.send(serving.keys().copied().collect());
+            }
         }
     }
+    enrollment_task.abort();
+    let _ = std::fs::remove_file(&socket_path);
     let pods = serving.len();
     drop(serving);
     tracing::info!(pods, fail_mode = ?config.fail_mode, "ztunnel daemon stopped: in-pod listeners closed, pins kept");
