@@ -27,7 +27,9 @@ fn outbound_connect_is_captured_with_its_original_destination() -> anyhow::Resul
         "the in-pod outbound listener to report the original destination",
         &["outbound connection captured", "pod=client", &format!("sockopt_destination={destination}"), &format!("map_destination={destination}")],
     )?;
+    let kernel_log = daemon.wait_for_log_all("the connect hook's aya-log record in the daemon's tracing output", &["ztunnel::ebpf", "connect: redirected to outbound listener"])?;
     let after_curl = counters(&env, &client)?;
+    println!("kernel log forwarded: {kernel_log}");
     println!("curl {url} from client: status {}, body {body:?}, stderr {:?}", curl.status, String::from_utf8_lossy(&curl.stderr));
     println!("daemon: {captured}");
     println!("server saw peers {:?}; counters {after_curl:?}", server.peers());

@@ -3,7 +3,7 @@
 
 use ztunnel_e2e::{
     TestEnv,
-    env::leftovers,
+    env::{leftovers, leftovers_of_dead_runs},
     server::HttpServer,
     ztunnel::Daemon,
 };
@@ -37,5 +37,8 @@ fn the_suite_leaves_nothing_of_its_own_behind() -> anyhow::Result<()> {
     let after = leftovers(&prefix);
     println!("after teardown, resources named {prefix}: {after:#?}");
     assert!(after.is_empty(), "left behind: {after:#?}");
+    let earlier = leftovers_of_dead_runs();
+    println!("resources of earlier, finished test runs: {earlier:#?}");
+    assert!(earlier.is_empty(), "earlier test runs left behind: {earlier:#?}");
     Ok(())
 }

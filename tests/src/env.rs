@@ -86,7 +86,38 @@ impl Drop for TestEnv {
         }
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.scratch);
+        // Nodes and pods are dropped before the env (declared after it), so by now nothing of
+        // this prefix may remain. Every test checks its own teardown this way.
+        let left = leftovers(&self.prefix);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("test env {} left behind: {left:#?}", self.prefix);
+        }
     }
+}
+
+/// Resources of earlier runs whose test process is gone (prefix `zte<pid>x<n>`, dead pid):
+/// what a crashed or killed run left behind.
+pub fn leftovers_of_dead_runs() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let netns = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    names.extend(netns.lines().filter_map(|line| line.split_whitespace().next()).map(String::from));
+    for dir in [Path::new(CGROUP2_ROOT).to_path_buf(), std::env::temp_dir()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            names.extend(entries.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    names.extend(mounts.lines().filter_map(|line| line.split_whitespace().nth(1)).flat_map(|path| path.split('/').map(String::from).collect::<Vec<_>>()));
+    let mut dead: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let pid: u32 = name.strip_prefix("zte")?.split('x').next()?.parse().ok()?;
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(name)
+        })
+        .collect();
+    dead.sort();
+    dead.dedup();
+    dead
 }
 
 /// Everything with `prefix` in its name that still exists: netns, host links, cgroup, mounts,

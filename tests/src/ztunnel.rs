@@ -57,7 +57,10 @@ impl Daemon {
         let mut argv = vec![binary.as_ref(), "daemon", "--bpffs-root", root.to_str().unwrap_or_default(), "--run-dir", run_dir.to_str().unwrap_or_default(), "--cgroup", &cgroup];
         argv.extend_from_slice(extra);
         let log = env.scratch.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
-        let process = Process::spawn("ztunnel daemon", Some(&env.cgroup_procs()), None, &argv, log)?;
+        // Kernel (aya-log) records arrive through tracing under target ztunnel::ebpf.
+        let mut full = vec!["env", "RUST_LOG=info,ztunnel::ebpf=debug"];
+        full.extend(argv);
+        let process = Process::spawn("ztunnel daemon", Some(&env.cgroup_procs()), None, &full, log)?;
         let daemon = Self { process };
         daemon.wait_for_log("the daemon to be ready", "ztunnel daemon ready")?;
         Ok(daemon)
