@@ -53,3 +53,36 @@ fn enrolled_pod_without_ztunnel_is_refused_until_fail_open() -> anyhow::Result<(
     assert_eq!(counters_open.outbound_redirected, counters_refused.outbound_redirected, "the fail-open connect was redirected");
     Ok(())
 }
+
+#[test]
+fn inbound_plaintext_to_a_pod_without_ztunnel_is_dropped_until_fail_open() -> anyhow::Result<()> {
+    let env = TestEnv::new("fail_closed_inbound")?;
+    let node = env.node(1)?;
+    let app = node.pod("app", 10)?;
+    let client = node.pod("client", 20)?;
+    let app_server = HttpServer::start(&app.netns, (app.ip, 8080).into(), "hello from app")?;
+    let daemon = Daemon::start(&env, &[])?;
+    env.enroll(&app)?;
+    daemon.wait_serving(&app)?;
+    daemon.stop()?;
+
+    let url = format!("http://{}:8080/", app.ip);
+    let before = counters(&env, &app)?;
+    // The SYN is dropped, so curl can only give up; --connect-timeout bounds the wait.
+    let dropped = process::run(None, Some(&client.netns), &["curl", "-sS", "--connect-timeout", "2", &url])?;
+    let after_drop = counters(&env, &app)?;
+    println!("fail-closed inbound curl {url}: {} stderr {:?}; counters {before:?} -> {after_drop:?}; app peers {:?}", dropped.status, String::from_utf8_lossy(&dropped.stderr).trim(), app_server.peers());
+    assert!(!dropped.status.success(), "plaintext reached the pod while ztunnel was down");
+    assert!(app_server.peers().is_empty(), "the application accepted a connection");
+    assert!(after_drop.inbound_refused > before.inbound_refused, "the dropped SYN was not counted");
+
+    cli(&env, &["set-fail-mode", "open"])?;
+    let direct = process::run(None, Some(&client.netns), &["curl", "-sS", "--max-time", "5", &url])?;
+    let body = String::from_utf8_lossy(&direct.stdout).into_owned();
+    let after_open = counters(&env, &app)?;
+    println!("fail-open inbound curl {url}: {} body {body:?}; counters {after_open:?}", direct.status);
+    assert!(direct.status.success(), "fail-open inbound curl failed");
+    assert_eq!(body, format!("hello from app peer={}:{}\n", client.ip, app_server.peers()[0].port()), "the app did not see the client directly");
+    assert!(after_open.inbound_passed > after_drop.inbound_passed, "the direct SYN was not counted as passed");
+    Ok(())
+}

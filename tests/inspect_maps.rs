@@ -30,7 +30,9 @@ fn pinned_maps_are_readable_with_named_fields_while_the_daemon_is_stopped() -> a
 
     assert!(pods.contains("default/app"), "inspect pods does not list the pod");
     let workloads: serde_json::Value = serde_json::from_str(workloads.trim())?;
-    assert_eq!(workloads[0]["address"], pod.ip.to_string(), "inspect workloads does not show the pod IP");
+    let addresses: Vec<&str> = workloads.as_array().into_iter().flatten().filter_map(|row| row["address"].as_str()).collect();
+    assert!(addresses.contains(&pod.ip.to_string().as_str()), "inspect workloads does not show the pod's IPv4 address");
+    assert!(addresses.contains(&pod.ipv6.to_string().as_str()), "inspect workloads does not show the pod's IPv6 address");
     assert!(stats.contains("default/app"), "inspect stats does not list the pod");
     let config: serde_json::Value = serde_json::from_str(config.trim())?;
     assert_eq!(config["fail_mode"], "closed");

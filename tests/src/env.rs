@@ -72,10 +72,10 @@ impl TestEnv {
         process::run(Some(&self.cgroup_procs()), Some(&pod.netns), argv)
     }
 
-    /// `ztunnel enroll` for `pod`.
+    /// `ztunnel enroll` for `pod` with both its addresses.
     pub fn enroll(&self, pod: &crate::Pod) -> anyhow::Result<String> {
-        let ip = pod.ip.to_string();
-        crate::ztunnel::cli(self, &["enroll", "--netns", &pod.netns_path(), "--ip", &ip, "--name", &pod.name])
+        let (ip, ipv6) = (pod.ip.to_string(), pod.ipv6.to_string());
+        crate::ztunnel::cli(self, &["enroll", "--netns", &pod.netns_path(), "--ip", &ip, "--ip", &ipv6, "--name", &pod.name])
     }
 }
 

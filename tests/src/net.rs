@@ -3,7 +3,10 @@
 //! so nothing can leave the simulated network. Reusable for multi-node topologies: a node's
 //! bridge can be joined to an underlay later.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use crate::env::checked;
 
@@ -53,7 +56,8 @@ impl Node {
         Ok(Self { netns, index })
     }
 
-    /// A pod on this node with address 198.18.`index`.`host`/24 on its `eth0`.
+    /// A pod on this node with addresses 198.18.`index`.`host`/24 and 2001:db8:`index`::`host`/64
+    /// on its `eth0`.
     pub fn pod(&self, name: &str, host: u8) -> anyhow::Result<Pod> {
         let netns = Netns::create(&format!("{}-{name}", self.netns.name))?;
         let peer = format!("v{host}");
@@ -61,9 +65,11 @@ impl Node {
         self.netns.ip(&["link", "set", &peer, "master", "br0", "up"])?;
         let ip = Ipv4Addr::new(198, 18, self.index, host);
         netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(self.index), 0, 0, 0, 0, u16::from(host));
+        netns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        println!("pod {name}: netns {}, eth0 {ip}/24 on bridge of {}", netns.name, self.netns.name);
-        Ok(Pod { name: name.into(), ip, netns: netns.name.clone(), _netns: netns })
+        println!("pod {name}: netns {}, eth0 {ip}/24 {ipv6}/64 on bridge of {}", netns.name, self.netns.name);
+        Ok(Pod { name: name.into(), ip, ipv6, netns: netns.name.clone(), _netns: netns })
     }
 }
 
@@ -74,6 +80,8 @@ pub struct Pod {
     pub name: String,
     /// Its IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (2001:db8:`node`::`host`).
+    pub ipv6: Ipv6Addr,
     /// Its netns name.
     pub netns: String,
     _netns: Netns,

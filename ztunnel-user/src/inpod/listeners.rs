@@ -10,7 +10,7 @@
 //! node's fail mode to the pod.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -53,7 +53,9 @@ impl PodListeners {
         for (address, role, transparent) in wanted {
             let listener = match listen_in(&pod.netns, address, transparent).and_then(TcpListener::from_std) {
                 Ok(listener) => listener,
-                Err(error) if address.is_ipv6() && !matches!(address.ip(), IpAddr::V6(ip) if pod.ips.contains(&IpAddr::V6(ip))) => {
+                // Loopback and wildcard IPv6 listeners are optional (IPv6 may be off in the pod);
+                // a listener on one of the pod's own IPs is not.
+                Err(error) if address.is_ipv6() && role != Role::Hbone => {
                     tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %address, %error, "IPv6 listener unavailable in pod; IPv6 capture off for it");
                     continue;
                 }
