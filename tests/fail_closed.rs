@@ -3,8 +3,7 @@
 //! fail-open, the same connect goes directly.
 
 use ztunnel_e2e::{
-    TestEnv,
-    process,
+    TestEnv, process,
     server::HttpServer,
     ztunnel::{Daemon, cli, counters},
 };
@@ -15,16 +14,30 @@ fn enrolled_pod_without_ztunnel_is_refused_until_fail_open() -> anyhow::Result<(
     let node = env.node(1)?;
     let client = node.pod("client", 10)?;
     let server_pod = node.pod("server", 20)?;
-    let server = HttpServer::start(&server_pod.netns, (server_pod.ip, 8080).into(), "hello from server")?;
+    let server = HttpServer::start(
+        &server_pod.netns,
+        (server_pod.ip, 8080).into(),
+        "hello from server",
+    )?;
     let daemon = Daemon::start(&env, &[])?;
     env.enroll(&client)?;
     daemon.wait_serving(&client)?;
     let stop_log = daemon.stop()?;
-    let listeners = process::run(None, Some(&client.netns), &["ss", "-Hltn", "sport = :15001"])?;
+    let listeners = process::run(
+        None,
+        Some(&client.netns),
+        &["ss", "-Hltn", "sport = :15001"],
+    )?;
     let listeners = String::from_utf8_lossy(&listeners.stdout).into_owned();
-    println!("daemon stopped: {}", stop_log.lines().last().unwrap_or_default());
+    println!(
+        "daemon stopped: {}",
+        stop_log.lines().last().unwrap_or_default()
+    );
     println!("listeners on 15001 in the client pod: {listeners:?}");
-    assert!(listeners.trim().is_empty(), "something still listens on 15001 in the pod");
+    assert!(
+        listeners.trim().is_empty(),
+        "something still listens on 15001 in the pod"
+    );
 
     let url = format!("http://{}:8080/", server_pod.ip);
     let segments_before = server_pod.tcp_segments_received()?;
@@ -32,12 +45,33 @@ fn enrolled_pod_without_ztunnel_is_refused_until_fail_open() -> anyhow::Result<(
     let refused = env.run_in_pod(&client, &["curl", "-sS", "--max-time", "5", &url])?;
     let segments_after = server_pod.tcp_segments_received()?;
     let counters_refused = counters(&env, &client)?;
-    println!("fail-closed curl {url}: status {}, stderr {:?}", refused.status, String::from_utf8_lossy(&refused.stderr).trim());
-    println!("TCP segments received by the server netns: {segments_before} -> {segments_after}; counters {counters_before:?} -> {counters_refused:?}; server peers {:?}", server.peers());
-    assert_eq!(refused.status.code(), Some(7), "curl was not refused (exit 7 = could not connect)");
-    assert_eq!(segments_after, segments_before, "a TCP segment reached the destination netns");
-    assert!(server.peers().is_empty(), "the server accepted a connection");
-    assert_eq!(counters_refused.outbound_refused, counters_before.outbound_refused + 1, "the refusal was not counted");
+    println!(
+        "fail-closed curl {url}: status {}, stderr {:?}",
+        refused.status,
+        String::from_utf8_lossy(&refused.stderr).trim()
+    );
+    println!(
+        "TCP segments received by the server netns: {segments_before} -> {segments_after}; counters {counters_before:?} -> {counters_refused:?}; server peers {:?}",
+        server.peers()
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "curl was not refused (exit 7 = could not connect)"
+    );
+    assert_eq!(
+        segments_after, segments_before,
+        "a TCP segment reached the destination netns"
+    );
+    assert!(
+        server.peers().is_empty(),
+        "the server accepted a connection"
+    );
+    assert_eq!(
+        counters_refused.outbound_refused,
+        counters_before.outbound_refused + 1,
+        "the refusal was not counted"
+    );
 
     let config = cli(&env, &["set-fail-mode", "open"])?;
     let shown = cli(&env, &["inspect", "config"])?;
@@ -45,12 +79,29 @@ fn enrolled_pod_without_ztunnel_is_refused_until_fail_open() -> anyhow::Result<(
     let body = String::from_utf8_lossy(&direct.stdout).into_owned();
     let counters_open = counters(&env, &client)?;
     println!("{}; inspect config:\n{shown}", config.trim());
-    println!("fail-open curl {url}: status {}, body {body:?}; counters {counters_open:?}; server peers {:?}", direct.status, server.peers());
-    assert!(shown.contains("fail_mode              open"), "inspect config does not show fail-open");
+    println!(
+        "fail-open curl {url}: status {}, body {body:?}; counters {counters_open:?}; server peers {:?}",
+        direct.status,
+        server.peers()
+    );
+    assert!(
+        shown.contains("fail_mode              open"),
+        "inspect config does not show fail-open"
+    );
     assert!(direct.status.success(), "fail-open curl failed");
-    assert!(body.starts_with(&format!("hello from server peer={}:", client.ip)), "the server did not see the client directly");
-    assert_eq!(counters_open.outbound_passed, counters_refused.outbound_passed + 1, "the direct connect was not counted as passed");
-    assert_eq!(counters_open.outbound_redirected, counters_refused.outbound_redirected, "the fail-open connect was redirected");
+    assert!(
+        body.starts_with(&format!("hello from server peer={}:", client.ip)),
+        "the server did not see the client directly"
+    );
+    assert_eq!(
+        counters_open.outbound_passed,
+        counters_refused.outbound_passed + 1,
+        "the direct connect was not counted as passed"
+    );
+    assert_eq!(
+        counters_open.outbound_redirected, counters_refused.outbound_redirected,
+        "the fail-open connect was redirected"
+    );
     Ok(())
 }
 
@@ -69,20 +120,56 @@ fn inbound_plaintext_to_a_pod_without_ztunnel_is_dropped_until_fail_open() -> an
     let url = format!("http://{}:8080/", app.ip);
     let before = counters(&env, &app)?;
     // The SYN is dropped, so curl can only give up; --connect-timeout bounds the wait.
-    let dropped = process::run(None, Some(&client.netns), &["curl", "-sS", "--connect-timeout", "2", &url])?;
+    let dropped = process::run(
+        None,
+        Some(&client.netns),
+        &["curl", "-sS", "--connect-timeout", "2", &url],
+    )?;
     let after_drop = counters(&env, &app)?;
-    println!("fail-closed inbound curl {url}: {} stderr {:?}; counters {before:?} -> {after_drop:?}; app peers {:?}", dropped.status, String::from_utf8_lossy(&dropped.stderr).trim(), app_server.peers());
-    assert!(!dropped.status.success(), "plaintext reached the pod while ztunnel was down");
-    assert!(app_server.peers().is_empty(), "the application accepted a connection");
-    assert!(after_drop.inbound_refused > before.inbound_refused, "the dropped SYN was not counted");
+    println!(
+        "fail-closed inbound curl {url}: {} stderr {:?}; counters {before:?} -> {after_drop:?}; app peers {:?}",
+        dropped.status,
+        String::from_utf8_lossy(&dropped.stderr).trim(),
+        app_server.peers()
+    );
+    assert!(
+        !dropped.status.success(),
+        "plaintext reached the pod while ztunnel was down"
+    );
+    assert!(
+        app_server.peers().is_empty(),
+        "the application accepted a connection"
+    );
+    assert!(
+        after_drop.inbound_refused > before.inbound_refused,
+        "the dropped SYN was not counted"
+    );
 
     cli(&env, &["set-fail-mode", "open"])?;
-    let direct = process::run(None, Some(&client.netns), &["curl", "-sS", "--max-time", "5", &url])?;
+    let direct = process::run(
+        None,
+        Some(&client.netns),
+        &["curl", "-sS", "--max-time", "5", &url],
+    )?;
     let body = String::from_utf8_lossy(&direct.stdout).into_owned();
     let after_open = counters(&env, &app)?;
-    println!("fail-open inbound curl {url}: {} body {body:?}; counters {after_open:?}", direct.status);
+    println!(
+        "fail-open inbound curl {url}: {} body {body:?}; counters {after_open:?}",
+        direct.status
+    );
     assert!(direct.status.success(), "fail-open inbound curl failed");
-    assert_eq!(body, format!("hello from app peer={}:{}\n", client.ip, app_server.peers()[0].port()), "the app did not see the client directly");
-    assert!(after_open.inbound_passed > after_drop.inbound_passed, "the direct SYN was not counted as passed");
+    assert_eq!(
+        body,
+        format!(
+            "hello from app peer={}:{}\n",
+            client.ip,
+            app_server.peers()[0].port()
+        ),
+        "the app did not see the client directly"
+    );
+    assert!(
+        after_open.inbound_passed > after_drop.inbound_passed,
+        "the direct SYN was not counted as passed"
+    );
     Ok(())
 }

@@ -20,14 +20,27 @@ fn scenario() -> anyhow::Result<String> {
     daemon.wait_serving(&client)?;
     let url = format!("http://{}:8080/", server_pod.ip);
     let curl = env.run_in_pod(&client, &["curl", "-sS", "--max-time", "5", &url])?;
-    anyhow::ensure!(curl.status.success(), "curl failed: {}", String::from_utf8_lossy(&curl.stderr));
+    anyhow::ensure!(
+        curl.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
     // Crash the daemon so cleanup has to cope with pins and links left by a dead process.
     daemon.crash()?;
     let during = leftovers(&prefix);
     println!("while the scenario runs, its resources: {during:#?}");
-    anyhow::ensure!(during.iter().any(|item| item.starts_with("netns")), "the leftover check sees no netns while they exist");
-    anyhow::ensure!(during.iter().any(|item| item.starts_with("mount")), "the leftover check sees no bpffs mount while it exists");
-    anyhow::ensure!(during.iter().any(|item| item.starts_with("cgroup")), "the leftover check sees no cgroup while it exists");
+    anyhow::ensure!(
+        during.iter().any(|item| item.starts_with("netns")),
+        "the leftover check sees no netns while they exist"
+    );
+    anyhow::ensure!(
+        during.iter().any(|item| item.starts_with("mount")),
+        "the leftover check sees no bpffs mount while it exists"
+    );
+    anyhow::ensure!(
+        during.iter().any(|item| item.starts_with("cgroup")),
+        "the leftover check sees no cgroup while it exists"
+    );
     Ok(prefix)
 }
 
@@ -39,6 +52,9 @@ fn the_suite_leaves_nothing_of_its_own_behind() -> anyhow::Result<()> {
     assert!(after.is_empty(), "left behind: {after:#?}");
     let earlier = leftovers_of_dead_runs();
     println!("resources of earlier, finished test runs: {earlier:#?}");
-    assert!(earlier.is_empty(), "earlier test runs left behind: {earlier:#?}");
+    assert!(
+        earlier.is_empty(),
+        "earlier test runs left behind: {earlier:#?}"
+    );
     Ok(())
 }

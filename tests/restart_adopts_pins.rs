@@ -15,18 +15,29 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
     let node = env.node(1)?;
     let client = node.pod("client", 10)?;
     let server_pod = node.pod("server", 20)?;
-    let server = HttpServer::start(&server_pod.netns, (server_pod.ip, 8080).into(), "hello from server")?;
+    let server = HttpServer::start(
+        &server_pod.netns,
+        (server_pod.ip, 8080).into(),
+        "hello from server",
+    )?;
     let url = format!("http://{}:8080/", server_pod.ip);
     let curl = |label: &str| -> anyhow::Result<bool> {
         let output = env.run_in_pod(&client, &["curl", "-sS", "--max-time", "5", &url])?;
-        println!("{label}: curl {url}: {} {:?}", output.status, String::from_utf8_lossy(&output.stdout).trim());
+        println!(
+            "{label}: curl {url}: {} {:?}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim()
+        );
         Ok(output.status.success())
     };
 
     let first = Daemon::start(&env, &[])?;
     env.enroll(&client)?;
     first.wait_serving(&client)?;
-    assert!(curl("first daemon")?, "capture through the first daemon failed");
+    assert!(
+        curl("first daemon")?,
+        "capture through the first daemon failed"
+    );
     first.crash()?;
 
     let segments_before = server_pod.tcp_segments_received()?;
@@ -34,27 +45,55 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
     let while_down = curl("daemon SIGKILLed")?;
     let after_crash_curl = counters(&env, &client)?;
     let segments_after = server_pod.tcp_segments_received()?;
-    println!("while down: counters {before_crash_curl:?} -> {after_crash_curl:?}; server netns TCP segments {segments_before} -> {segments_after}");
-    assert!(!while_down, "an enrolled pod connected in plaintext while ztunnel was down");
-    assert_eq!(after_crash_curl.outbound_refused, before_crash_curl.outbound_refused + 1, "the pinned connect hook did not count the refusal");
-    assert_eq!(segments_after, segments_before, "a segment reached the server while ztunnel was down");
+    println!(
+        "while down: counters {before_crash_curl:?} -> {after_crash_curl:?}; server netns TCP segments {segments_before} -> {segments_after}"
+    );
+    assert!(
+        !while_down,
+        "an enrolled pod connected in plaintext while ztunnel was down"
+    );
+    assert_eq!(
+        after_crash_curl.outbound_refused,
+        before_crash_curl.outbound_refused + 1,
+        "the pinned connect hook did not count the refusal"
+    );
+    assert_eq!(
+        segments_after, segments_before,
+        "a segment reached the server while ztunnel was down"
+    );
 
     let second = Daemon::start(&env, &[])?;
     second.wait_serving(&client)?;
-    assert!(curl("second daemon")?, "capture after the first restart failed");
+    assert!(
+        curl("second daemon")?,
+        "capture after the first restart failed"
+    );
     second.stop()?;
     let third = Daemon::start(&env, &[])?;
     third.wait_serving(&client)?;
-    assert!(curl("third daemon")?, "capture after the second restart failed");
-    let adopted = third.wait_for_log_all("the third daemon to adopt connect4", &["cgroup program in place", "connect4", "outcome=Adopted"])?;
-    let tc_adopted = third.wait_for_log_all("the third daemon to adopt the pod's TC link", &["enrolled pod adopted", "pod=client", "tc=Adopted"])?;
+    assert!(
+        curl("third daemon")?,
+        "capture after the second restart failed"
+    );
+    let adopted = third.wait_for_log_all(
+        "the third daemon to adopt connect4",
+        &["cgroup program in place", "connect4", "outcome=Adopted"],
+    )?;
+    let tc_adopted = third.wait_for_log_all(
+        "the third daemon to adopt the pod's TC link",
+        &["enrolled pod adopted", "pod=client", "tc=Adopted"],
+    )?;
 
     let cgroup_hooks = cgroup_programs(&env.cgroup)?;
     let tc_hooks = tcx_ingress_programs(&client.netns, "eth0")?;
     let final_counters = counters(&env, &client)?;
     println!("third daemon: {adopted}\n{tc_adopted}");
     println!("cgroup {}: {cgroup_hooks:?}", env.cgroup.display());
-    println!("TCX ingress on {} eth0: {tc_hooks:?}; counters {final_counters:?}; server peers {:?}", client.netns, server.peers());
+    println!(
+        "TCX ingress on {} eth0: {tc_hooks:?}; counters {final_counters:?}; server peers {:?}",
+        client.netns,
+        server.peers()
+    );
     let mut sorted = cgroup_hooks.clone();
     sorted.sort();
     assert_eq!(
@@ -67,8 +106,15 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
         ],
         "not exactly one copy of each cgroup program"
     );
-    assert_eq!(tc_hooks, vec!["tc_ingress".to_owned()], "not exactly one TC ingress program");
-    assert_eq!(final_counters.outbound_redirected, 3, "three captured curls");
+    assert_eq!(
+        tc_hooks,
+        vec!["tc_ingress".to_owned()],
+        "not exactly one TC ingress program"
+    );
+    assert_eq!(
+        final_counters.outbound_redirected, 3,
+        "three captured curls"
+    );
     assert_eq!(server.peers().len(), 3);
     third.stop()?;
     Ok(())
@@ -92,19 +138,35 @@ fn pins_of_a_pod_gone_while_down_are_removed_at_start() -> anyhow::Result<()> {
         .find(|pod| pod["name"] == "goes")
         .and_then(|pod| pod["netns_cookie"].as_u64())
         .ok_or_else(|| anyhow::anyhow!("pod goes not in inspect pods: {pods_before}"))?;
-    let goes_pin = env.bpffs_root().join("pod-links").join(goes_cookie.to_string());
+    let goes_pin = env
+        .bpffs_root()
+        .join("pod-links")
+        .join(goes_cookie.to_string());
     first.stop()?;
-    assert!(goes_pin.exists(), "no pin dir {} for the enrolled pod", goes_pin.display());
+    assert!(
+        goes_pin.exists(),
+        "no pin dir {} for the enrolled pod",
+        goes_pin.display()
+    );
     drop(goes);
 
     let second = Daemon::start(&env, &[])?;
-    let removed = second.wait_for_log_all("the daemon to forget the gone pod", &["netns is gone", "pod=goes"])?;
+    let removed = second.wait_for_log_all(
+        "the daemon to forget the gone pod",
+        &["netns is gone", "pod=goes"],
+    )?;
     second.wait_serving(&stays)?;
     let pods_after = cli(&env, &["inspect", "pods"])?;
     println!("before: {pods_before}\ndaemon: {removed}\nafter:\n{pods_after}");
     assert!(!goes_pin.exists(), "the gone pod's pins are still there");
-    assert!(!pods_after.contains("default/goes"), "the gone pod is still in the pods map");
-    assert!(pods_after.contains("default/stays"), "the remaining pod was dropped");
+    assert!(
+        !pods_after.contains("default/goes"),
+        "the gone pod is still in the pods map"
+    );
+    assert!(
+        pods_after.contains("default/stays"),
+        "the remaining pod was dropped"
+    );
     second.stop()?;
     Ok(())
 }

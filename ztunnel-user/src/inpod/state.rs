@@ -49,7 +49,9 @@ pub struct EnrolledSet {
 impl EnrolledSet {
     /// The smallest stats index no pod uses.
     pub fn free_index(&self) -> u32 {
-        (0..).find(|index| self.pods.iter().all(|pod| pod.index != *index)).unwrap_or(0)
+        (0..)
+            .find(|index| self.pods.iter().all(|pod| pod.index != *index))
+            .unwrap_or(0)
     }
 }
 
@@ -63,12 +65,19 @@ impl StateLock {
     /// Creates the run dir if needed and takes the lock (blocks while another holder works).
     pub fn acquire(run_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(run_dir)?;
-        let file = File::options().create(true).truncate(false).write(true).open(run_dir.join(LOCK_FILE))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(run_dir.join(LOCK_FILE))?;
         // SAFETY: valid fd owned by `file`, which lives as long as the lock.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { _file: file, path: run_dir.join(STATE_FILE) })
+        Ok(Self {
+            _file: file,
+            path: run_dir.join(STATE_FILE),
+        })
     }
 
     /// Reads the enrolled set (empty if the file does not exist yet).
@@ -93,7 +102,10 @@ pub fn read_enrolled(run_dir: &Path) -> io::Result<EnrolledSet> {
 fn read(path: &Path) -> io::Result<EnrolledSet> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {error} (fix or remove the file)", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {error} (fix or remove the file)", path.display()),
+            )
         }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(EnrolledSet::default()),
         Err(error) => Err(error),
@@ -119,7 +131,9 @@ mod tests {
 
     #[test]
     fn free_index_fills_gaps() {
-        let set = EnrolledSet { pods: vec![pod(0), pod(2)] };
+        let set = EnrolledSet {
+            pods: vec![pod(0), pod(2)],
+        };
         assert_eq!(set.free_index(), 1);
         assert_eq!(EnrolledSet::default().free_index(), 0);
     }
