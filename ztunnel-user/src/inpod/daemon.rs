@@ -4,7 +4,10 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
 
 use super::{
     InpodError,
@@ -13,7 +16,7 @@ use super::{
     listeners::PodListeners,
     netns::Netns,
     socket_factory::PodSocketFactory,
-    state::{EnrolledPod, StateLock, read_enrolled},
+    state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
 };
 use crate::ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode};
 
@@ -38,6 +41,69 @@ pub async fn run(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
 ) -> Result<(), InpodError> {
+    run_controlled(config, handler, None).await
+}
+
+/// A pod whose in-pod listeners are open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPod {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Cookie of its netns.
+    pub netns_cookie: u64,
+}
+
+type ControlRequest = oneshot::Sender<Vec<ServedPod>>;
+
+/// In-process control of a running daemon, for the enrollment socket server (issue 4): after a
+/// pod was enrolled through [`super::enroll`], [`DaemonControl::reconcile`] makes the daemon
+/// open its listeners at once (instead of at the next periodic pass) and reports what it serves.
+#[derive(Debug, Clone)]
+pub struct DaemonControl {
+    requests: mpsc::Sender<ControlRequest>,
+}
+
+/// The daemon's end of a [`DaemonControl`]; pass it to [`run_controlled`].
+#[derive(Debug)]
+pub struct ControlReceiver {
+    requests: mpsc::Receiver<ControlRequest>,
+}
+
+/// A connected control handle and the receiver the daemon takes.
+pub fn control_channel() -> (DaemonControl, ControlReceiver) {
+    let (sender, receiver) = mpsc::channel(16);
+    (
+        DaemonControl { requests: sender },
+        ControlReceiver { requests: receiver },
+    )
+}
+
+impl DaemonControl {
+    /// Re-reads the enrolled set now, opens or closes listeners accordingly and returns every
+    /// pod whose listeners are open. Fails if the daemon is not running (any more).
+    pub async fn reconcile(&self) -> Result<Vec<ServedPod>, InpodError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || InpodError::Invalid("the ztunnel daemon is not running".into());
+        self.requests.send(reply).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
+    }
+}
+
+/// [`run`], also answering [`DaemonControl`] requests when `control` is given.
+pub async fn run_controlled(
+    config: DaemonConfig,
+    handler: Arc<dyn PodTrafficHandler>,
+    control: Option<ControlReceiver>,
+) -> Result<(), InpodError> {
+    let mut control = control.map(|control| control.requests);
+    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
+        InpodError::Invalid(format!(
+            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
+            config.run_dir.display()
+        ))
+    })?;
     let mut programs = LoadedPrograms::load(&config.layout)?;
     let mut maps = PinnedMaps::open(&config.layout)?;
     maps.write_config(config.fail_mode.record_value(), 0)?;
@@ -65,6 +131,10 @@ pub async fn run(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = ticker.tick() => reconcile(&config, &handler, &maps, &mut serving),
+            Some(reply) = next_request(&mut control) => {
+                reconcile(&config, &handler, &maps, &mut serving);
+                let _ = reply.send(served(&config, &serving));
+            }
         }
     }
     let pods = serving.len();
@@ -141,6 +211,36 @@ fn remove_orphan_pod_pins(layout: &PinLayout, pods: &[EnrolledPod]) -> Result<()
     Ok(())
 }
 
+/// The next control request, or never if there is no control channel (or it closed).
+async fn next_request(
+    control: &mut Option<mpsc::Receiver<ControlRequest>>,
+) -> Option<ControlRequest> {
+    match control {
+        Some(receiver) => match receiver.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *control = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The pods with open listeners, named from the enrolled set.
+fn served(config: &DaemonConfig, serving: &HashMap<u64, PodListeners>) -> Vec<ServedPod> {
+    let set = read_enrolled(&config.run_dir).unwrap_or_default();
+    set.pods
+        .into_iter()
+        .filter(|pod| serving.contains_key(&pod.netns_cookie))
+        .map(|pod| ServedPod {
+            namespace: pod.namespace,
+            name: pod.name,
+            netns_cookie: pod.netns_cookie,
+        })
+        .collect()
+}
+
 /// Opens listeners for newly enrolled pods and closes those of pods no longer enrolled.
 fn reconcile(
     config: &DaemonConfig,
@@ -193,5 +293,18 @@ fn reconcile(
                 tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot open the pod's listeners; it stays in fail mode")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn control_fails_clearly_when_the_daemon_is_not_running() {
+        let (control, receiver) = control_channel();
+        drop(receiver);
+        let error = control.reconcile().await.unwrap_err();
+        assert!(error.to_string().contains("not running"), "{error}");
     }
 }

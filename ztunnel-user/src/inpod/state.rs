@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_RUN_DIR: &str = "/run/ztunnel";
 const STATE_FILE: &str = "enrolled-pods.json";
 const LOCK_FILE: &str = "lock";
+const DAEMON_LOCK_FILE: &str = "daemon.lock";
 
 /// One enrolled pod as recorded on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +95,29 @@ impl StateLock {
     }
 }
 
+/// Proof that this process is the only daemon using a run dir; released when dropped (or when
+/// the process dies, so a crashed daemon never blocks its successor).
+pub struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    /// Takes `<run dir>/daemon.lock` without waiting; `WouldBlock` if another daemon holds it.
+    pub fn acquire(run_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(run_dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(run_dir.join(DAEMON_LOCK_FILE))?;
+        // SAFETY: valid fd owned by `file`, which lives as long as the lock.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// Reads the enrolled set without locking (a consistent snapshot thanks to atomic renames).
 pub fn read_enrolled(run_dir: &Path) -> io::Result<EnrolledSet> {
     read(&run_dir.join(STATE_FILE))
@@ -127,6 +151,20 @@ mod tests {
             netns_cookie: 4096 + u64::from(index),
             index,
         }
+    }
+
+    #[test]
+    fn only_one_daemon_per_run_dir() {
+        let dir =
+            std::env::temp_dir().join(format!("ztunnel-daemon-lock-test-{}", std::process::id()));
+        let first = DaemonLock::acquire(&dir).unwrap();
+        assert_eq!(
+            DaemonLock::acquire(&dir).err().map(|e| e.kind()),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        drop(first);
+        assert!(DaemonLock::acquire(&dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
