@@ -19,7 +19,10 @@ pub mod original_destination;
 pub mod socket_factory;
 pub mod state;
 
-use std::{net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::ebpf::EbpfError;
 
@@ -30,7 +33,9 @@ pub enum InpodError {
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
     /// The netns file cannot be used.
-    #[error("cannot use network namespace {path}: {source} (pass an existing netns path, e.g. /var/run/netns/<name>)")]
+    #[error(
+        "cannot use network namespace {path}: {source} (pass an existing netns path, e.g. /var/run/netns/<name>)"
+    )]
     Netns {
         /// The path given.
         path: PathBuf,
@@ -70,6 +75,9 @@ pub enum InpodError {
 
 impl InpodError {
     fn state(run_dir: &Path, source: std::io::Error) -> Self {
-        Self::State { run_dir: run_dir.to_owned(), source }
+        Self::State {
+            run_dir: run_dir.to_owned(),
+            source,
+        }
     }
 }
