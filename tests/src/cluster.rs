@@ -440,13 +440,10 @@ impl ClusterPod {
 
 impl Drop for ClusterPod {
     fn drop(&mut self) {
-        if !self.deleted {
-            if let Err(error) = self.cni.del(&self.sandbox, Some(&self.cni_result)) {
-                eprintln!(
-                    "CNI DEL of {}/{} failed during teardown: {error:#}",
-                    self.namespace, self.name
-                );
-            }
+        if !self.deleted
+            && let Err(error) = self.cni.del(&self.sandbox, Some(&self.cni_result))
+        {
+            eprintln!("CNI DEL of {}/{} failed during teardown: {error:#}", self.namespace, self.name);
         }
     }
 }

@@ -14,6 +14,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod apps;
 pub mod cluster;
 pub mod cni_runtime;
 pub mod env;
