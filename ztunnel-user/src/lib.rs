@@ -3,5 +3,7 @@
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
 pub mod ebpf;
+pub mod hbone;
 pub mod identity;
+pub mod proxy;
 pub mod socket;
