@@ -167,3 +167,27 @@ pub async fn receive_digest(reader: &mut (impl AsyncRead + Unpin)) -> std::io::R
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+/// Writes `<dir>/<name>-cert.pem` and `<name>-key.pem` for `identity`, valid for an hour.
+pub fn write_workload_pem(authority: &CertificateAuthority, dir: &std::path::Path, name: &str, identity: &SpiffeId)
+    -> (std::path::PathBuf, std::path::PathBuf) {
+    let now = std::time::SystemTime::now();
+    let pem = authority
+        .issue_pem_between(identity, now - Duration::from_secs(60), now + Duration::from_secs(3600))
+        .expect("issue");
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let key = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert, pem.chain).expect("write cert");
+    std::fs::write(&key, pem.key).expect("write key");
+    (cert, key)
+}
+
+/// A fresh directory under the target dir (removed first if a previous run left it).
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/hbone-tests")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}

@@ -41,14 +41,14 @@ pub enum HboneError {
         source: std::io::Error,
     },
     /// The TLS handshake failed (identity refused, protocol mismatch, ...).
-    #[error("TLS handshake with {peer} failed ({reason}): {source}")]
+    #[error("TLS handshake with {peer} failed ({reason}): {detail}")]
     Handshake {
         /// The peer address.
         peer: std::net::SocketAddr,
         /// A short label, as counted in metrics (see [`crate::identity::verify::failure_reason`]).
         reason: &'static str,
-        /// The TLS error.
-        source: std::io::Error,
+        /// What the TLS layer or our verifier said.
+        detail: String,
     },
     /// TLS completed without ALPN `h2`.
     #[error("peer {peer} did not negotiate ALPN h2")]
@@ -104,10 +104,17 @@ impl HboneError {
 
 /// Turns a tokio-rustls handshake error into an [`HboneError::Handshake`] with its reason.
 pub(crate) fn handshake_error(peer: std::net::SocketAddr, error: std::io::Error) -> HboneError {
-    let reason = error
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .map(crate::identity::verify::failure_reason)
-        .unwrap_or("tls_io_error");
-    HboneError::Handshake { peer, reason, source: error }
+    let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return HboneError::Handshake { peer, reason: "tls_io_error", detail: error.to_string() };
+    };
+    let reason = crate::identity::verify::failure_reason(tls_error);
+    // Our verifiers' errors read better than rustls' Debug rendering of them.
+    let detail = match tls_error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(inner))) => {
+            format!("invalid peer certificate: {inner}")
+        }
+        other => other.to_string(),
+    };
+    HboneError::Handshake { peer, reason, detail }
 }

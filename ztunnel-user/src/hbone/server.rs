@@ -87,7 +87,7 @@ pub async fn accept_tls(
         HboneError::Handshake {
             peer: peer_address,
             reason: "no_client_certificate",
-            source: std::io::Error::other("client presented no certificate"),
+            detail: "client presented no certificate".to_owned(),
         }
     })?;
     let facts = CertificateFacts::parse(leaf)?;

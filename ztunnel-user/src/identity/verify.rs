@@ -174,6 +174,9 @@ pub fn failure_reason(error: &TlsError) -> &'static str {
             _ => "invalid_certificate",
         },
         TlsError::NoCertificatesPresented => "no_client_certificate",
+        TlsError::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired) => {
+            "tls_version_not_1_3"
+        }
         TlsError::PeerIncompatible(_) => "incompatible_protocol",
         TlsError::NoApplicationProtocol => "no_alpn_h2",
         TlsError::AlertReceived(_) => "alert_received",
