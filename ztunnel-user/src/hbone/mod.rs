@@ -109,12 +109,6 @@ pub(crate) fn handshake_error(peer: std::net::SocketAddr, error: std::io::Error)
         return HboneError::Handshake { peer, reason: "tls_io_error", detail: error.to_string() };
     };
     let reason = crate::identity::verify::failure_reason(tls_error);
-    // Our verifiers' errors read better than rustls' Debug rendering of them.
-    let detail = match tls_error {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(inner))) => {
-            format!("invalid peer certificate: {inner}")
-        }
-        other => other.to_string(),
-    };
+    let detail = crate::identity::verify::failure_detail(tls_error);
     HboneError::Handshake { peer, reason, detail }
 }

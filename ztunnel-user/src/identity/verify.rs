@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    CertificateError, DigitallySignedStruct, PeerIncompatible, DistinguishedName, Error as TlsError, OtherError,
     RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
@@ -174,12 +174,35 @@ pub fn failure_reason(error: &TlsError) -> &'static str {
             _ => "invalid_certificate",
         },
         TlsError::NoCertificatesPresented => "no_client_certificate",
-        TlsError::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired) => {
-            "tls_version_not_1_3"
-        }
+        TlsError::PeerIncompatible(
+            PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig,
+        ) => "tls_version_not_1_3",
         TlsError::PeerIncompatible(_) => "incompatible_protocol",
         TlsError::NoApplicationProtocol => "no_alpn_h2",
         TlsError::AlertReceived(_) => "alert_received",
         _ => "tls_error",
+    }
+}
+
+/// A sentence for logs: what failed and what the operator can check.
+pub fn failure_detail(error: &TlsError) -> String {
+    match error {
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            format!("invalid peer certificate: {inner}")
+        }
+        TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            format!("{error}: the certificate does not chain to our trust bundle (issued by another root?)")
+        }
+        TlsError::PeerIncompatible(_) if failure_reason(error) == "tls_version_not_1_3" => {
+            format!("{error}: HBONE requires TLS 1.3")
+        }
+        TlsError::NoCertificatesPresented => {
+            format!("{error}: HBONE requires a client certificate")
+        }
+        other => other.to_string(),
     }
 }

@@ -53,6 +53,8 @@ pub async fn handle(
                 Err(error) => {
                     if let HboneError::Handshake { reason, .. } = &error {
                         context.metrics.handshake_failed(HandshakeSide::Outbound, reason);
+                        tracing::warn!(source = %pod.workload.identity, %hbone_address, reason, %error,
+                            "HBONE server refused; connection closed");
                     }
                     if matches!(error, HboneError::Connect { .. } | HboneError::Refused { .. }) {
                         context.directory.report_refused(hbone_address);
