@@ -237,3 +237,39 @@ fn root_store(bundle: &[u8], origin: &str) -> Result<Arc<RootCertStore>, Identit
     }
     Ok(Arc::new(roots))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_changed_files_and_keeps_unchanged_ones() {
+        let directory = std::env::temp_dir().join(format!("ztunnel-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let authority = CertificateAuthority::generate("cluster.local").unwrap();
+        let identity = SpiffeId::new("cluster.local", "default", "sleep");
+        let (chain_path, key_path) = workload_paths(&directory, &identity);
+        std::fs::create_dir_all(chain_path.parent().unwrap()).unwrap();
+        std::fs::write(directory.join(TRUST_BUNDLE_FILE), authority.root_pem()).unwrap();
+        let write = |pem: super::super::ca::IssuedPem| {
+            std::fs::write(&chain_path, pem.chain).unwrap();
+            std::fs::write(&key_path, pem.key).unwrap();
+        };
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        write(authority.issue_pem_between(&identity, now, now + hour).unwrap());
+        let store = CertificateStore::from_files(&directory, "cluster.local").unwrap();
+        let first = store.certificate(&identity).unwrap();
+        assert_eq!(store.refresh().unwrap(), RefreshReport::default());
+        write(authority.issue_pem_between(&identity, now, now + hour).unwrap());
+        let report = store.refresh().unwrap();
+        let second = store.certificate(&identity).unwrap();
+        assert_eq!(report.replaced, vec![identity.clone()]);
+        assert_ne!(first.serial, second.serial);
+        std::fs::write(&chain_path, "not a certificate").unwrap();
+        let error = store.refresh().unwrap_err();
+        assert!(error.to_string().contains("cert-chain.pem"), "{error}");
+        assert_eq!(store.certificate(&identity).unwrap().serial, second.serial, "last good certificate stays");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
