@@ -2,8 +2,12 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
+pub mod admin;
+pub mod authz;
+pub mod config;
 pub mod ebpf;
 pub mod hbone;
 pub mod identity;
 pub mod proxy;
 pub mod socket;
+pub mod state;

@@ -1,5 +1,7 @@
 //! The `ztunnel` command: parses the command line and dispatches.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// A per-node ambient-mesh dataplane whose traffic capture is eBPF.
@@ -14,6 +16,20 @@ struct Cli {
 enum Command {
     /// Print the size of the embedded kernel programs.
     Version,
+    /// Work with the workloads/services/policies file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load FILE as the daemon would and print what it holds, or why it is refused.
+    Check {
+        /// The configuration file (Istio ztunnel local-config shape).
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,6 +41,9 @@ fn main() -> anyhow::Result<()> {
                 env!("CARGO_PKG_VERSION"),
                 ztunnel::ebpf::EBPF_OBJECT.len()
             );
+        }
+        Command::Config { action: ConfigCommand::Check { file } } => {
+            print!("{}", ztunnel::config::check(&file)?);
         }
     }
     Ok(())
