@@ -21,6 +21,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod outbound;
 pub mod passthrough;
+pub mod state_directory;
 pub mod upstream;
 
 use std::{net::IpAddr, sync::Arc};
