@@ -196,6 +196,34 @@ impl CertificateAuthority {
     }
 }
 
+/// Issues a certificate for `identity` and writes it where a file-backed
+/// [`super::CertificateStore`] reads it: `<directory>/root-cert.pem` and
+/// `<directory>/<ns>/<sa>/{cert-chain.pem,key.pem}` (key 0600). Returns the chain's path.
+pub fn issue_to_directory(
+    authority: &CertificateAuthority,
+    identity: &SpiffeId,
+    directory: &Path,
+    lifetime: Duration,
+) -> Result<PathBuf, IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = SystemTime::now();
+    let pem = authority.issue_pem_between(identity, now - CLOCK_SKEW, now + lifetime)?;
+    let (chain_path, key_path) = super::store::workload_paths(directory, identity);
+    if let Some(parent) = chain_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| IdentityError::io("create directory", parent, error))?;
+    }
+    let bundle_path = directory.join(super::store::TRUST_BUNDLE_FILE);
+    // Write the key first with tight permissions, then the chain: a reader never pairs a new
+    // chain with an old key for long.
+    for (path, text) in [(&key_path, &pem.key), (&chain_path, &pem.chain), (&bundle_path, &authority.root_pem)] {
+        std::fs::write(path, text).map_err(|error| IdentityError::io("write", path, error))?;
+    }
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|error| IdentityError::io("chmod", &key_path, error))?;
+    Ok(chain_path)
+}
+
 /// A serial number unique within this process and unlikely to repeat across processes.
 fn new_serial() -> SerialNumber {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
