@@ -1,0 +1,122 @@
+//! Inbound HBONE: TLS connections to a pod's 15008 listener; each `CONNECT` stream is checked
+//! (authority is this pod, workload known, policy allows) and joined to the application.
+
+use std::{sync::Arc, time::Instant};
+
+use http::StatusCode;
+use tokio::net::TcpStream;
+
+use super::{
+    InboundConnection, PodContext, ProxyContext, access_log::ConnectionRecord,
+    metrics::HandshakeSide, upstream,
+};
+use crate::hbone::{
+    Answer, ConnectHandler, HboneError, HboneRequest, Transferred,
+    server::{accept_tls, serve},
+};
+
+/// Serves one accepted TCP connection on a pod's HBONE listener until it closes (or drains).
+/// Handshake failures are logged with their reason and counted; they never stop the listener.
+pub async fn serve_hbone_connection(
+    context: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    tcp: TcpStream,
+) -> Result<(), HboneError> {
+    let peer_address = match tcp.peer_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            tracing::debug!(%error, "HBONE connection gone before the handshake");
+            return Ok(());
+        }
+    };
+    let (tls, peer) = match accept_tls(&pod.acceptor, tcp, peer_address).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            let reason = error.reason();
+            context.metrics.handshake_failed(HandshakeSide::Inbound, reason);
+            tracing::warn!(peer = %peer_address, pod = %pod.workload.identity, reason, %error,
+                "HBONE connection refused");
+            return Err(error);
+        }
+    };
+    context.metrics.hbone_connections_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(peer = %peer_address, identity = %peer.identity, serial = %peer.certificate_serial,
+        "HBONE connection accepted");
+    let handler = Arc::new(InboundHandler { context: context.clone(), pod });
+    let drain = context.drain.clone();
+    serve(tls, peer, handler, async move { drain.signaled().await }).await
+}
+
+/// Answers `CONNECT` streams for one pod.
+struct InboundHandler {
+    context: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+}
+
+impl ConnectHandler for InboundHandler {
+    async fn handle(&self, request: HboneRequest, answer: Answer) {
+        let _guard = self.context.drain.track();
+        let record = ConnectionRecord {
+            direction: "inbound",
+            source: request.forwarded_for.unwrap_or(request.peer.address),
+            destination: request.authority,
+            source_identity: Some(request.peer.identity.to_string()),
+            destination_identity: Some(self.pod.workload.identity.to_string()),
+            via: Some(request.authority),
+            started: Instant::now(),
+        };
+        let mut upstream = match self.admit(&request).await {
+            Ok(upstream) => upstream,
+            Err((status, why)) => {
+                self.context.metrics.answered(status);
+                tracing::info!(peer = %request.peer.address, identity = %request.peer.identity,
+                    authority = %request.authority, status = status.as_u16(), why, "HBONE request refused");
+                answer.refuse(status);
+                return;
+            }
+        };
+        self.context.metrics.answered(StatusCode::OK);
+        self.context.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (transferred, result) = match answer.accept() {
+            Ok(tunnel) => {
+                let (transferred, result) = tunnel.copy_with(&mut upstream).await;
+                (transferred, result.map_err(|source| super::ProxyError::Upstream { address: request.authority, source }))
+            }
+            Err(error) => (
+                Transferred::default(),
+                Err(super::ProxyError::Hbone(HboneError::H2 { peer: request.peer.address, source: error })),
+            ),
+        };
+        // For the log, "sent" is what the remote client sent (tunnel → application).
+        let transferred = Transferred { sent: transferred.received, received: transferred.sent };
+        let _ = super::outbound::finish(&self.context, &record, transferred, result);
+    }
+}
+
+impl InboundHandler {
+    /// Decides a stream: the upstream connection, or the status to refuse it with.
+    async fn admit(&self, request: &HboneRequest) -> Result<TcpStream, (StatusCode, &'static str)> {
+        let destination = request.authority;
+        if !self.pod.owns(destination.ip()) {
+            return Err((StatusCode::BAD_REQUEST, "authority is not an address of this pod"));
+        }
+        let Some(workload) = self.context.directory.workload(destination.ip()) else {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "no such workload"));
+        };
+        let connection = InboundConnection {
+            source_identity: Some(&request.peer.identity),
+            source: request.forwarded_for.unwrap_or(request.peer.address),
+            destination,
+            destination_workload: &workload,
+        };
+        if !self.context.directory.authorize(&connection) {
+            return Err((StatusCode::UNAUTHORIZED, "denied by policy"));
+        }
+        upstream::connect_from(&*self.pod.sockets, Some(request.peer.address.ip()), destination)
+            .await
+            .map_err(|error| {
+                tracing::debug!(%destination, %error, "application refused the connection");
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
+            })
+    }
+}
