@@ -66,7 +66,9 @@ async fn a_replaced_state_applies_to_the_next_connection() {
     let authority = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
     let store = Arc::new(CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600)).unwrap());
     let (_drain, watch) = Drain::new();
-    let context = ProxyContext::new(Arc::new(StateDirectory::new(handle.clone())), store.clone(), watch);
+    let metrics = ztunnel::admin::metrics::Metrics::new();
+    let observer = Arc::new(ztunnel::proxy::istio_metrics::IstioMetrics::new(metrics.clone(), handle.clone()));
+    let context = ProxyContext::with_observer(Arc::new(StateDirectory::new(handle.clone())), store.clone(), watch, observer);
     let snapshot = handle.snapshot();
     let sleep = workload_info(&snapshot.workload_by_ip("127.0.61.1".parse().unwrap()).unwrap());
     let echo = workload_info(&snapshot.workload_by_ip("127.0.61.2".parse().unwrap()).unwrap());
@@ -98,7 +100,20 @@ async fn a_replaced_state_applies_to_the_next_connection() {
     let after = attempt(outbound).await;
     println!("observed: before {:?}, with deny-sleep {:?} (401 answers: {answered_401}), after removing it {:?}",
         String::from_utf8_lossy(&before), String::from_utf8_lossy(&denied), String::from_utf8_lossy(&after));
+    let exported = metrics.encode().expect("encode metrics");
+    let interesting: Vec<&str> = exported.lines()
+        .filter(|line| line.starts_with("istio_tcp_connections_opened_total{") || line.starts_with("ztunnel_connections_denied_total{"))
+        .collect();
+    println!("observed metrics:\n{}", interesting.join("\n"));
     assert_eq!(before, b"hi");
+    let opened_by_source = interesting.iter().any(|line| line.starts_with("istio_tcp_connections_opened_total{")
+        && line.contains("reporter=\"source\"")
+        && line.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
+        && line.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"")
+        && line.contains("connection_security_policy=\"mutual_tls\""));
+    assert!(opened_by_source, "outbound opens must be exported with Istio labels");
+    assert!(interesting.iter().any(|line| line.starts_with("ztunnel_connections_denied_total{") && line.contains("reporter=\"destination\"")),
+        "the 401 must be counted as denied");
     assert!(denied.is_empty());
     assert_eq!(answered_401, 1);
     assert_eq!(after, b"hi");

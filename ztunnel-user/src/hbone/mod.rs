@@ -26,6 +26,8 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
 /// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
 pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
 pub const SEND_BUFFER: usize = 1024 * 1024;
 
@@ -49,6 +51,14 @@ pub enum HboneError {
         reason: &'static str,
         /// What the TLS layer or our verifier said.
         detail: String,
+    },
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake with {peer} did not finish within {timeout:?}")]
+    HandshakeTimeout {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// The limit.
+        timeout: std::time::Duration,
     },
     /// TLS completed without ALPN `h2`.
     #[error("peer {peer} did not negotiate ALPN h2")]
@@ -93,6 +103,7 @@ impl HboneError {
         match self {
             Self::Connect { .. } => "connect_failed",
             Self::Handshake { reason, .. } => reason,
+            Self::HandshakeTimeout { .. } => "handshake_timeout",
             Self::NoAlpn { .. } => "no_alpn_h2",
             Self::Identity(_) => "no_certificate",
             Self::H2 { .. } => "http2_error",

@@ -21,7 +21,7 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HboneError, MAX_FRAME_SIZE,
+    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE,
     SEND_BUFFER, STREAM_WINDOW, handshake_error,
 };
 use crate::{
@@ -180,9 +180,10 @@ impl HbonePool {
         let tcp = socket.connect(address).await.map_err(connect_error)?;
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(&self.store, certificate, expected)?;
-        let tls = TlsConnector::from(config)
-            .connect(ServerName::IpAddress(address.ip().into()), tcp)
+        let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
+            .map_err(|_| HboneError::HandshakeTimeout { peer: address, timeout: HANDSHAKE_TIMEOUT })?
             .map_err(|error| handshake_error(address, error))?;
         if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(HboneError::NoAlpn { peer: address });

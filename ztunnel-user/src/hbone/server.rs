@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{
-    CONNECTION_WINDOW, H2Stream, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
+    CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW, handshake_error,
 };
 use crate::identity::{SpiffeId, certificate::CertificateFacts, tls::ALPN_H2};
@@ -78,7 +78,10 @@ pub async fn accept_tls(
     peer_address: SocketAddr,
 ) -> Result<(TlsStream<TcpStream>, PeerInfo), HboneError> {
     let _ = tcp.set_nodelay(true);
-    let tls = acceptor.accept(tcp).await.map_err(|error| handshake_error(peer_address, error))?;
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| HboneError::HandshakeTimeout { peer: peer_address, timeout: HANDSHAKE_TIMEOUT })?
+        .map_err(|error| handshake_error(peer_address, error))?;
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(ALPN_H2) {
         return Err(HboneError::NoAlpn { peer: peer_address });

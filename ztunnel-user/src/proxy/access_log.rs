@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Instant};
 
-use crate::hbone::Transferred;
+use crate::{hbone::Transferred, identity::SpiffeId};
 
 /// The tracing target of access-log lines.
 pub const TARGET: &str = "ztunnel::access";
@@ -17,9 +17,11 @@ pub struct ConnectionRecord {
     /// Original destination.
     pub destination: SocketAddr,
     /// Source identity, if known.
-    pub source_identity: Option<String>,
+    pub source_identity: Option<SpiffeId>,
     /// Destination identity, if known.
-    pub destination_identity: Option<String>,
+    pub destination_identity: Option<SpiffeId>,
+    /// Whether the bytes travel in an HBONE tunnel (mutual TLS).
+    pub mutual_tls: bool,
     /// Where the bytes actually went (HBONE server or upstream address).
     pub via: Option<SocketAddr>,
     /// When the connection was accepted.
@@ -34,8 +36,9 @@ impl ConnectionRecord {
             direction = self.direction,
             src = %self.source,
             dst = %self.destination,
-            src_identity = self.source_identity.as_deref().unwrap_or("-"),
-            dst_identity = self.destination_identity.as_deref().unwrap_or("-"),
+            src_identity = %display_or_dash(self.source_identity.as_ref()),
+            dst_identity = %display_or_dash(self.destination_identity.as_ref()),
+            mtls = self.mutual_tls,
             via = %self.via.map(|address| address.to_string()).unwrap_or_else(|| "-".to_owned()),
             bytes_sent = transferred.sent,
             bytes_received = transferred.received,
@@ -44,4 +47,8 @@ impl ConnectionRecord {
             "connection closed"
         );
     }
+}
+
+fn display_or_dash(identity: Option<&SpiffeId>) -> String {
+    identity.map(ToString::to_string).unwrap_or_else(|| "-".to_owned())
 }

@@ -7,8 +7,11 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 
 use super::{
-    InboundConnection, PodContext, ProxyContext, access_log::ConnectionRecord,
-    metrics::HandshakeSide, upstream,
+    InboundConnection, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord,
+    metrics::HandshakeSide,
+    observer::FailureKind,
+    outbound::{Outcome, finish},
+    upstream,
 };
 use crate::hbone::{
     Answer, ConnectHandler, HboneError, HboneRequest, Transferred,
@@ -33,7 +36,7 @@ pub async fn serve_hbone_connection(
         Ok(accepted) => accepted,
         Err(error) => {
             let reason = error.reason();
-            context.metrics.handshake_failed(HandshakeSide::Inbound, reason);
+            context.identity_failure(HandshakeSide::Inbound, reason);
             tracing::warn!(peer = %peer_address, pod = %pod.workload.identity, reason, %error,
                 "HBONE connection refused");
             return Err(error);
@@ -60,8 +63,9 @@ impl ConnectHandler for InboundHandler {
             direction: "inbound",
             source: request.forwarded_for.unwrap_or(request.peer.address),
             destination: request.authority,
-            source_identity: Some(request.peer.identity.to_string()),
-            destination_identity: Some(self.pod.workload.identity.to_string()),
+            source_identity: Some(request.peer.identity.clone()),
+            destination_identity: Some(self.pod.workload.identity.clone()),
+            mutual_tls: true,
             via: Some(request.authority),
             started: Instant::now(),
         };
@@ -72,24 +76,27 @@ impl ConnectHandler for InboundHandler {
                 tracing::info!(peer = %request.peer.address, identity = %request.peer.identity,
                     authority = %request.authority, status = status.as_u16(), why, "HBONE request refused");
                 answer.refuse(status);
+                let kind = if status == StatusCode::UNAUTHORIZED { FailureKind::Denied } else { FailureKind::Connect };
+                let error = ProxyError::NoRoute { destination: request.authority, reason: format!("answered {status}: {why}") };
+                let _ = finish(&self.context, &record, Outcome::Failed(kind, error));
                 return;
             }
         };
         self.context.metrics.answered(StatusCode::OK);
-        self.context.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (transferred, result) = match answer.accept() {
+        let outcome = match answer.accept() {
             Ok(tunnel) => {
+                self.context.opened(&record);
                 let (transferred, result) = tunnel.copy_with(&mut upstream).await;
-                (transferred, result.map_err(|source| super::ProxyError::Upstream { address: request.authority, source }))
+                // For the record, "sent" is what the remote client sent (tunnel → application).
+                let transferred = Transferred { sent: transferred.received, received: transferred.sent };
+                Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: request.authority, source }))
             }
-            Err(error) => (
-                Transferred::default(),
-                Err(super::ProxyError::Hbone(HboneError::H2 { peer: request.peer.address, source: error })),
+            Err(error) => Outcome::Failed(
+                FailureKind::Connect,
+                ProxyError::Hbone(HboneError::H2 { peer: request.peer.address, source: error }),
             ),
         };
-        // For the log, "sent" is what the remote client sent (tunnel → application).
-        let transferred = Transferred { sent: transferred.received, received: transferred.sent };
-        let _ = super::outbound::finish(&self.context, &record, transferred, result);
+        let _ = finish(&self.context, &record, outcome);
     }
 }
 

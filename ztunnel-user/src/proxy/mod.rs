@@ -17,8 +17,10 @@ pub mod copy;
 pub mod directory;
 pub mod drain;
 pub mod inbound;
+pub mod istio_metrics;
 pub mod listeners;
 pub mod metrics;
+pub mod observer;
 pub mod outbound;
 pub mod passthrough;
 pub mod state_directory;
@@ -31,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 pub use directory::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
 pub use drain::{Drain, DrainWatch};
 pub use metrics::ProxyMetrics;
+pub use observer::ConnectionObserver;
 
 use crate::{
     hbone::{HboneError, HbonePool},
@@ -50,6 +53,8 @@ pub struct ProxyContext {
     pub metrics: Arc<ProxyMetrics>,
     /// Tells listeners and connections to wind down.
     pub drain: DrainWatch,
+    /// Where connection events are exported (Istio metrics in the daemon).
+    pub observer: Arc<dyn ConnectionObserver>,
 }
 
 impl ProxyContext {
@@ -59,13 +64,36 @@ impl ProxyContext {
         certificates: Arc<CertificateStore>,
         drain: DrainWatch,
     ) -> Arc<Self> {
+        Self::with_observer(directory, certificates, drain, Arc::new(observer::NoObserver))
+    }
+
+    /// Like [`new`](Self::new), exporting connection events to `observer`.
+    pub fn with_observer(
+        directory: Arc<dyn Directory>,
+        certificates: Arc<CertificateStore>,
+        drain: DrainWatch,
+        observer: Arc<dyn ConnectionObserver>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             directory,
             pool: Arc::new(HbonePool::new(certificates.clone())),
             certificates,
             metrics: Arc::new(ProxyMetrics::default()),
             drain,
+            observer,
         })
+    }
+
+    /// A connection is established end to end.
+    pub(crate) fn opened(&self, record: &access_log::ConnectionRecord) {
+        self.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.observer.opened(record);
+    }
+
+    /// A handshake failed for `reason`: counted here and exported.
+    pub(crate) fn identity_failure(&self, side: metrics::HandshakeSide, reason: &'static str) {
+        self.metrics.handshake_failed(side, reason);
+        self.observer.identity_failure(side, reason);
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::{
     OutboundRoute, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord, copy,
-    metrics::HandshakeSide,
+    metrics::HandshakeSide, observer::FailureKind,
 };
 use crate::hbone::{HboneError, Transferred, TunnelRequest};
 
@@ -26,17 +26,17 @@ pub async fn handle(
         direction: "outbound",
         source,
         destination: original_destination,
-        source_identity: Some(pod.workload.identity.to_string()),
+        source_identity: Some(pod.workload.identity.clone()),
         destination_identity: None,
+        mutual_tls: false,
         via: None,
         started: Instant::now(),
     };
-    context.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (transferred, result) = match route {
+    let outcome = match route {
         OutboundRoute::Hbone { hbone_address, authority, expected, destination: _ } => {
             record.via = Some(hbone_address);
-            record.destination_identity =
-                Some(expected.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+            record.mutual_tls = true;
+            record.destination_identity = expected.first().cloned();
             let request = TunnelRequest {
                 source: &pod.workload.identity,
                 expected: &expected,
@@ -47,59 +47,78 @@ pub async fn handle(
             };
             match context.pool.connect(request).await {
                 Ok(tunnel) => {
+                    context.opened(&record);
                     let (transferred, result) = tunnel.copy_with(&mut client).await;
-                    (transferred, result.map_err(|source| ProxyError::Upstream { address: hbone_address, source }))
+                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: hbone_address, source }))
                 }
-                Err(error) => {
-                    if let HboneError::Handshake { reason, .. } = &error {
-                        context.metrics.handshake_failed(HandshakeSide::Outbound, reason);
-                        tracing::warn!(source = %pod.workload.identity, %hbone_address, reason, %error,
-                            "HBONE server refused; connection closed");
-                    }
-                    if matches!(error, HboneError::Connect { .. } | HboneError::Refused { .. }) {
-                        context.directory.report_refused(hbone_address);
-                    }
-                    (Transferred::default(), Err(ProxyError::Hbone(error)))
-                }
+                Err(error) => Outcome::Failed(tunnel_failure(context, pod, hbone_address, &error), ProxyError::Hbone(error)),
             }
         }
         OutboundRoute::Passthrough { address } => {
             record.via = Some(address);
             match connect_plain(pod, address).await {
                 Ok(mut upstream) => {
+                    context.opened(&record);
                     let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
-                    (transferred, result.map_err(|source| ProxyError::Upstream { address, source }))
+                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address, source }))
                 }
-                Err(error) => (Transferred::default(), Err(error)),
+                Err(error) => Outcome::Failed(FailureKind::Connect, error),
             }
         }
-        OutboundRoute::Refuse { reason } => (
-            Transferred::default(),
-            Err(ProxyError::NoRoute { destination: original_destination, reason }),
-        ),
+        OutboundRoute::Refuse { reason } => {
+            Outcome::Failed(FailureKind::Connect, ProxyError::NoRoute { destination: original_destination, reason })
+        }
     };
-    finish(context, &record, transferred, result)
+    finish(context, &record, outcome)
 }
 
-/// Counts and logs the end of a connection, and passes its result on.
-pub(crate) fn finish(
-    context: &ProxyContext,
-    record: &ConnectionRecord,
-    transferred: Transferred,
-    result: Result<(), ProxyError>,
-) -> Result<(), ProxyError> {
+/// How a proxied connection ended.
+pub(crate) enum Outcome {
+    /// It was established and carried `Transferred` bytes; then ended cleanly or not.
+    Closed(Transferred, Result<(), ProxyError>),
+    /// It was never established.
+    Failed(FailureKind, ProxyError),
+}
+
+/// Counts, exports and logs the end of a connection, and passes its result on.
+pub(crate) fn finish(context: &ProxyContext, record: &ConnectionRecord, outcome: Outcome) -> Result<(), ProxyError> {
     use std::sync::atomic::Ordering::Relaxed;
-    context.metrics.connections_closed.fetch_add(1, Relaxed);
-    context.metrics.bytes_sent.fetch_add(transferred.sent, Relaxed);
-    context.metrics.bytes_received.fetch_add(transferred.received, Relaxed);
+    let (transferred, result) = match outcome {
+        Outcome::Closed(transferred, result) => {
+            context.metrics.connections_closed.fetch_add(1, Relaxed);
+            context.metrics.bytes_sent.fetch_add(transferred.sent, Relaxed);
+            context.metrics.bytes_received.fetch_add(transferred.received, Relaxed);
+            context.observer.closed(record, transferred);
+            (transferred, result)
+        }
+        Outcome::Failed(kind, error) => {
+            context.observer.failed(record, kind);
+            (Transferred::default(), Err(error))
+        }
+    };
     match &result {
         Ok(()) => record.log(transferred, "ok"),
-        Err(error) => {
-            let reason = error.to_string();
-            record.log(transferred, &reason);
-        }
+        Err(error) => record.log(transferred, &error.to_string()),
     }
     result
+}
+
+/// Counts and logs why a tunnel could not be opened; tells the balancer about refusals.
+fn tunnel_failure(context: &ProxyContext, pod: &PodContext, hbone_address: SocketAddr, error: &HboneError) -> FailureKind {
+    match error {
+        HboneError::Handshake { reason, .. } => {
+            context.identity_failure(HandshakeSide::Outbound, reason);
+            tracing::warn!(source = %pod.workload.identity, %hbone_address, reason, %error,
+                "HBONE server refused; connection closed");
+            FailureKind::Tls
+        }
+        HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => FailureKind::Denied,
+        HboneError::Connect { .. } | HboneError::Refused { .. } => {
+            context.directory.report_refused(hbone_address);
+            FailureKind::Connect
+        }
+        _ => FailureKind::Connect,
+    }
 }
 
 /// The pod-side source of an outbound connection. The connect hook sends the pod's traffic to

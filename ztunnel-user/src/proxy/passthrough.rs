@@ -7,10 +7,13 @@ use std::time::Instant;
 use tokio::net::TcpStream;
 
 use super::{
-    InboundConnection, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord, copy,
-    outbound::finish, upstream,
+    InboundConnection, PodContext, ProxyContext, ProxyError,
+    access_log::ConnectionRecord,
+    copy,
+    observer::FailureKind,
+    outbound::{Outcome, finish},
+    upstream,
 };
-use crate::hbone::Transferred;
 
 /// Proxies one plaintext connection accepted on a pod's inbound listener.
 pub async fn handle(context: &ProxyContext, pod: &PodContext, mut client: TcpStream) -> Result<(), ProxyError> {
@@ -22,28 +25,25 @@ pub async fn handle(context: &ProxyContext, pod: &PodContext, mut client: TcpStr
         source,
         destination,
         source_identity: None,
-        destination_identity: Some(pod.workload.identity.to_string()),
+        destination_identity: Some(pod.workload.identity.clone()),
+        mutual_tls: false,
         via: Some(destination),
         started: Instant::now(),
     };
-    context.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let workload = context.directory.workload(destination.ip()).unwrap_or_else(|| pod.workload.clone());
-    let connection = InboundConnection {
-        source_identity: None,
-        source,
-        destination,
-        destination_workload: &workload,
-    };
-    let result = if context.directory.authorize(&connection) {
+    let connection = InboundConnection { source_identity: None, source, destination, destination_workload: &workload };
+    let outcome = if !context.directory.authorize(&connection) {
+        let reason = "denied by policy (no peer identity)".to_owned();
+        Outcome::Failed(FailureKind::Denied, ProxyError::NoRoute { destination, reason })
+    } else {
         match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
             Ok(mut upstream) => {
+                context.opened(&record);
                 let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
-                return finish(context, &record, transferred, result.map_err(|source| ProxyError::Upstream { address: destination, source }));
+                Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: destination, source }))
             }
-            Err(source) => Err(ProxyError::Upstream { address: destination, source }),
+            Err(source) => Outcome::Failed(FailureKind::Connect, ProxyError::Upstream { address: destination, source }),
         }
-    } else {
-        Err(ProxyError::NoRoute { destination, reason: "denied by policy (no peer identity)".to_owned() })
     };
-    finish(context, &record, Transferred::default(), result)
+    finish(context, &record, outcome)
 }
