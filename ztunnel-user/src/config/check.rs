@@ -120,17 +120,4 @@ mod tests {
             "{error}"
         );
     }
-
-    #[test]
-    fn the_deployed_example_configuration_is_valid() {
-        let manifest = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/configmap.yaml"),
-        )
-        .unwrap();
-        let configmap: serde_norway::Value = serde_norway::from_str(&manifest).unwrap();
-        let text = configmap["data"]["config.yaml"].as_str().unwrap();
-        let state =
-            State::from_config(super::super::parse(text, "configmap.yaml").unwrap()).unwrap();
-        assert_eq!(summary(&state), "2 workloads, 1 services, 1 policies");
-    }
 }
