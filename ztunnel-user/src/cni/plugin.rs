@@ -1,172 +1,283 @@
-//! The plugin's decisions for ADD / DEL / CHECK / VERSION. Enrollment itself (maps, TC link,
-//! in-pod listeners) is behind [`PodEnroller`], implemented by the in-pod module.
+//! What the plugin does for each command, against two seams: who enrolls the pod
+//! ([`Enroller`]: ztunnel over its socket, or the kernel maps directly when ztunnel is down) and
+//! who says whether a pod belongs to the mesh ([`WorkloadDirectory`]: the workload config).
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{net::IpAddr, path::Path};
 
 use serde_json::Value;
+use tracing::info;
 
-use super::{
-    CniError,
-    spec::{
-        Command, Invocation, NetworkConfig, PluginSettings, VersionReply, check_version, pod_ips,
-    },
-};
-use crate::config;
+use super::spec::{CniError, Command, Invocation, NetworkConfig, codes, version_report};
+use crate::enrollment::PodRef;
 
-/// A pod to enroll or check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pod {
-    /// The runtime's container (sandbox) id.
-    pub container_id: String,
-    /// The pod's network namespace.
-    pub netns: PathBuf,
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Kubernetes pod name.
-    pub name: String,
-    /// Addresses the primary plugin gave it.
-    pub ips: Vec<IpAddr>,
+/// Enrolls and unenrolls pods on this node.
+pub trait Enroller {
+    /// Enroll the pod; on failure nothing of it may be left behind.
+    fn enroll(
+        &self,
+        config: &NetworkConfig,
+        pod: &PodRef,
+        ips: &[IpAddr],
+        netns: &Path,
+    ) -> Result<(), CniError>;
+    /// Unenroll the pod; unknown pods succeed.
+    fn unenroll(&self, config: &NetworkConfig, pod: &PodRef) -> Result<(), CniError>;
+    /// Fails with [`codes::NOT_ENROLLED`] unless the pod is enrolled with these addresses.
+    fn check(&self, config: &NetworkConfig, pod: &PodRef, ips: &[IpAddr]) -> Result<(), CniError>;
 }
 
-/// A pod going away; DEL may come without a netns, or for a pod never enrolled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemovedPod {
-    /// The runtime's container (sandbox) id.
-    pub container_id: String,
-    /// The pod's network namespace, when the runtime still has it.
-    pub netns: Option<PathBuf>,
-    /// `(namespace, name)` when the runtime is Kubernetes.
-    pub pod: Option<(String, String)>,
+/// Answers whether a pod is part of the mesh.
+pub trait WorkloadDirectory {
+    /// Whether the pod `name`/`namespace` with `ips` is a workload of the mesh config.
+    fn is_mesh_workload(
+        &self,
+        config: &NetworkConfig,
+        name: &str,
+        namespace: &str,
+        ips: &[IpAddr],
+    ) -> Result<bool, CniError>;
 }
 
-/// Puts pods in the mesh and takes them out. Errors are shown to the runtime as-is.
-pub trait PodEnroller {
-    /// Enrolls `pod`; must leave nothing behind when it fails.
-    fn enroll(&self, pod: &Pod, settings: &PluginSettings) -> Result<(), String>;
-    /// Takes the pod out; must succeed for pods it does not know.
-    fn remove(&self, pod: &RemovedPod, settings: &PluginSettings) -> Result<(), String>;
-    /// Verifies `pod` is still enrolled as expected.
-    fn check(&self, pod: &Pod, settings: &PluginSettings) -> Result<(), String>;
-}
-
-/// What to print on success: the JSON document, or nothing.
-pub type Output = Option<String>;
-
-/// Runs one invocation with the network configuration `stdin`.
-pub fn run(
+/// Runs one invocation; returns what to print on stdout on success.
+pub fn execute(
     invocation: &Invocation,
-    stdin: &str,
-    enroller: &dyn PodEnroller,
-) -> Result<Output, CniError> {
+    stdin: &[u8],
+    enroller: &impl Enroller,
+    directory: &impl WorkloadDirectory,
+) -> Result<Option<Value>, CniError> {
     if invocation.command == Command::Version {
-        return serde_json::to_string(&VersionReply::ours())
-            .map(Some)
-            .map_err(CniError::Encode);
+        return Ok(Some(version_report()));
     }
-    let config: NetworkConfig = serde_json::from_str(stdin).map_err(CniError::Decode)?;
-    check_version(&config.cni_version).map_err(CniError::Version)?;
-    match invocation.command {
-        Command::Add | Command::Check => {
-            let prev_result = config.prev_result.clone().ok_or_else(|| {
-                CniError::InvalidConfig(
-                    "no prevResult: ztunnel-cni must be chained after the primary network plugin"
-                        .into(),
-                )
-            })?;
-            let pod = match pod_to_enroll(invocation, &config, &prev_result)? {
-                Some(pod) if invocation.command == Command::Add => {
-                    enroller
-                        .enroll(&pod, &config.settings)
-                        .map_err(CniError::Enrollment)?;
-                    Some(pod)
-                }
-                Some(pod) => {
-                    enroller
-                        .check(&pod, &config.settings)
-                        .map_err(CniError::Enrollment)?;
-                    None
-                }
-                None => None,
-            };
-            if let Some(pod) = pod {
-                tracing::info!(namespace = %pod.namespace, pod = %pod.name, ips = ?pod.ips, "pod enrolled");
-            }
-            match invocation.command {
-                Command::Add => Ok(Some(result_for_runtime(prev_result, &config.cni_version)?)),
-                _ => Ok(None),
-            }
-        }
-        Command::Del => {
-            let removed = RemovedPod {
-                container_id: invocation.container_id.clone(),
-                netns: invocation.netns.clone(),
-                pod: invocation
-                    .kubernetes_pod()
-                    .map(|(namespace, name)| (namespace.to_owned(), name.to_owned())),
-            };
-            enroller
-                .remove(&removed, &config.settings)
-                .map_err(CniError::Enrollment)?;
-            Ok(None)
-        }
-        Command::Version => unreachable!("answered above"),
-    }
-}
-
-/// The pod to enroll, or `None` when it passes through untouched (not Kubernetes, excluded
-/// namespace, or absent from the workload configuration).
-fn pod_to_enroll(
-    invocation: &Invocation,
-    config: &NetworkConfig,
-    prev_result: &Value,
-) -> Result<Option<Pod>, CniError> {
-    let Some((namespace, name)) = invocation.kubernetes_pod() else {
-        tracing::info!(container = %invocation.container_id, "no K8S_POD_NAMESPACE/K8S_POD_NAME; passing through");
-        return Ok(None);
+    let config = NetworkConfig::parse(stdin)?;
+    let Some((name, namespace)) = invocation.pod() else {
+        // Not a Kubernetes pod (no K8S_POD_* args): nothing of ours to do.
+        return Ok(passthrough(&config, invocation.command));
+    };
+    let pod = PodRef {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        container_id: invocation.container_id.clone(),
     };
     if config
-        .settings
         .exclude_namespaces
         .iter()
         .any(|excluded| excluded == namespace)
     {
-        tracing::info!(%namespace, pod = %name, "namespace excluded; passing through");
-        return Ok(None);
+        info!(
+            pod = name,
+            namespace, "namespace excluded from the mesh; passing through"
+        );
+        return Ok(passthrough(&config, invocation.command));
     }
-    let ips = pod_ips(prev_result).map_err(CniError::InvalidConfig)?;
-    if let Some(path) = &config.settings.workload_config {
-        let state = config::load_state(path).map_err(CniError::WorkloadConfig)?;
-        let listed = ips.iter().any(|ip| state.workload_by_ip(*ip).is_some())
-            || state
-                .workloads()
-                .any(|workload| workload.namespace == namespace && workload.name == name);
-        if !listed {
-            tracing::info!(%namespace, pod = %name, ?ips, "pod not in the workload configuration; passing through");
-            return Ok(None);
+    match invocation.command {
+        Command::Add => {
+            let ips = config.pod_ips()?;
+            if !directory.is_mesh_workload(&config, name, namespace, &ips)? {
+                info!(
+                    pod = name,
+                    namespace,
+                    ?ips,
+                    "not a workload of the mesh config; passing through"
+                );
+                return Ok(passthrough(&config, invocation.command));
+            }
+            let netns = invocation.netns.as_deref().ok_or_else(|| {
+                CniError::new(
+                    codes::INVALID_ENVIRONMENT,
+                    "invalid CNI_NETNS",
+                    "CNI_NETNS is required for ADD",
+                )
+            })?;
+            enroller.enroll(&config, &pod, &ips, netns)?;
+            Ok(passthrough(&config, invocation.command))
         }
+        Command::Del => {
+            enroller.unenroll(&config, &pod)?;
+            Ok(None)
+        }
+        Command::Check => {
+            let ips = config.pod_ips()?;
+            if directory.is_mesh_workload(&config, name, namespace, &ips)? {
+                enroller.check(&config, &pod, &ips)?;
+            }
+            Ok(None)
+        }
+        Command::Version => Ok(Some(version_report())),
     }
-    let netns = invocation
-        .netns
-        .clone()
-        .ok_or_else(|| CniError::InvalidConfig("CNI_NETNS is empty".into()))?;
-    Ok(Some(Pod {
-        container_id: invocation.container_id.clone(),
-        netns,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        ips,
-    }))
 }
 
-/// The previous result, handed back unchanged except that it must carry a `cniVersion`.
-fn result_for_runtime(mut prev_result: Value, version: &str) -> Result<String, CniError> {
-    if let Some(result) = prev_result.as_object_mut() {
-        result
-            .entry("cniVersion")
-            .or_insert_with(|| Value::String(version.to_owned()));
+/// A chained plugin's ADD prints its `prevResult` unchanged; DEL and CHECK print nothing.
+fn passthrough(config: &NetworkConfig, command: Command) -> Option<Value> {
+    match command {
+        Command::Add => config.prev_result.clone(),
+        _ => None,
     }
-    serde_json::to_string(&prev_result).map_err(CniError::Encode)
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeEnroller {
+        calls: RefCell<Vec<String>>,
+        fail_enroll: bool,
+    }
+
+    impl Enroller for FakeEnroller {
+        fn enroll(
+            &self,
+            _: &NetworkConfig,
+            pod: &PodRef,
+            ips: &[IpAddr],
+            _: &Path,
+        ) -> Result<(), CniError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("enroll {} {ips:?}", pod.name));
+            if self.fail_enroll {
+                return Err(CniError::new(
+                    codes::ENROLLMENT_FAILED,
+                    "enrollment failed",
+                    "pods map full",
+                ));
+            }
+            Ok(())
+        }
+        fn unenroll(&self, _: &NetworkConfig, pod: &PodRef) -> Result<(), CniError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("unenroll {}", pod.name));
+            Ok(())
+        }
+        fn check(&self, _: &NetworkConfig, pod: &PodRef, _: &[IpAddr]) -> Result<(), CniError> {
+            self.calls.borrow_mut().push(format!("check {}", pod.name));
+            Ok(())
+        }
+    }
+
+    struct Mesh(&'static [&'static str]);
+
+    impl WorkloadDirectory for Mesh {
+        fn is_mesh_workload(
+            &self,
+            _: &NetworkConfig,
+            name: &str,
+            _: &str,
+            _: &[IpAddr],
+        ) -> Result<bool, CniError> {
+            Ok(self.0.contains(&name))
+        }
+    }
+
+    fn invocation(command: Command, args: &str) -> Invocation {
+        Invocation {
+            command,
+            container_id: "sandbox-1".into(),
+            netns: Some("/run/netns/pod".into()),
+            ifname: "eth0".into(),
+            args: super::super::spec::parse_args(args).unwrap(),
+        }
+    }
+
+    const STDIN: &[u8] = br#"{"cniVersion":"1.0.0","name":"k8s","type":"ztunnel-cni",
+        "prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"198.18.1.2/24"}]}}"#;
+    const POD_A: &str = "K8S_POD_NAME=a;K8S_POD_NAMESPACE=default";
+
+    fn prev_result() -> Value {
+        serde_json::from_slice::<Value>(STDIN).unwrap()["prevResult"].clone()
+    }
+
+    #[test]
+    fn add_enrolls_and_prints_prev_result_unchanged() {
+        let enroller = FakeEnroller::default();
+        let out = execute(
+            &invocation(Command::Add, POD_A),
+            STDIN,
+            &enroller,
+            &Mesh(&["a"]),
+        )
+        .unwrap();
+        assert_eq!(out, Some(prev_result()));
+        assert_eq!(*enroller.calls.borrow(), vec!["enroll a [198.18.1.2]"]);
+    }
+
+    #[test]
+    fn pods_outside_the_mesh_or_in_excluded_namespaces_pass_through() {
+        let enroller = FakeEnroller::default();
+        let out = execute(
+            &invocation(Command::Add, POD_A),
+            STDIN,
+            &enroller,
+            &Mesh(&[]),
+        )
+        .unwrap();
+        assert_eq!(out, Some(prev_result()));
+        let system = "K8S_POD_NAME=a;K8S_POD_NAMESPACE=kube-system";
+        let out = execute(
+            &invocation(Command::Add, system),
+            STDIN,
+            &enroller,
+            &Mesh(&["a"]),
+        )
+        .unwrap();
+        assert_eq!(out, Some(prev_result()));
+        assert!(enroller.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn enrollment_failure_is_a_cni_error() {
+        let enroller = FakeEnroller {
+            fail_enroll: true,
+            ..Default::default()
+        };
+        let error = execute(
+            &invocation(Command::Add, POD_A),
+            STDIN,
+            &enroller,
+            &Mesh(&["a"]),
+        )
+        .unwrap_err();
+        assert_eq!(error.code, codes::ENROLLMENT_FAILED);
+    }
+
+    #[test]
+    fn del_and_check_print_nothing() {
+        let enroller = FakeEnroller::default();
+        assert_eq!(
+            execute(
+                &invocation(Command::Del, POD_A),
+                STDIN,
+                &enroller,
+                &Mesh(&["a"])
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            execute(
+                &invocation(Command::Check, POD_A),
+                STDIN,
+                &enroller,
+                &Mesh(&["a"])
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(*enroller.calls.borrow(), vec!["unenroll a", "check a"]);
+    }
+
+    #[test]
+    fn version_needs_no_config() {
+        let out = execute(
+            &invocation(Command::Version, ""),
+            b"",
+            &FakeEnroller::default(),
+            &Mesh(&[]),
+        )
+        .unwrap();
+        assert_eq!(out.unwrap()["cniVersion"], "1.0.0");
+    }
+}

@@ -1,254 +1,277 @@
-//! The CNI 1.0.0 contract: the `CNI_*` environment, the network configuration on stdin, the
-//! result and error documents on stdout.
+//! What the CNI specification (1.0.0) says a plugin receives and prints: the `CNI_*`
+//! environment, the network configuration on stdin, the result passed through, and the error
+//! object with its well-known codes.
 
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The CNI version this plugin speaks natively.
+/// The CNI version this plugin implements.
 pub const CNI_VERSION: &str = "1.0.0";
-/// Every version whose `prevResult` and config shape this plugin accepts (it only passes the
-/// result through, and `ips[].address` is the same in all of them).
+/// The versions whose configurations and results this plugin accepts (it passes results through).
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
-/// The spec's well-known error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum ErrorCode {
+/// Well-known error codes from the spec; ours start at 100.
+pub mod codes {
     /// Incompatible CNI version.
-    IncompatibleVersion = 1,
-    /// Unsupported field in network configuration.
-    UnsupportedField = 2,
-    /// Container unknown or does not exist.
-    UnknownContainer = 3,
-    /// Invalid necessary environment variables.
-    InvalidEnvironment = 4,
-    /// I/O failure.
-    IoFailure = 5,
-    /// Failed to decode content.
-    DecodingFailure = 6,
-    /// Invalid network config.
-    InvalidNetworkConfig = 7,
-    /// Try again later.
-    TryAgainLater = 11,
-    /// Plugin-specific: enrollment of the pod into the mesh failed.
-    EnrollmentFailed = 100,
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Unsupported field in the network configuration.
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// Invalid necessary environment variables (e.g. CNI_COMMAND, CNI_CONTAINERID).
+    pub const INVALID_ENVIRONMENT: u32 = 4;
+    /// I/O failure (reading stdin, the netns, the workload config).
+    pub const IO_FAILURE: u32 = 5;
+    /// Failed to decode content (stdin is not JSON of the expected shape).
+    pub const DECODE_FAILURE: u32 = 6;
+    /// Invalid network configuration.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later: a transient condition.
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// ztunnel refused or failed to enroll the pod.
+    pub const ENROLLMENT_FAILED: u32 = 100;
+    /// The pod is not enrolled although it should be (CHECK).
+    pub const NOT_ENROLLED: u32 = 101;
 }
 
-/// The operation the runtime asks for (`CNI_COMMAND`).
+/// The error object a failing plugin prints on stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{msg} ({details})")]
+pub struct CniError {
+    /// The CNI version of the error's format.
+    #[serde(rename = "cniVersion")]
+    pub cni_version: String,
+    /// A well-known code or one of ours (≥ 100).
+    pub code: u32,
+    /// A short message.
+    pub msg: String,
+    /// Longer details: what was being done, with which input.
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with `code`, a short `msg` and `details`.
+    pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self {
+            cni_version: CNI_VERSION.to_owned(),
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+/// `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// A container was created.
+    /// Add the container to the network (enroll).
     Add,
-    /// A container is going away.
+    /// Remove it (unenroll); must succeed for unknown containers.
     Del,
-    /// Is the container's networking as expected?
+    /// Check that it is still as ADD left it.
     Check,
-    /// Which versions do you speak?
+    /// Report the supported versions.
     Version,
 }
 
-/// Why the invocation itself is malformed; each maps to a spec error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvocationError {
-    /// `CNI_COMMAND` is missing or unknown.
-    #[error("CNI_COMMAND is {0:?}; expected ADD, DEL, CHECK or VERSION")]
-    UnknownCommand(Option<String>),
-    /// A variable the command needs is missing or empty.
-    #[error("{variable} must be set for {command:?}")]
-    MissingVariable {
-        /// The variable.
-        variable: &'static str,
-        /// The command that needs it.
-        command: Command,
-    },
-    /// `CNI_ARGS` is not `KEY=VALUE;KEY=VALUE`.
-    #[error("CNI_ARGS entry {0:?} is not KEY=VALUE")]
-    MalformedArgs(String),
-}
-
-/// Everything the runtime passes through the environment.
+/// The `CNI_*` environment of one invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     /// `CNI_COMMAND`.
     pub command: Command,
-    /// `CNI_CONTAINERID`.
+    /// `CNI_CONTAINERID` (empty for VERSION).
     pub container_id: String,
-    /// `CNI_NETNS`: the path of the pod's network namespace (may be empty on DEL).
+    /// `CNI_NETNS`: may be empty on DEL when the sandbox is already gone.
     pub netns: Option<PathBuf>,
     /// `CNI_IFNAME`.
     pub ifname: String,
-    /// `CNI_ARGS`, parsed.
+    /// `CNI_ARGS` as key/value pairs.
     pub args: BTreeMap<String, String>,
 }
 
 impl Invocation {
-    /// Reads the invocation from `variable` lookups (the process environment in production).
-    pub fn from_env(variable: impl Fn(&str) -> Option<String>) -> Result<Self, InvocationError> {
-        let command = match variable("CNI_COMMAND").as_deref() {
+    /// Reads the invocation from environment lookups (`std::env::var` in production).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
+        let invalid = |name: &str, why: &str| {
+            CniError::new(
+                codes::INVALID_ENVIRONMENT,
+                format!("invalid {name}"),
+                why.to_owned(),
+            )
+        };
+        let command = match get("CNI_COMMAND").as_deref() {
             Some("ADD") => Command::Add,
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
             Some("VERSION") => Command::Version,
-            other => return Err(InvocationError::UnknownCommand(other.map(str::to_owned))),
+            Some(other) => {
+                return Err(invalid(
+                    "CNI_COMMAND",
+                    &format!("unknown command {other:?}; expected ADD, DEL, CHECK or VERSION"),
+                ));
+            }
+            None => {
+                return Err(invalid(
+                    "CNI_COMMAND",
+                    "CNI_COMMAND is not set: this binary is a CNI plugin, run by the container runtime",
+                ));
+            }
         };
-        let present = |name: &str| variable(name).filter(|value| !value.is_empty());
-        let required = |name: &'static str| {
-            present(name).ok_or(InvocationError::MissingVariable {
-                variable: name,
-                command,
-            })
-        };
-        if command == Command::Version {
-            return Ok(Self {
-                command,
-                container_id: String::new(),
-                netns: None,
-                ifname: String::new(),
-                args: BTreeMap::new(),
-            });
+        let container_id = get("CNI_CONTAINERID").unwrap_or_default();
+        if command != Command::Version && container_id.is_empty() {
+            return Err(invalid(
+                "CNI_CONTAINERID",
+                "CNI_CONTAINERID is required for ADD, DEL and CHECK",
+            ));
         }
-        let container_id = required("CNI_CONTAINERID")?;
-        let ifname = required("CNI_IFNAME")?;
-        let netns = match command {
-            Command::Del => present("CNI_NETNS"),
-            _ => Some(required("CNI_NETNS")?),
+        let netns = get("CNI_NETNS")
+            .filter(|netns| !netns.is_empty())
+            .map(PathBuf::from);
+        if matches!(command, Command::Add | Command::Check) && netns.is_none() {
+            return Err(invalid(
+                "CNI_NETNS",
+                "CNI_NETNS is required for ADD and CHECK",
+            ));
         }
-        .map(PathBuf::from);
-        let args = parse_args(&present("CNI_ARGS").unwrap_or_default())?;
+        let args = parse_args(&get("CNI_ARGS").unwrap_or_default())
+            .map_err(|why| invalid("CNI_ARGS", &why))?;
         Ok(Self {
             command,
             container_id,
             netns,
-            ifname,
+            ifname: get("CNI_IFNAME").unwrap_or_default(),
             args,
         })
     }
 
-    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` from `CNI_ARGS`, when the runtime is Kubernetes.
-    pub fn kubernetes_pod(&self) -> Option<(&str, &str)> {
+    /// `K8S_POD_NAME` and `K8S_POD_NAMESPACE`, when the runtime is Kubernetes'.
+    pub fn pod(&self) -> Option<(&str, &str)> {
         Some((
-            self.args.get("K8S_POD_NAMESPACE")?,
             self.args.get("K8S_POD_NAME")?,
+            self.args.get("K8S_POD_NAMESPACE")?,
         ))
     }
 }
 
 /// Parses `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
-pub fn parse_args(text: &str) -> Result<BTreeMap<String, String>, InvocationError> {
+pub fn parse_args(text: &str) -> Result<BTreeMap<String, String>, String> {
     text.split(';')
-        .filter(|entry| !entry.trim().is_empty())
-        .map(|entry| match entry.split_once('=') {
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
             Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-            _ => Err(InvocationError::MalformedArgs(entry.to_owned())),
+            _ => Err(format!("{pair:?} is not KEY=VALUE")),
         })
         .collect()
 }
 
-/// This plugin's own settings, given in its entry of the conflist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PluginSettings {
-    /// The node ztunnel's enrollment socket.
-    #[serde(default)]
-    pub enrollment_socket: Option<PathBuf>,
-    /// Pods in these namespaces are never enrolled (e.g. `kube-system`).
-    #[serde(default)]
-    pub exclude_namespaces: Vec<String>,
-    /// The workload configuration; pods it does not list pass through untouched.
-    #[serde(default)]
-    pub workload_config: Option<PathBuf>,
-}
-
-/// The network configuration on stdin: the spec's fields, this plugin's settings, and the
-/// previous plugin's result, kept as raw JSON so it can be handed back byte-for-byte equivalent.
+/// Our section of the conflist, with the fields every plugin gets.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkConfig {
-    /// The version the runtime speaks.
+    /// The conflist's `cniVersion`.
     pub cni_version: String,
-    /// The network name.
-    #[serde(default)]
+    /// The network's name.
     pub name: String,
-    /// The plugin type (`ztunnel-cni`).
-    #[serde(rename = "type", default)]
+    /// Our plugin type (`ztunnel-cni`).
+    #[serde(rename = "type")]
     pub plugin_type: String,
-    /// The previous plugin's result (ADD, CHECK; optional on DEL).
+    /// The result of the plugins before us; required for ADD: we are a chained plugin.
     #[serde(default)]
     pub prev_result: Option<Value>,
-    /// This plugin's settings.
-    #[serde(flatten)]
-    pub settings: PluginSettings,
+    /// The node's ztunnel run directory (enrollment socket, durable state).
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// Where ztunnel pins its maps and links.
+    #[serde(default = "default_bpffs_root")]
+    pub bpffs_root: PathBuf,
+    /// The workload configuration file: pods absent from it are not enrolled.
+    #[serde(default)]
+    pub workload_config: Option<PathBuf>,
+    /// Namespaces whose pods are never enrolled.
+    #[serde(default = "default_excluded_namespaces")]
+    pub exclude_namespaces: Vec<String>,
+    /// How long to wait for ztunnel's answer, in seconds.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
 }
 
-/// The version check every command starts with.
-pub fn check_version(version: &str) -> Result<(), String> {
-    if SUPPORTED_VERSIONS.contains(&version) {
-        Ok(())
-    } else {
-        Err(format!(
-            "cniVersion {version:?} is not supported; supported: {}",
-            SUPPORTED_VERSIONS.join(", ")
-        ))
-    }
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/var/run/ztunnel")
 }
 
-/// The pod's addresses, from `prevResult.ips[].address` (`ip/prefix`).
-pub fn pod_ips(prev_result: &Value) -> Result<Vec<IpAddr>, String> {
-    let ips = prev_result
-        .get("ips")
-        .and_then(Value::as_array)
-        .ok_or("prevResult has no ips list: the primary plugin assigned no address")?;
-    ips.iter()
-        .map(|entry| {
-            let address = entry
-                .get("address")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("prevResult ips entry {entry} has no address"))?;
-            let ip = address.split_once('/').map_or(address, |(ip, _prefix)| ip);
-            ip.parse()
-                .map_err(|_| format!("prevResult address {address:?} is not ip/prefix"))
-        })
-        .collect()
+fn default_bpffs_root() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/ztunnel")
 }
 
-/// The spec's error document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ErrorReply {
-    /// The version of the request (or ours).
-    #[serde(rename = "cniVersion")]
-    pub cni_version: String,
-    /// One of [`ErrorCode`].
-    pub code: u32,
-    /// A short message.
-    pub msg: String,
-    /// Longer details.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub details: String,
+fn default_excluded_namespaces() -> Vec<String> {
+    vec!["kube-system".to_owned()]
 }
 
-/// The reply to VERSION.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VersionReply {
-    /// The version of this document.
-    pub cni_version: String,
-    /// What this plugin accepts.
-    pub supported_versions: Vec<String>,
+fn default_timeout_seconds() -> u64 {
+    30
 }
 
-impl VersionReply {
-    /// The reply this plugin gives.
-    pub fn ours() -> Self {
-        Self {
-            cni_version: CNI_VERSION.to_owned(),
-            supported_versions: SUPPORTED_VERSIONS
-                .iter()
-                .map(|&version| version.to_owned())
-                .collect(),
+impl NetworkConfig {
+    /// Parses stdin and checks the version.
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let config: Self = serde_json::from_slice(stdin).map_err(|error| {
+            CniError::new(
+                codes::DECODE_FAILURE,
+                "cannot decode the network configuration",
+                error.to_string(),
+            )
+        })?;
+        if !SUPPORTED_VERSIONS.contains(&config.cni_version.as_str()) {
+            return Err(CniError::new(
+                codes::INCOMPATIBLE_VERSION,
+                "incompatible CNI version",
+                format!(
+                    "cniVersion {:?} is not one of {SUPPORTED_VERSIONS:?}",
+                    config.cni_version
+                ),
+            ));
         }
+        Ok(config)
     }
+
+    /// The pod's addresses from `prevResult.ips` (CNI ≥ 0.3 result format).
+    pub fn pod_ips(&self) -> Result<Vec<IpAddr>, CniError> {
+        let previous = self.prev_result.as_ref().ok_or_else(|| {
+            CniError::new(
+                codes::INVALID_CONFIG,
+                "no prevResult",
+                "ztunnel-cni is a chained plugin: list it after the primary plugin in the conflist",
+            )
+        })?;
+        let ips = previous
+            .get("ips")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        ips.iter()
+            .map(|ip| {
+                let cidr = ip
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                cidr.split('/')
+                    .next()
+                    .and_then(|address| address.parse().ok())
+                    .ok_or_else(|| {
+                        CniError::new(
+                            codes::DECODE_FAILURE,
+                            "bad address in prevResult",
+                            format!("{cidr:?} is not an IP/prefix"),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// The VERSION answer.
+pub fn version_report() -> Value {
+    serde_json::json!({ "cniVersion": CNI_VERSION, "supportedVersions": SUPPORTED_VERSIONS })
 }
 
 #[cfg(test)]
@@ -256,132 +279,118 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
+        let pairs: Vec<(String, String)> = pairs
             .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |name| map.get(name).cloned()
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        }
     }
 
-    const ADD: &[(&str, &str)] = &[
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "c0ffee"),
-        ("CNI_NETNS", "/var/run/netns/pod-a"),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/opt/cni/bin"),
-        (
-            "CNI_ARGS",
-            "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=sleep-1;K8S_POD_INFRA_CONTAINER_ID=c0ffee;K8S_POD_UID=1234",
-        ),
-    ];
-
     #[test]
-    fn reads_an_add_from_the_environment() {
-        let invocation = Invocation::from_env(env(ADD)).unwrap();
+    fn reads_a_kubelet_add() {
+        let invocation = Invocation::from_env(env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/var/run/netns/cni-1"),
+            ("CNI_IFNAME", "eth0"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=sleep-1",
+            ),
+        ]))
+        .unwrap();
         assert_eq!(invocation.command, Command::Add);
-        assert_eq!(invocation.container_id, "c0ffee");
+        assert_eq!(invocation.pod(), Some(("sleep-1", "default")));
         assert_eq!(
-            invocation.netns.as_deref(),
-            Some(std::path::Path::new("/var/run/netns/pod-a"))
-        );
-        assert_eq!(invocation.kubernetes_pod(), Some(("ns1", "sleep-1")));
-        assert_eq!(invocation.args["IgnoreUnknown"], "1");
-    }
-
-    #[test]
-    fn each_command_requires_its_variables() {
-        let without = |name: &str| -> Vec<(&str, &str)> {
-            ADD.iter()
-                .copied()
-                .filter(|(key, _)| *key != name)
-                .collect()
-        };
-        let error = Invocation::from_env(env(&without("CNI_NETNS"))).unwrap_err();
-        assert_eq!(error.to_string(), "CNI_NETNS must be set for Add");
-        assert!(Invocation::from_env(env(&without("CNI_CONTAINERID"))).is_err());
-        assert!(Invocation::from_env(env(&without("CNI_IFNAME"))).is_err());
-        let mut del = without("CNI_NETNS");
-        del[0] = ("CNI_COMMAND", "DEL");
-        assert_eq!(
-            Invocation::from_env(env(&del)).unwrap().netns,
-            None,
-            "DEL may come without a netns"
-        );
-        let mut check = without("CNI_NETNS");
-        check[0] = ("CNI_COMMAND", "CHECK");
-        assert!(Invocation::from_env(env(&check)).is_err());
-        assert_eq!(
-            Invocation::from_env(env(&[("CNI_COMMAND", "VERSION")]))
-                .unwrap()
-                .command,
-            Command::Version
-        );
-        assert_eq!(
-            Invocation::from_env(env(&[("CNI_COMMAND", "GC")])).unwrap_err(),
-            InvocationError::UnknownCommand(Some("GC".into()))
-        );
-        assert_eq!(
-            Invocation::from_env(env(&[])).unwrap_err(),
-            InvocationError::UnknownCommand(None)
+            invocation.netns,
+            Some(PathBuf::from("/var/run/netns/cni-1"))
         );
     }
 
     #[test]
-    fn cni_args_must_be_key_value_pairs() {
-        assert_eq!(parse_args("").unwrap().len(), 0);
-        assert_eq!(parse_args("A=1;B=").unwrap()["B"], "");
-        assert_eq!(
-            parse_args("A=1;junk").unwrap_err(),
-            InvocationError::MalformedArgs("junk".into())
-        );
+    fn rejects_bad_environments_with_code_4() {
+        for (case, pairs) in [
+            ("no command", vec![]),
+            ("unknown command", vec![("CNI_COMMAND", "FROB")]),
+            (
+                "add without container",
+                vec![("CNI_COMMAND", "ADD"), ("CNI_NETNS", "/x")],
+            ),
+            (
+                "add without netns",
+                vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a")],
+            ),
+            (
+                "bad args",
+                vec![
+                    ("CNI_COMMAND", "DEL"),
+                    ("CNI_CONTAINERID", "a"),
+                    ("CNI_ARGS", "novalue"),
+                ],
+            ),
+        ] {
+            let error = Invocation::from_env(env(&pairs)).expect_err(case);
+            assert_eq!(error.code, codes::INVALID_ENVIRONMENT, "{case}: {error}");
+        }
     }
 
     #[test]
-    fn reads_the_network_config_and_pod_ips() {
-        let config: NetworkConfig =
-            serde_json::from_str(include_str!("testdata/add-stdin.json")).unwrap();
-        assert_eq!(config.cni_version, "1.0.0");
-        assert_eq!(config.plugin_type, "ztunnel-cni");
-        assert_eq!(config.settings.exclude_namespaces, ["kube-system"]);
-        let ips = pod_ips(config.prev_result.as_ref().unwrap()).unwrap();
+    fn del_without_netns_is_allowed() {
+        let invocation =
+            Invocation::from_env(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a")])).unwrap();
+        assert_eq!(invocation.netns, None);
+    }
+
+    #[test]
+    fn parses_config_and_prev_result_ips() {
+        let config = NetworkConfig::parse(br#"{"cniVersion":"1.0.0","name":"k8s","type":"ztunnel-cni",
+            "prevResult":{"cniVersion":"1.0.0","ips":[{"address":"198.18.1.2/24","gateway":"198.18.1.1"},
+            {"address":"2001:db8::2/64"}]}}"#)
+        .unwrap();
         assert_eq!(
-            ips,
-            [
-                "198.18.1.5".parse::<IpAddr>().unwrap(),
-                "2001:db8:1::5".parse().unwrap()
+            config.pod_ips().unwrap(),
+            vec![
+                "198.18.1.2".parse::<IpAddr>().unwrap(),
+                "2001:db8::2".parse().unwrap()
             ]
         );
+        assert_eq!(config.exclude_namespaces, vec!["kube-system"]);
     }
 
     #[test]
-    fn malformed_previous_results_are_explained() {
-        assert!(
-            pod_ips(&serde_json::json!({}))
-                .unwrap_err()
-                .contains("no ips")
-        );
-        assert!(
-            pod_ips(&serde_json::json!({"ips": [{"address": "nope/24"}]}))
-                .unwrap_err()
-                .contains("nope/24")
-        );
-        assert!(
-            pod_ips(&serde_json::json!({"ips": [{"gateway": "198.18.1.1"}]}))
-                .unwrap_err()
-                .contains("no address")
-        );
-    }
-
-    #[test]
-    fn versions() {
-        assert!(check_version("1.0.0").is_ok() && check_version("0.4.0").is_ok());
-        assert!(
-            check_version("0.2.0")
-                .unwrap_err()
-                .contains("supported: 0.3.0")
-        );
-        let reply = serde_json::to_value(VersionReply::ours()).unwrap();
-        assert_eq!(reply["cniVersion"], "1.0.0");
-        assert_eq!(reply["supportedVersions"][3], "1.0.0");
+    fn rejects_bad_configs_with_spec_codes() {
+        for (case, stdin, code) in [
+            ("not json", &b"{"[..], codes::DECODE_FAILURE),
+            (
+                "missing name",
+                br#"{"cniVersion":"1.0.0","type":"ztunnel-cni"}"#,
+                codes::DECODE_FAILURE,
+            ),
+            (
+                "old version",
+                br#"{"cniVersion":"0.2.0","name":"n","type":"ztunnel-cni"}"#,
+                codes::INCOMPATIBLE_VERSION,
+            ),
+        ] {
+            assert_eq!(
+                NetworkConfig::parse(stdin).expect_err(case).code,
+                code,
+                "{case}"
+            );
+        }
+        let unchained =
+            NetworkConfig::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"ztunnel-cni"}"#)
+                .unwrap();
+        assert_eq!(unchained.pod_ips().unwrap_err().code, codes::INVALID_CONFIG);
+        let bad_ip = NetworkConfig::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ztunnel-cni","prevResult":{"ips":[{"address":"nope/24"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(bad_ip.pod_ips().unwrap_err().code, codes::DECODE_FAILURE);
     }
 }
