@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use check::{check, describe};
-pub use reload::{ReloadOutcome, Reloader};
+pub use reload::{ConfigArgs, ReloadOutcome, Reloader};
 
 use crate::{
     authz::Policy,

@@ -21,6 +21,24 @@ use crate::{
 /// How often the file is checked by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The command-line flags for the configuration file; flatten into the daemon's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on change.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: PathBuf,
+    /// How often the file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64)]
+    pub config_poll_ms: u64,
+}
+
+impl ConfigArgs {
+    /// The polling interval as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.config_poll_ms.max(1))
+    }
+}
+
 /// The result of the latest reload attempt, for whoever waits on one (tests, the admin page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadOutcome {

@@ -27,6 +27,7 @@ pub use workload::{HealthStatus, Protocol, Workload};
 use crate::{
     authz::{Policy, Scope},
     config::LocalConfig,
+    identity::spiffe::DEFAULT_TRUST_DOMAIN,
 };
 
 /// Why a configuration cannot become the state.
@@ -128,7 +129,14 @@ impl State {
         Ok(state)
     }
 
-    fn insert_workload(&mut self, workload: Workload) -> Result<(), StateError> {
+    fn insert_workload(&mut self, mut workload: Workload) -> Result<(), StateError> {
+        // An explicitly empty value means the same as a missing one.
+        if workload.trust_domain.is_empty() {
+            workload.trust_domain = DEFAULT_TRUST_DOMAIN.to_owned();
+        }
+        if workload.service_account.is_empty() {
+            workload.service_account = workload::DEFAULT_SERVICE_ACCOUNT.to_owned();
+        }
         let workload = Arc::new(workload);
         let key = workload_key(&workload);
         if self

@@ -240,3 +240,15 @@ fn duplicates_are_refused() {
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
     }
 }
+
+#[test]
+fn empty_trust_domain_and_service_account_mean_the_defaults() {
+    let state = state(
+        "workloads:\n- {name: a, namespace: ns, trustDomain: \"\", serviceAccount: \"\", workloadIps: [198.18.0.1]}\n",
+    );
+    let workload = state.workload_by_ip("198.18.0.1".parse().unwrap()).unwrap();
+    assert_eq!(
+        workload.identity().to_string(),
+        "spiffe://cluster.local/ns/ns/sa/default"
+    );
+}
