@@ -219,42 +219,48 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused.
+/// Why a peer's identity was refused. The label values are the reason words the identity
+/// module logs (`identity::verify::failure_reason`), so a log line and its counter match; any
+/// other `&'static str` reason is accepted too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityFailureReason {
-    /// The peer's trust domain is not ours.
+    /// The peer's trust domain is not ours (`wrong_trust_domain`).
     WrongTrustDomain,
-    /// The server's SAN is not the identity expected for the destination.
-    UnexpectedServerSan,
-    /// The certificate is expired or not yet valid.
-    ExpiredCertificate,
-    /// The certificate does not chain to our trust bundle.
+    /// The server is not the identity expected for the destination (`unexpected_identity`).
+    UnexpectedServerIdentity,
+    /// The certificate is expired (`expired`).
+    Expired,
+    /// The certificate is not valid yet (`not_yet_valid`).
+    NotYetValid,
+    /// The certificate does not chain to our trust bundle (`unknown_issuer`).
     UnknownIssuer,
-    /// The client presented no certificate.
+    /// The client presented no certificate (`no_client_certificate`).
     NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3.
+    /// The peer offered a TLS version other than 1.3 (`tls_version_not_1_3`).
     TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN.
-    BadSan,
-    /// Anything else in the handshake.
-    Other,
+    /// The certificate has no usable SPIFFE URI SAN (`bad_identity`).
+    BadIdentity,
 }
 
-label_values!(IdentityFailureReason {
-    WrongTrustDomain => "wrong_trust_domain",
-    UnexpectedServerSan => "unexpected_server_san",
-    ExpiredCertificate => "expired_certificate",
-    UnknownIssuer => "unknown_issuer",
-    NoClientCertificate => "no_client_certificate",
-    TlsVersion => "tls_version",
-    BadSan => "bad_san",
-    Other => "other",
-});
+impl From<IdentityFailureReason> for &'static str {
+    fn from(reason: IdentityFailureReason) -> Self {
+        match reason {
+            IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
+            IdentityFailureReason::UnexpectedServerIdentity => "unexpected_identity",
+            IdentityFailureReason::Expired => "expired",
+            IdentityFailureReason::NotYetValid => "not_yet_valid",
+            IdentityFailureReason::UnknownIssuer => "unknown_issuer",
+            IdentityFailureReason::NoClientCertificate => "no_client_certificate",
+            IdentityFailureReason::TlsVersion => "tls_version_not_1_3",
+            IdentityFailureReason::BadIdentity => "bad_identity",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityFailureLabels {
     reporter: Reporter,
-    reason: IdentityFailureReason,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -391,7 +397,8 @@ impl Metrics {
     }
 
     /// A handshake was refused because of the peer's identity or TLS version.
-    pub fn identity_failure(&self, reporter: Reporter, reason: IdentityFailureReason) {
+    pub fn identity_failure(&self, reporter: Reporter, reason: impl Into<&'static str>) {
+        let reason = reason.into();
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
@@ -489,10 +496,9 @@ mod tests {
             Reporter::Destination,
             IdentityFailureReason::WrongTrustDomain,
         );
-        metrics.identity_failure(
-            Reporter::Destination,
-            IdentityFailureReason::WrongTrustDomain,
-        );
+        // The identity module's own reason words count into the same series.
+        metrics.identity_failure(Reporter::Destination, "wrong_trust_domain");
+        metrics.identity_failure(Reporter::Source, "tls_error");
         metrics.config_reload(false);
         let text = metrics.encode().unwrap();
         assert!(text.contains("ztunnel_connections_denied_total{"), "{text}");
