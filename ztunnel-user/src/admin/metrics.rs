@@ -514,6 +514,12 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains(
+                "ztunnel_identity_failures_total{reporter=\"source\",reason=\"tls_error\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
             text.contains("ztunnel_config_reloads_total{result=\"rejected\"} 1"),
             "{text}"
         );
