@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod balancer;
+pub mod compat;
 pub mod service;
 pub mod workload;
 
