@@ -219,40 +219,39 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused. The label values are the reason words the identity
-/// module logs (`identity::verify::failure_reason`), so a log line and its counter match; any
-/// other `&'static str` reason is accepted too.
+/// Why a peer's identity was refused. [`Metrics::identity_failure`] also takes any other
+/// `&'static str` reason word (e.g. the identity module's own), used as the label as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityFailureReason {
     /// The peer's trust domain is not ours (`wrong_trust_domain`).
     WrongTrustDomain,
-    /// The server is not the identity expected for the destination (`unexpected_identity`).
-    UnexpectedServerIdentity,
-    /// The certificate is expired (`expired`).
-    Expired,
-    /// The certificate is not valid yet (`not_yet_valid`).
-    NotYetValid,
+    /// The server's SAN is not the identity expected for the destination (`unexpected_server_san`).
+    UnexpectedServerSan,
+    /// The certificate is expired or not yet valid (`expired_certificate`).
+    ExpiredCertificate,
     /// The certificate does not chain to our trust bundle (`unknown_issuer`).
     UnknownIssuer,
     /// The client presented no certificate (`no_client_certificate`).
     NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3 (`tls_version_not_1_3`).
+    /// The peer offered a TLS version other than 1.3 (`tls_version`).
     TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN (`bad_identity`).
-    BadIdentity,
+    /// The certificate has no usable SPIFFE URI SAN (`bad_san`).
+    BadSan,
+    /// Anything else in the handshake (`other`).
+    Other,
 }
 
 impl From<IdentityFailureReason> for &'static str {
     fn from(reason: IdentityFailureReason) -> Self {
         match reason {
             IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
-            IdentityFailureReason::UnexpectedServerIdentity => "unexpected_identity",
-            IdentityFailureReason::Expired => "expired",
-            IdentityFailureReason::NotYetValid => "not_yet_valid",
+            IdentityFailureReason::UnexpectedServerSan => "unexpected_server_san",
+            IdentityFailureReason::ExpiredCertificate => "expired_certificate",
             IdentityFailureReason::UnknownIssuer => "unknown_issuer",
             IdentityFailureReason::NoClientCertificate => "no_client_certificate",
-            IdentityFailureReason::TlsVersion => "tls_version_not_1_3",
-            IdentityFailureReason::BadIdentity => "bad_identity",
+            IdentityFailureReason::TlsVersion => "tls_version",
+            IdentityFailureReason::BadSan => "bad_san",
+            IdentityFailureReason::Other => "other",
         }
     }
 }
@@ -496,7 +495,7 @@ mod tests {
             Reporter::Destination,
             IdentityFailureReason::WrongTrustDomain,
         );
-        // The identity module's own reason words count into the same series.
+        // A free-form reason word with the same spelling counts into the same series.
         metrics.identity_failure(Reporter::Destination, "wrong_trust_domain");
         metrics.identity_failure(Reporter::Source, "tls_error");
         metrics.config_reload(false);
