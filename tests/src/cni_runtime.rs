@@ -217,11 +217,13 @@ fn plugin_type(plugin: &Value) -> &str {
 }
 
 /// A conflist that wires pods to a node the way a simple primary CNI does: `ptp` with
-/// `host-local` IPAM from `pod_subnet`, routes only for the simulated cluster range (nothing
-/// routes out), IPAM state under `ipam_dir`, then `chained` plugins (ours comes last).
+/// `host-local` IPAM from `pod_subnet`, a route only for the simulated cluster range via
+/// `gateway` (nothing routes out; the explicit gateway keeps ptp's CHECK exact), IPAM state
+/// under `ipam_dir`, then `chained` plugins (ours comes last).
 pub fn ptp_conflist(
     network: &str,
     pod_subnet: &str,
+    gateway: &str,
     cluster_range: &str,
     ipam_dir: &Path,
     chained: &[Value],
@@ -232,8 +234,8 @@ pub fn ptp_conflist(
         "mtu": 1500,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{ "subnet": pod_subnet }]],
-            "routes": [{ "dst": cluster_range }],
+            "ranges": [[{ "subnet": pod_subnet, "gateway": gateway }]],
+            "routes": [{ "dst": cluster_range, "gw": gateway }],
             "dataDir": ipam_dir,
         },
     })];

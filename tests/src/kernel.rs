@@ -8,8 +8,14 @@ use crate::env::checked;
 
 /// (attach type, program name) of every program attached to `cgroup`, per bpftool.
 pub fn cgroup_programs(cgroup: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let text = checked(Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup).arg("--json"))?;
-    let list: serde_json::Value = serde_json::from_str(text.trim()).with_context(|| format!("bpftool output: {text}"))?;
+    let text = checked(
+        Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(cgroup)
+            .arg("--json"),
+    )?;
+    let list: serde_json::Value =
+        serde_json::from_str(text.trim()).with_context(|| format!("bpftool output: {text}"))?;
     Ok(list
         .as_array()
         .into_iter()
@@ -32,7 +38,10 @@ pub fn tcx_ingress_programs(netns: &str, interface: &str) -> anyhow::Result<Vec<
         scope
             .spawn(|| -> anyhow::Result<Vec<u32>> {
                 // SAFETY: setns on this short-lived thread only.
-                anyhow::ensure!(unsafe { libc::setns(netns_file.as_raw_fd(), libc::CLONE_NEWNET) } == 0, "setns failed");
+                anyhow::ensure!(
+                    unsafe { libc::setns(netns_file.as_raw_fd(), libc::CLONE_NEWNET) } == 0,
+                    "setns failed"
+                );
                 // SAFETY: NUL-terminated name.
                 let ifindex = unsafe { libc::if_nametoindex(interface.as_ptr()) };
                 anyhow::ensure!(ifindex != 0, "no interface {interface:?} in {netns}");
@@ -44,8 +53,14 @@ pub fn tcx_ingress_programs(netns: &str, interface: &str) -> anyhow::Result<Vec<
                 attr[2] = ids.as_mut_ptr() as u64;
                 attr[3] = ids.len() as u64;
                 // SAFETY: attr is a 128-byte zeroed bpf_attr; ids outlives the call.
-                let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), 128u32) };
-                anyhow::ensure!(rc == 0, "BPF_PROG_QUERY failed: {}", std::io::Error::last_os_error());
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), 128u32)
+                };
+                anyhow::ensure!(
+                    rc == 0,
+                    "BPF_PROG_QUERY failed: {}",
+                    std::io::Error::last_os_error()
+                );
                 let count = (attr[3] & 0xffff_ffff) as usize;
                 Ok(ids[..count.min(ids.len())].to_vec())
             })
@@ -54,7 +69,13 @@ pub fn tcx_ingress_programs(netns: &str, interface: &str) -> anyhow::Result<Vec<
     })?;
     ids.iter()
         .map(|id| {
-            let text = checked(Command::new("bpftool").args(["prog", "show", "id", &id.to_string(), "--json"]))?;
+            let text = checked(Command::new("bpftool").args([
+                "prog",
+                "show",
+                "id",
+                &id.to_string(),
+                "--json",
+            ]))?;
             let info: serde_json::Value = serde_json::from_str(text.trim())?;
             Ok(info["name"].as_str().unwrap_or("?").to_owned())
         })

@@ -3,7 +3,10 @@
 //! so nothing can leave the simulated network. Reusable for multi-node topologies: a node's
 //! bridge can be joined to an underlay later.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use crate::env::checked;
 
@@ -31,7 +34,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -53,17 +58,50 @@ impl Node {
         Ok(Self { netns, index })
     }
 
-    /// A pod on this node with address 198.18.`index`.`host`/24 on its `eth0`.
+    /// A pod on this node with addresses 198.18.`index`.`host`/24 and 2001:db8:`index`::`host`/64
+    /// on its `eth0`.
     pub fn pod(&self, name: &str, host: u8) -> anyhow::Result<Pod> {
         let netns = Netns::create(&format!("{}-{name}", self.netns.name))?;
         let peer = format!("v{host}");
-        self.netns.ip(&["link", "add", &peer, "type", "veth", "peer", "name", "eth0", "netns", &netns.name])?;
-        self.netns.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+        self.netns.ip(&[
+            "link",
+            "add",
+            &peer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns.name,
+        ])?;
+        self.netns
+            .ip(&["link", "set", &peer, "master", "br0", "up"])?;
         let ip = Ipv4Addr::new(198, 18, self.index, host);
         netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        let ipv6 = Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(self.index),
+            0,
+            0,
+            0,
+            0,
+            u16::from(host),
+        );
+        netns.ip(&["addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
-        println!("pod {name}: netns {}, eth0 {ip}/24 on bridge of {}", netns.name, self.netns.name);
-        Ok(Pod { name: name.into(), ip, netns: netns.name.clone(), _netns: netns })
+        println!(
+            "pod {name}: netns {}, eth0 {ip}/24 {ipv6}/64 on bridge of {}",
+            netns.name, self.netns.name
+        );
+        Ok(Pod {
+            name: name.into(),
+            ip,
+            ipv6,
+            netns: netns.name.clone(),
+            _netns: netns,
+        })
     }
 }
 
@@ -74,6 +112,8 @@ pub struct Pod {
     pub name: String,
     /// Its IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (2001:db8:`node`::`host`).
+    pub ipv6: Ipv6Addr,
     /// Its netns name.
     pub netns: String,
     _netns: Netns,
@@ -88,12 +128,25 @@ impl Pod {
     /// TCP segments received in this pod's netns so far (`Tcp: InSegs` of /proc/net/snmp): a
     /// counter at the destination that moves if any SYN arrives.
     pub fn tcp_segments_received(&self) -> anyhow::Result<u64> {
-        let snmp = checked(Command::new("ip").args(["netns", "exec", &self.netns, "cat", "/proc/net/snmp"]))?;
+        let snmp = checked(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "cat",
+            "/proc/net/snmp",
+        ]))?;
         let mut tcp_lines = snmp.lines().filter(|line| line.starts_with("Tcp:"));
         let (Some(header), Some(values)) = (tcp_lines.next(), tcp_lines.next()) else {
             anyhow::bail!("no Tcp lines in /proc/net/snmp of {}", self.netns);
         };
-        let column = header.split_whitespace().position(|name| name == "InSegs").ok_or_else(|| anyhow::anyhow!("no InSegs column"))?;
-        Ok(values.split_whitespace().nth(column).ok_or_else(|| anyhow::anyhow!("short Tcp line"))?.parse()?)
+        let column = header
+            .split_whitespace()
+            .position(|name| name == "InSegs")
+            .ok_or_else(|| anyhow::anyhow!("no InSegs column"))?;
+        Ok(values
+            .split_whitespace()
+            .nth(column)
+            .ok_or_else(|| anyhow::anyhow!("short Tcp line"))?
+            .parse()?)
     }
 }

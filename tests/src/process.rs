@@ -17,13 +17,18 @@ use crate::wait::wait_until;
 pub fn command(cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str]) -> Command {
     let mut full: Vec<String> = Vec::new();
     if let Some(netns) = netns {
-        full.extend(["ip", "netns", "exec", netns].map(String::from));
+        // nsenter, unlike `ip netns exec`, does not remount /sys, so cgroup paths stay visible.
+        full.extend(["nsenter".to_owned(), format!("--net=/var/run/netns/{netns}")]);
     }
     full.extend(argv.iter().map(|arg| arg.to_string()));
     match cgroup_procs {
         Some(procs) => {
             let mut command = Command::new("sh");
-            command.arg("-c").arg("echo $$ > \"$0\" && exec \"$@\"").arg(procs).args(&full);
+            command
+                .arg("-c")
+                .arg("echo $$ > \"$0\" && exec \"$@\"")
+                .arg(procs)
+                .args(&full);
             command
         }
         None => {
@@ -35,7 +40,11 @@ pub fn command(cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str]) 
 }
 
 /// Runs a short-lived command to completion and returns its output (whatever the exit status).
-pub fn run(cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str]) -> anyhow::Result<Output> {
+pub fn run(
+    cgroup_procs: Option<&Path>,
+    netns: Option<&str>,
+    argv: &[&str],
+) -> anyhow::Result<Output> {
     command(cgroup_procs, netns, argv)
         .stdin(Stdio::null())
         .output()
@@ -52,16 +61,35 @@ pub struct Process {
 
 impl Process {
     /// Starts `argv` with stdout and stderr appended to `log`.
-    pub fn spawn(name: &str, cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str], log: PathBuf) -> anyhow::Result<Self> {
-        let file = File::options().create(true).append(true).open(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    pub fn spawn(
+        name: &str,
+        cgroup_procs: Option<&Path>,
+        netns: Option<&str>,
+        argv: &[&str],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let child = command(cgroup_procs, netns, argv)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
             .with_context(|| format!("cannot start {name}: {argv:?}"))?;
-        println!("started {name} (pid {}): {argv:?}, log {}", child.id(), log.display());
-        Ok(Self { name: name.into(), child, log, exited: None })
+        println!(
+            "started {name} (pid {}): {argv:?}, log {}",
+            child.id(),
+            log.display()
+        );
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+            exited: None,
+        })
     }
 
     /// The PID.
@@ -78,7 +106,13 @@ impl Process {
     pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         // SAFETY: kill(2) on the PID of our own child, which we have not reaped yet.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        anyhow::ensure!(rc == 0, "cannot signal {} (pid {}): {}", self.name, self.pid(), std::io::Error::last_os_error());
+        anyhow::ensure!(
+            rc == 0,
+            "cannot signal {} (pid {}): {}",
+            self.name,
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
         Ok(())
     }
 
@@ -86,7 +120,9 @@ impl Process {
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let name = self.name.clone();
         let child = &mut self.child;
-        let status = wait_until(&format!("{name} to exit"), timeout, || child.try_wait().ok().flatten())?;
+        let status = wait_until(&format!("{name} to exit"), timeout, || {
+            child.try_wait().ok().flatten()
+        })?;
         self.exited = Some(status);
         Ok(status)
     }

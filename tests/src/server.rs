@@ -24,7 +24,8 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts listening on `address` inside the netns named `netns`; returns once it listens.
     pub fn start(netns: &str, address: SocketAddr, greeting: &str) -> anyhow::Result<Self> {
-        let netns_file = File::open(format!("/var/run/netns/{netns}")).with_context(|| format!("no netns {netns}"))?;
+        let netns_file = File::open(format!("/var/run/netns/{netns}"))
+            .with_context(|| format!("no netns {netns}"))?;
         let peers = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread_peers = peers.clone();
@@ -45,13 +46,22 @@ impl HttpServer {
             let _ = ready_tx.send(Ok(listener.as_raw_fd()));
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
-                let Ok(peer) = stream.peer_addr() else { continue };
-                thread_peers.lock().unwrap_or_else(|e| e.into_inner()).push(peer);
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                thread_peers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(peer);
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut request = [0u8; 1024];
                 let _ = stream.read(&mut request);
                 let body = format!("{greeting} peer={peer}\n");
-                let _ = write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             }
         });
         let listener_fd = ready_rx
@@ -59,7 +69,12 @@ impl HttpServer {
             .context("server thread ended before listening")?
             .with_context(|| format!("cannot listen on {address} in {netns}"))?;
         println!("server listening on {address} in {netns}");
-        Ok(Self { address, listener_fd, peers, thread: Some(thread) })
+        Ok(Self {
+            address,
+            listener_fd,
+            peers,
+            thread: Some(thread),
+        })
     }
 
     /// Clients that connected so far.

@@ -4,7 +4,11 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 
-use crate::{Pod, TestEnv, process::Process, wait::{DEFAULT_TIMEOUT, wait_until}};
+use crate::{
+    Pod, TestEnv,
+    process::Process,
+    wait::{DEFAULT_TIMEOUT, wait_until},
+};
 
 /// The ztunnel binary: `$ZTUNNEL_BIN`, else `<workspace>/target/debug/ztunnel`.
 pub fn binary() -> anyhow::Result<PathBuf> {
@@ -24,7 +28,11 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 /// stderr on a non-zero exit.
 pub fn cli(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
     let output = cli_output(env, args)?;
-    anyhow::ensure!(output.status.success(), "ztunnel {args:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    anyhow::ensure!(
+        output.status.success(),
+        "ztunnel {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
@@ -54,10 +62,34 @@ impl Daemon {
         let root = env.bpffs_root();
         let run_dir = env.run_dir();
         let cgroup = env.cgroup.to_string_lossy().into_owned();
-        let mut argv = vec![binary.as_ref(), "daemon", "--bpffs-root", root.to_str().unwrap_or_default(), "--run-dir", run_dir.to_str().unwrap_or_default(), "--cgroup", &cgroup];
+        let mut argv = vec![
+            binary.as_ref(),
+            "daemon",
+            "--bpffs-root",
+            root.to_str().unwrap_or_default(),
+            "--run-dir",
+            run_dir.to_str().unwrap_or_default(),
+            "--cgroup",
+            &cgroup,
+        ];
         argv.extend_from_slice(extra);
-        let log = env.scratch.join(format!("daemon-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)));
-        let process = Process::spawn("ztunnel daemon", Some(&env.cgroup_procs()), None, &argv, log)?;
+        let log = env.scratch.join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        // Kernel (aya-log) records arrive through tracing under target ztunnel::ebpf.
+        let mut full = vec!["env", "RUST_LOG=info,ztunnel::ebpf=debug"];
+        full.extend(argv);
+        let process = Process::spawn(
+            "ztunnel daemon",
+            Some(&env.cgroup_procs()),
+            None,
+            &full,
+            log,
+        )?;
         let daemon = Self { process };
         daemon.wait_for_log("the daemon to be ready", "ztunnel daemon ready")?;
         Ok(daemon)
@@ -68,9 +100,13 @@ impl Daemon {
         wait_until(what, DEFAULT_TIMEOUT, || {
             let text = self.process.log_text();
             if text.contains("Error:") {
-                return Some(Err(anyhow::anyhow!("daemon failed while waiting for {what}:\n{text}")));
+                return Some(Err(anyhow::anyhow!(
+                    "daemon failed while waiting for {what}:\n{text}"
+                )));
             }
-            text.lines().find(|line| needles.iter().all(|needle| line.contains(needle))).map(|line| Ok(line.to_owned()))
+            text.lines()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                .map(|line| Ok(line.to_owned()))
         })
         .map_err(|error| error.context(format!("daemon log:\n{}", self.process.log_text())))?
     }
@@ -83,7 +119,11 @@ impl Daemon {
     /// Waits until the daemon has opened `pod`'s in-pod listeners.
     pub fn wait_serving(&self, pod: &Pod) -> anyhow::Result<()> {
         let needle = format!("pod={}", pod.name);
-        self.wait_for_log_all(&format!("the daemon to serve pod {}", pod.name), &["serving pod", &needle]).map(|_| ())
+        self.wait_for_log_all(
+            &format!("the daemon to serve pod {}", pod.name),
+            &["serving pod", &needle],
+        )
+        .map(|_| ())
     }
 
     /// The daemon's log so far.
@@ -95,7 +135,11 @@ impl Daemon {
     pub fn stop(mut self) -> anyhow::Result<String> {
         self.process.signal(libc::SIGTERM)?;
         let status = self.process.wait_exit(DEFAULT_TIMEOUT)?;
-        anyhow::ensure!(status.success(), "daemon exited with {status} after SIGTERM:\n{}", self.process.log_text());
+        anyhow::ensure!(
+            status.success(),
+            "daemon exited with {status} after SIGTERM:\n{}",
+            self.process.log_text()
+        );
         Ok(self.process.log_text())
     }
 
@@ -127,7 +171,8 @@ pub struct Counters {
 /// Reads `pod`'s counters from the pinned maps (`ztunnel inspect stats --json`).
 pub fn counters(env: &TestEnv, pod: &Pod) -> anyhow::Result<Counters> {
     let text = cli(env, &["inspect", "stats", "--json"])?;
-    let rows: serde_json::Value = serde_json::from_str(text.trim()).with_context(|| format!("inspect output: {text}"))?;
+    let rows: serde_json::Value =
+        serde_json::from_str(text.trim()).with_context(|| format!("inspect output: {text}"))?;
     let name = format!("default/{}", pod.name);
     let row = rows
         .as_array()

@@ -168,15 +168,33 @@ mod tests {
     #[test]
     fn layouts_match_the_kernel_contract() {
         assert_eq!((size_of::<PodRecord>(), align_of::<PodRecord>()), (8, 4));
-        assert_eq!((size_of::<WorkloadKey>(), align_of::<WorkloadKey>()), (20, 2));
-        assert_eq!((size_of::<WorkloadRecord>(), align_of::<WorkloadRecord>()), (16, 8));
         assert_eq!(
-            (size_of::<OriginalDestination>(), align_of::<OriginalDestination>()),
+            (size_of::<WorkloadKey>(), align_of::<WorkloadKey>()),
+            (20, 2)
+        );
+        assert_eq!(
+            (size_of::<WorkloadRecord>(), align_of::<WorkloadRecord>()),
+            (16, 8)
+        );
+        assert_eq!(
+            (
+                size_of::<OriginalDestination>(),
+                align_of::<OriginalDestination>()
+            ),
             (40, 8)
         );
-        assert_eq!((size_of::<ConnectionKey>(), align_of::<ConnectionKey>()), (48, 8));
-        assert_eq!((size_of::<ConfigRecord>(), align_of::<ConfigRecord>()), (24, 4));
-        assert_eq!((size_of::<PodCounters>(), align_of::<PodCounters>()), (48, 8));
+        assert_eq!(
+            (size_of::<ConnectionKey>(), align_of::<ConnectionKey>()),
+            (48, 8)
+        );
+        assert_eq!(
+            (size_of::<ConfigRecord>(), align_of::<ConfigRecord>()),
+            (24, 4)
+        );
+        assert_eq!(
+            (size_of::<PodCounters>(), align_of::<PodCounters>()),
+            (48, 8)
+        );
     }
 
     #[test]

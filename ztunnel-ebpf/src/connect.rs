@@ -10,7 +10,7 @@
 //! pod; fail-open lets the connect go direct.
 
 use aya_ebpf::{
-    bindings::{bpf_sock_addr, BPF_ANY},
+    bindings::{BPF_ANY, bpf_sock_addr},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -83,9 +83,25 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let port_be = sock_addr.user_port as u16;
     if mapped {
         let listener = [0, 0, V4_MAPPED_PREFIX, LOOPBACK_V4];
-        redirect(&ctx, sock_addr, &pod, false, [destination[3], 0, 0, 0], port_be, listener);
+        redirect(
+            &ctx,
+            sock_addr,
+            &pod,
+            false,
+            [destination[3], 0, 0, 0],
+            port_be,
+            listener,
+        );
     } else {
-        redirect(&ctx, sock_addr, &pod, true, destination, port_be, LOOPBACK_V6);
+        redirect(
+            &ctx,
+            sock_addr,
+            &pod,
+            true,
+            destination,
+            port_be,
+            LOOPBACK_V6,
+        );
     }
     PROCEED
 }
@@ -125,7 +141,12 @@ fn redirect(
     let serving = if lookup_v6 {
         tcp_listener_exists(ctx.sock_addr.cast(), true, listener_words, listener_port_be)
     } else {
-        tcp_listener_exists(ctx.sock_addr.cast(), false, [LOOPBACK_V4, 0, 0, 0], listener_port_be)
+        tcp_listener_exists(
+            ctx.sock_addr.cast(),
+            false,
+            [LOOPBACK_V4, 0, 0, 0],
+            listener_port_be,
+        )
     };
     if serving {
         // SAFETY: helpers valid for sock_addr programs (socket cookie: 5.7, netns cookie: 5.7).
@@ -143,8 +164,14 @@ fn redirect(
             family: if ipv6 { FAMILY_IPV6 } else { FAMILY_IPV4 },
             padding: 0,
         };
-        if CONNECT_DESTINATIONS.insert(socket_cookie, original, BPF_ANY as u64).is_err() {
-            warn!(ctx, "connect: original-destination map full; the proxy will close this connection");
+        if CONNECT_DESTINATIONS
+            .insert(socket_cookie, original, BPF_ANY as u64)
+            .is_err()
+        {
+            warn!(
+                ctx,
+                "connect: original-destination map full; the proxy will close this connection"
+            );
         }
         count(pod, |counters| &mut counters.outbound_redirected);
         debug!(ctx, "connect: redirected to outbound listener");

@@ -98,8 +98,11 @@ fn accepted_connection_key(socket: *const bpf_sock, netns_cookie: u64) -> Connec
         )
     };
     let ipv4 = family == AF_INET;
-    let (client_words, proxy_words) =
-        if ipv4 { ([dst_ip4, 0, 0, 0], [src_ip4, 0, 0, 0]) } else { (dst_ip6, src_ip6) };
+    let (client_words, proxy_words) = if ipv4 {
+        ([dst_ip4, 0, 0, 0], [src_ip4, 0, 0, 0])
+    } else {
+        (dst_ip6, src_ip6)
+    };
     ConnectionKey {
         netns_cookie,
         client_address: address_bytes(client_words),
@@ -113,7 +116,11 @@ fn accepted_connection_key(socket: *const bpf_sock, netns_cookie: u64) -> Connec
 
 /// Writes `struct sockaddr_in` (family, port, address; zero padding) if it fits.
 #[inline(always)]
-fn write_sockaddr_in(optval: *mut u8, optval_end: *mut u8, original: &OriginalDestination) -> Option<usize> {
+fn write_sockaddr_in(
+    optval: *mut u8,
+    optval_end: *mut u8,
+    original: &OriginalDestination,
+) -> Option<usize> {
     if optval.wrapping_add(SOCKADDR_IN_SIZE) > optval_end {
         return None;
     }
@@ -128,7 +135,11 @@ fn write_sockaddr_in(optval: *mut u8, optval_end: *mut u8, original: &OriginalDe
 
 /// Writes `struct sockaddr_in6` (family, port, flowinfo 0, address, scope 0) if it fits.
 #[inline(always)]
-fn write_sockaddr_in6(optval: *mut u8, optval_end: *mut u8, original: &OriginalDestination) -> Option<usize> {
+fn write_sockaddr_in6(
+    optval: *mut u8,
+    optval_end: *mut u8,
+    original: &OriginalDestination,
+) -> Option<usize> {
     if optval.wrapping_add(SOCKADDR_IN6_SIZE) > optval_end {
         return None;
     }

@@ -21,7 +21,9 @@ pub fn enrolled_pod(netns_cookie: u64) -> Option<PodRecord> {
 /// Whether this node is configured fail-open (the zeroed default is fail-closed).
 #[inline(always)]
 pub fn fail_open() -> bool {
-    CONFIG.get(0).is_some_and(|config| config.fail_mode == FAIL_OPEN)
+    CONFIG
+        .get(0)
+        .is_some_and(|config| config.fail_mode == FAIL_OPEN)
 }
 
 /// Adds one to a counter of the pod's per-CPU slot.
@@ -52,7 +54,12 @@ pub fn address_bytes(words: [u32; 4]) -> [u8; 16] {
 /// Whether a TCP listener (or any socket) is bound to `address_words:port_be` in the netns of
 /// `ctx`. `ipv6` selects the tuple layout. Minimum kernel 5.2 for sock_addr, 4.20 for TC.
 #[inline(always)]
-pub fn tcp_listener_exists(ctx: *mut core::ffi::c_void, ipv6: bool, address_words: [u32; 4], port_be: u16) -> bool {
+pub fn tcp_listener_exists(
+    ctx: *mut core::ffi::c_void,
+    ipv6: bool,
+    address_words: [u32; 4],
+    port_be: u16,
+) -> bool {
     // SAFETY: a zeroed tuple is a valid (wildcard source) lookup key.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if ipv6 {

@@ -51,7 +51,10 @@ fn on_established(ctx: &SockOpsContext) {
         return;
     };
     let key = connection_key(ctx);
-    if ORIGINAL_DESTINATIONS.insert(key, original, BPF_ANY as u64).is_ok() {
+    if ORIGINAL_DESTINATIONS
+        .insert(key, original, BPF_ANY as u64)
+        .is_ok()
+    {
         let _ = CONNECT_DESTINATIONS.remove(socket_cookie);
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     }
@@ -93,8 +96,11 @@ fn connection_key(ctx: &SockOpsContext) -> ConnectionKey {
     };
     let proxy_port = remote_port(ctx);
     let ipv4 = family == AF_INET;
-    let (client_words, proxy_words) =
-        if ipv4 { ([local_ip4, 0, 0, 0], [remote_ip4, 0, 0, 0]) } else { (local_ip6, remote_ip6) };
+    let (client_words, proxy_words) = if ipv4 {
+        ([local_ip4, 0, 0, 0], [remote_ip4, 0, 0, 0])
+    } else {
+        (local_ip6, remote_ip6)
+    };
     ConnectionKey {
         netns_cookie,
         client_address: address_bytes(client_words),

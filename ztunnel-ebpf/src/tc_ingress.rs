@@ -70,14 +70,22 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 
 fn steer(ctx: &TcContext, mut syn: Syn, pod: &PodRecord) -> i32 {
     let listener_port_be = INBOUND_PLAINTEXT_PORT.to_be();
-    if syn.tuple_size as usize == core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() {
+    if syn.tuple_size as usize
+        == core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    {
         syn.tuple.__bindgen_anon_1.ipv4.dport = listener_port_be;
     } else {
         syn.tuple.__bindgen_anon_1.ipv6.dport = listener_port_be;
     }
     // SAFETY: tuple on the stack for the call; the result is released below.
     let listener = unsafe {
-        bpf_sk_lookup_tcp(ctx.skb.skb.cast(), &mut syn.tuple, syn.tuple_size, CURRENT_NETNS, 0)
+        bpf_sk_lookup_tcp(
+            ctx.skb.skb.cast(),
+            &mut syn.tuple,
+            syn.tuple_size,
+            CURRENT_NETNS,
+            0,
+        )
     };
     if listener.is_null() {
         return no_listener(ctx, pod);
@@ -102,7 +110,10 @@ fn no_listener(ctx: &TcContext, pod: &PodRecord) -> i32 {
         return NEXT;
     }
     count(pod, |counters| &mut counters.inbound_refused);
-    debug!(ctx, "tc_ingress: no inbound listener in pod, fail-closed drop");
+    debug!(
+        ctx,
+        "tc_ingress: no inbound listener in pod, fail-closed drop"
+    );
     TC_ACT_SHOT as i32
 }
 
@@ -131,7 +142,11 @@ fn parse_syn(ctx: &TcContext) -> Option<Syn> {
             }
             destination.address[..4].copy_from_slice(&ip.dst_addr);
             destination.family = FAMILY_IPV4;
-            (tcp_offset, core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>())
+            (
+                tcp_offset,
+                core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(
+                ),
+            )
         }
         ETH_P_IPV6 => {
             let ip: Ipv6Hdr = ctx.load(EthHdr::LEN).ok()?;
@@ -150,7 +165,11 @@ fn parse_syn(ctx: &TcContext) -> Option<Syn> {
             }
             destination.address = ip.dst_addr;
             destination.family = FAMILY_IPV6;
-            (tcp_offset, core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>())
+            (
+                tcp_offset,
+                core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(
+                ),
+            )
         }
         _ => return None,
     };

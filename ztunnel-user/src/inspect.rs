@@ -7,7 +7,10 @@ use serde::Serialize;
 use ztunnel_common::maps::WORKLOADS_MAP;
 
 use crate::{
-    ebpf::{EbpfError, PinLayout, PinnedMaps, maps::{FailMode, socket_ip}},
+    ebpf::{
+        EbpfError, PinLayout, PinnedMaps,
+        maps::{FailMode, socket_ip},
+    },
     inpod::state::read_enrolled,
 };
 
@@ -77,13 +80,23 @@ struct ConfigView {
 }
 
 /// Renders `view` of the maps pinned under `layout` as a table, or JSON when `json`.
-pub fn render(layout: &PinLayout, run_dir: &Path, view: View, json: bool) -> Result<String, InspectError> {
+pub fn render(
+    layout: &PinLayout,
+    run_dir: &Path,
+    view: View,
+    json: bool,
+) -> Result<String, InspectError> {
     let maps = PinnedMaps::open(layout)?;
     let enrolled = read_enrolled(run_dir).unwrap_or_default();
     let name_of = |cookie: u64| {
-        enrolled.pods.iter().find(|pod| pod.netns_cookie == cookie).map(|pod| (pod.namespace.clone(), pod.name.clone()))
+        enrolled
+            .pods
+            .iter()
+            .find(|pod| pod.netns_cookie == cookie)
+            .map(|pod| (pod.namespace.clone(), pod.name.clone()))
     };
-    let mut pods: Vec<(u64, ztunnel_common::PodRecord)> = maps.pods.iter().filter_map(Result::ok).collect();
+    let mut pods: Vec<(u64, ztunnel_common::PodRecord)> =
+        maps.pods.iter().filter_map(Result::ok).collect();
     pods.sort_by_key(|(_, record)| record.index);
     match view {
         View::Pods => {
@@ -91,19 +104,31 @@ pub fn render(layout: &PinLayout, run_dir: &Path, view: View, json: bool) -> Res
                 .iter()
                 .map(|(cookie, record)| {
                     let names = name_of(*cookie);
-                    PodRow { netns_cookie: *cookie, index: record.index, flags: record.flags, namespace: names.clone().map(|n| n.0), name: names.map(|n| n.1) }
+                    PodRow {
+                        netns_cookie: *cookie,
+                        index: record.index,
+                        flags: record.flags,
+                        namespace: names.clone().map(|n| n.0),
+                        name: names.map(|n| n.1),
+                    }
                 })
                 .collect();
             if json {
                 return Ok(serde_json::to_string_pretty(&rows)?);
             }
-            let mut out = format!("{:<20} {:>5} {:>5}  {}\n", "NETNS_COOKIE", "INDEX", "FLAGS", "POD");
+            let mut out = format!(
+                "{:<20} {:>5} {:>5}  {}\n",
+                "NETNS_COOKIE", "INDEX", "FLAGS", "POD"
+            );
             for row in rows {
                 let pod = match (row.namespace, row.name) {
                     (Some(namespace), Some(name)) => format!("{namespace}/{name}"),
                     _ => "-".into(),
                 };
-                out += &format!("{:<20} {:>5} {:>#5x}  {}\n", row.netns_cookie, row.index, row.flags, pod);
+                out += &format!(
+                    "{:<20} {:>5} {:>#5x}  {}\n",
+                    row.netns_cookie, row.index, row.flags, pod
+                );
             }
             Ok(out)
         }
@@ -112,15 +137,28 @@ pub fn render(layout: &PinLayout, run_dir: &Path, view: View, json: bool) -> Res
                 .workloads
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(key, record)| WorkloadRow { address: socket_ip(&key.address, key.family), netns_cookie: record.netns_cookie, ifindex: record.ifindex, flags: record.flags })
+                .map(|(key, record)| WorkloadRow {
+                    address: socket_ip(&key.address, key.family),
+                    netns_cookie: record.netns_cookie,
+                    ifindex: record.ifindex,
+                    flags: record.flags,
+                })
                 .collect();
             if json {
                 return Ok(serde_json::to_string_pretty(&rows)?);
             }
-            let mut out = format!("{:<40} {:<20} {:>7} {:>5}\n", "ADDRESS", "NETNS_COOKIE", "IFINDEX", "FLAGS");
+            let mut out = format!(
+                "{:<40} {:<20} {:>7} {:>5}\n",
+                "ADDRESS", "NETNS_COOKIE", "IFINDEX", "FLAGS"
+            );
             for row in rows {
-                let address = row.address.map_or_else(|| format!("<bad {WORKLOADS_MAP} key>"), |a| a.to_string());
-                out += &format!("{:<40} {:<20} {:>7} {:>#5x}\n", address, row.netns_cookie, row.ifindex, row.flags);
+                let address = row
+                    .address
+                    .map_or_else(|| format!("<bad {WORKLOADS_MAP} key>"), |a| a.to_string());
+                out += &format!(
+                    "{:<40} {:<20} {:>7} {:>#5x}\n",
+                    address, row.netns_cookie, row.ifindex, row.flags
+                );
             }
             Ok(out)
         }
@@ -151,7 +189,13 @@ pub fn render(layout: &PinLayout, run_dir: &Path, view: View, json: bool) -> Res
                 let pod = row.name.unwrap_or_else(|| row.netns_cookie.to_string());
                 out += &format!(
                     "{:<24} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
-                    pod, row.outbound_redirected, row.outbound_passed, row.outbound_refused, row.inbound_redirected, row.inbound_passed, row.inbound_refused
+                    pod,
+                    row.outbound_redirected,
+                    row.outbound_passed,
+                    row.outbound_refused,
+                    row.inbound_redirected,
+                    row.inbound_passed,
+                    row.inbound_refused
                 );
             }
             Ok(out)
@@ -172,7 +216,13 @@ pub fn render(layout: &PinLayout, run_dir: &Path, view: View, json: bool) -> Res
             }
             Ok(format!(
                 "fail_mode              {}\nbypass_mark            {:#x}\nupstream_mark          {:#x}\noutbound_port          {}\ninbound_plaintext_port {}\nhbone_port             {}\nlog_level              {}\n",
-                view.fail_mode, view.bypass_mark, view.upstream_mark, view.outbound_port, view.inbound_plaintext_port, view.hbone_port, view.log_level
+                view.fail_mode,
+                view.bypass_mark,
+                view.upstream_mark,
+                view.outbound_port,
+                view.inbound_plaintext_port,
+                view.hbone_port,
+                view.log_level
             ))
         }
     }

@@ -200,26 +200,41 @@ fn main() -> anyhow::Result<()> {
                 run_dir: args.paths.run_dir,
                 fail_mode: args.fail_mode.into(),
             };
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(daemon::run(config, Arc::new(TcpForwarder)))?;
         }
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
             let mut programs = LoadedPrograms::load(&layout)?;
-            let spec = PodSpec { name: args.name, namespace: args.namespace, netns: args.netns, ips: args.ips, interface: args.interface };
+            let spec = PodSpec {
+                name: args.name,
+                namespace: args.namespace,
+                netns: args.netns,
+                ips: args.ips,
+                interface: args.interface,
+            };
             let pod = enroll::enroll(&mut programs, &args.paths.run_dir, &spec)?;
-            println!("enrolled {}/{} (netns cookie {}, index {})", pod.namespace, pod.name, pod.netns_cookie, pod.index);
+            println!(
+                "enrolled {}/{} (netns cookie {}, index {})",
+                pod.namespace, pod.name, pod.netns_cookie, pod.index
+            );
         }
         Command::Unenroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
             let selector = match (args.netns, args.name) {
                 (Some(netns), _) => PodSelector::Netns(netns),
-                (None, Some(name)) => PodSelector::Name { namespace: args.namespace, name },
+                (None, Some(name)) => PodSelector::Name {
+                    namespace: args.namespace,
+                    name,
+                },
                 (None, None) => anyhow::bail!("pass --netns or --name"),
             };
             match enroll::unenroll(&layout, &args.paths.run_dir, &selector)? {
                 Some(pod) => println!("unenrolled {}/{}", pod.namespace, pod.name),
-                None => anyhow::bail!("no enrolled pod matches {selector:?} (see `ztunnel inspect pods`)"),
+                None => anyhow::bail!(
+                    "no enrolled pod matches {selector:?} (see `ztunnel inspect pods`)"
+                ),
             }
         }
         Command::Inspect(args) => {
@@ -230,7 +245,10 @@ fn main() -> anyhow::Result<()> {
                 ViewArg::Config => inspect::View::Config,
             };
             let layout = PinLayout::new(args.paths.bpffs_root);
-            print!("{}", inspect::render(&layout, &args.paths.run_dir, view, args.json)?);
+            print!(
+                "{}",
+                inspect::render(&layout, &args.paths.run_dir, view, args.json)?
+            );
             if args.json {
                 println!();
             }
@@ -247,4 +265,98 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ztunnel").chain(arguments.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn daemon_defaults() {
+        let Command::Daemon(args) = parse(&["daemon"]).unwrap().command else {
+            panic!("not daemon")
+        };
+        assert_eq!(args.paths.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
+        assert_eq!(args.paths.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert!(matches!(args.fail_mode, FailModeArg::Closed));
+        assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn enroll_needs_netns_name_and_valid_ips() {
+        let Command::Enroll(args) = parse(&[
+            "enroll",
+            "--netns",
+            "/var/run/netns/a",
+            "--ip",
+            "198.18.0.10",
+            "--ip",
+            "2001:db8::10",
+            "--name",
+            "a",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not enroll")
+        };
+        assert_eq!(args.ips.len(), 2);
+        assert_eq!(args.namespace, "default");
+        assert_eq!(args.interface, "eth0");
+        assert!(
+            parse(&["enroll", "--netns", "/x", "--name", "a"]).is_err(),
+            "no --ip accepted"
+        );
+        assert!(
+            parse(&[
+                "enroll",
+                "--netns",
+                "/x",
+                "--ip",
+                "198.18.0.300",
+                "--name",
+                "a"
+            ])
+            .is_err(),
+            "bad IP accepted"
+        );
+        assert!(
+            parse(&["enroll", "--ip", "198.18.0.10", "--name", "a"]).is_err(),
+            "no --netns accepted"
+        );
+    }
+
+    #[test]
+    fn unenroll_by_netns_or_name() {
+        assert!(parse(&["unenroll", "--netns", "/x"]).is_ok());
+        assert!(parse(&["unenroll", "--name", "a", "--namespace", "ns"]).is_ok());
+        assert!(
+            parse(&["unenroll"]).is_err(),
+            "neither --netns nor --name accepted"
+        );
+        assert!(
+            parse(&["unenroll", "--netns", "/x", "--name", "a"]).is_err(),
+            "both accepted"
+        );
+    }
+
+    #[test]
+    fn inspect_and_fail_mode_values() {
+        assert!(parse(&["inspect", "pods", "--json"]).is_ok());
+        assert!(parse(&["inspect", "links"]).is_err());
+        assert!(parse(&["set-fail-mode", "open"]).is_ok());
+        assert!(parse(&["set-fail-mode", "ajar"]).is_err());
+    }
 }

@@ -13,7 +13,11 @@ fn main() -> anyhow::Result<()> {
     };
     let mark: u32 = parse_mark(mark)?;
     let destination: SocketAddr = destination.parse()?;
-    let socket = socket2::Socket::new(socket2::Domain::for_address(destination), socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(destination),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_mark(mark)?;
     socket.connect_timeout(&destination.into(), std::time::Duration::from_secs(5))?;
     let mut stream = std::net::TcpStream::from(socket);

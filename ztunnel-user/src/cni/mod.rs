@@ -19,6 +19,15 @@ const MAX_STDIN: u64 = 1 << 20;
 
 /// Runs the plugin on this process's environment and stdin; returns the exit code.
 pub fn main() -> u8 {
+    // stdout carries the result; logs go to stderr, which the runtime records.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let outcome = Invocation::from_env(|name| std::env::var(name).ok()).and_then(|invocation| {
         let mut stdin = Vec::new();
         std::io::stdin()
@@ -31,12 +40,10 @@ pub fn main() -> u8 {
                     error.to_string(),
                 )
             })?;
-        plugin::execute(
-            &invocation,
-            &stdin,
-            &node::NodeEnroller,
-            &node::ConfigDirectory,
-        )
+        let enroller = node::NodeEnroller {
+            interface: invocation.ifname.clone(),
+        };
+        plugin::execute(&invocation, &stdin, &enroller, &node::ConfigDirectory)
     });
     let (text, code) = match outcome {
         Ok(Some(result)) => (result.to_string(), 0),

@@ -1,17 +1,39 @@
-//! The plugin's real seams: the node's ztunnel over the enrollment socket, and the workload
-//! configuration file.
+//! The plugin's real seams: enrollment on this node, and the workload configuration file.
+//!
+//! ADD enrolls the pod durably itself (map entries, the pinned TC link, the enrolled-set record,
+//! through the same library the daemon uses), so a pod created while ztunnel is down is captured
+//! and fail-closed at once. It then hands ztunnel the pod's netns over the enrollment socket and
+//! waits until ztunnel says the pod's in-pod listeners are open. If ztunnel refuses, the
+//! enrollment is rolled back, so nothing half-enrolled is left behind.
 
 use std::{fs::File, net::IpAddr, os::fd::AsFd, path::Path, time::Duration};
+
+use tracing::{info, warn};
 
 use super::{
     plugin::{Enroller, WorkloadDirectory},
     spec::{CniError, NetworkConfig, codes},
 };
-use crate::enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME};
+use crate::{
+    ebpf::{LoadedPrograms, PinLayout},
+    enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME},
+    inpod::{
+        InpodError,
+        enroll::{self, PodSelector, PodSpec},
+        state::read_enrolled,
+    },
+    state::Protocol,
+};
 
-/// Enrolls through the node's ztunnel.
+/// The pod's interface inside its netns, as the runtime names it (`CNI_IFNAME`).
+const DEFAULT_INTERFACE: &str = "eth0";
+
+/// Enrolls pods on this node.
 #[derive(Debug, Default)]
-pub struct NodeEnroller;
+pub struct NodeEnroller {
+    /// `CNI_IFNAME`; empty means `eth0`.
+    pub interface: String,
+}
 
 fn client(config: &NetworkConfig) -> EnrollmentClient {
     EnrollmentClient::new(
@@ -20,12 +42,16 @@ fn client(config: &NetworkConfig) -> EnrollmentClient {
     )
 }
 
-fn to_cni_error(doing: &str, error: EnrollmentError) -> CniError {
-    let code = match error {
-        EnrollmentError::Connect { .. } => codes::TRY_AGAIN_LATER,
-        _ => codes::ENROLLMENT_FAILED,
-    };
-    CniError::new(code, format!("cannot {doing}"), error.to_string())
+fn enrollment_failed(doing: &str, error: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        codes::ENROLLMENT_FAILED,
+        format!("cannot {doing}"),
+        error.to_string(),
+    )
+}
+
+fn kernel_error(doing: &str, error: InpodError) -> CniError {
+    enrollment_failed(doing, error)
 }
 
 impl Enroller for NodeEnroller {
@@ -43,26 +69,98 @@ impl Enroller for NodeEnroller {
                 format!("{}: {error}", netns.display()),
             )
         })?;
+        let layout = PinLayout::new(&config.bpffs_root);
+        let mut programs = LoadedPrograms::load(&layout)
+            .map_err(|error| enrollment_failed("load the kernel programs", error))?;
+        let interface = if self.interface.is_empty() {
+            DEFAULT_INTERFACE
+        } else {
+            &self.interface
+        };
+        let spec = PodSpec {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            netns: netns.to_owned(),
+            ips: ips.to_vec(),
+            interface: interface.to_owned(),
+        };
+        enroll::enroll(&mut programs, &config.run_dir, &spec)
+            .map_err(|error| kernel_error("enroll the pod", error))?;
+
         let request = Request::Enroll {
             pod: pod.clone(),
             ips: ips.to_vec(),
             netns_path: netns.display().to_string(),
         };
-        client(config)
-            .send(&request, Some(netns_file.as_fd()))
-            .map_err(|error| to_cni_error("enroll the pod with ztunnel", error))
+        match client(config).send(&request, Some(netns_file.as_fd())) {
+            Ok(()) => Ok(()),
+            Err(EnrollmentError::Connect { path, source }) => {
+                // ztunnel is down (crashed, restarting): the pod stays enrolled and fail-closed,
+                // and ztunnel opens its listeners when it starts.
+                warn!(socket = %path.display(), %source, pod = %pod.name, "ztunnel is not running; the pod is enrolled and will be served when it starts");
+                Ok(())
+            }
+            Err(error) => {
+                let selector = PodSelector::Name {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                };
+                if let Err(rollback) = enroll::unenroll(&layout, &config.run_dir, &selector) {
+                    warn!(%rollback, pod = %pod.name, "rolling back the enrollment failed");
+                }
+                Err(enrollment_failed("have ztunnel serve the pod", error))
+            }
+        }
     }
 
     fn unenroll(&self, config: &NetworkConfig, pod: &PodRef) -> Result<(), CniError> {
+        let layout = PinLayout::new(&config.bpffs_root);
+        let selector = PodSelector::Name {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
+        if !config.run_dir.exists() {
+            // ztunnel never ran here: nothing of this pod can exist on this node.
+            return Ok(());
+        }
+        match enroll::unenroll(&layout, &config.run_dir, &selector) {
+            Ok(Some(_)) => info!(pod = %pod.name, namespace = %pod.namespace, "pod unenrolled"),
+            Ok(None) => info!(pod = %pod.name, namespace = %pod.namespace, "pod was not enrolled"),
+            Err(error) => return Err(kernel_error("unenroll the pod", error)),
+        }
+        // Tell a running ztunnel at once (it would notice within its reconcile interval anyway).
         match client(config).send(&Request::Unenroll { pod: pod.clone() }, None) {
-            Ok(()) => Ok(()),
-            // DEL must succeed when there is nothing left to undo on this node.
-            Err(EnrollmentError::Connect { .. }) if !config.run_dir.exists() => Ok(()),
-            Err(error) => Err(to_cni_error("unenroll the pod", error)),
+            Ok(()) | Err(EnrollmentError::Connect { .. }) => Ok(()),
+            Err(error) => Err(enrollment_failed("tell ztunnel the pod is gone", error)),
         }
     }
 
     fn check(&self, config: &NetworkConfig, pod: &PodRef, ips: &[IpAddr]) -> Result<(), CniError> {
+        let set = read_enrolled(&config.run_dir).map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                "cannot read the enrolled set",
+                error.to_string(),
+            )
+        })?;
+        let enrolled = set
+            .pods
+            .iter()
+            .find(|known| known.name == pod.name && known.namespace == pod.namespace)
+            .ok_or_else(|| {
+                CniError::new(
+                    codes::NOT_ENROLLED,
+                    "pod is not enrolled",
+                    format!("{}/{} is not in the enrolled set", pod.namespace, pod.name),
+                )
+            })?;
+        if ips.iter().any(|ip| !enrolled.ips.contains(ip)) {
+            return Err(CniError::new(
+                codes::NOT_ENROLLED,
+                "pod is enrolled with other addresses",
+                format!("enrolled with {:?}, prevResult has {ips:?}", enrolled.ips),
+            ));
+        }
         let request = Request::Check {
             pod: pod.clone(),
             ips: ips.to_vec(),
@@ -70,15 +168,23 @@ impl Enroller for NodeEnroller {
         client(config)
             .send(&request, None)
             .map_err(|error| match error {
-                EnrollmentError::Refused(message) => {
-                    CniError::new(codes::NOT_ENROLLED, "pod is not enrolled", message)
-                }
-                other => to_cni_error("check the pod's enrollment", other),
+                EnrollmentError::Refused(message) => CniError::new(
+                    codes::NOT_ENROLLED,
+                    "ztunnel is not serving the pod",
+                    message,
+                ),
+                other => CniError::new(
+                    codes::TRY_AGAIN_LATER,
+                    "cannot ask ztunnel",
+                    other.to_string(),
+                ),
             })
     }
 }
 
-/// Every pod is a mesh workload unless a workload config file says otherwise.
+/// A pod is a mesh workload when the workload config lists an HBONE workload with its namespace
+/// and one of its addresses (`protocol: TCP` workloads are outside the mesh and never captured);
+/// without a `workloadConfig` in the plugin's section, every pod is.
 #[derive(Debug, Default)]
 pub struct ConfigDirectory;
 
@@ -86,11 +192,26 @@ impl WorkloadDirectory for ConfigDirectory {
     fn is_mesh_workload(
         &self,
         config: &NetworkConfig,
-        _name: &str,
-        _namespace: &str,
-        _ips: &[IpAddr],
+        name: &str,
+        namespace: &str,
+        ips: &[IpAddr],
     ) -> Result<bool, CniError> {
-        // The workload config lookup arrives with the config module.
-        Ok(config.workload_config.is_none())
+        let Some(path) = &config.workload_config else {
+            return Ok(true);
+        };
+        let state = crate::config::load_state(path).map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                "cannot read the workload config",
+                error.to_string(),
+            )
+        })?;
+        Ok(ips.iter().any(|ip| {
+            state.workload_by_ip(*ip).is_some_and(|workload| {
+                workload.protocol == Protocol::Hbone
+                    && workload.namespace == namespace
+                    && (workload.name.is_empty() || workload.name == name)
+            })
+        }))
     }
 }

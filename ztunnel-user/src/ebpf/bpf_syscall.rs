@@ -45,7 +45,11 @@ fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> 
             std::mem::size_of_val(attr) as libc::c_uint,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// Opens a pinned object (`BPF_OBJ_GET`). Minimum kernel 4.4.
@@ -72,7 +76,12 @@ pub fn link_info(link: &impl AsFd) -> io::Result<LinkInfo> {
         LINK_TYPE_TCX => info[2] & 0xffff_ffff,
         _ => info[2],
     };
-    Ok(LinkInfo { link_type, id: (info[0] >> 32) as u32, program_id: (info[1] & 0xffff_ffff) as u32, target })
+    Ok(LinkInfo {
+        link_type,
+        id: (info[0] >> 32) as u32,
+        program_id: (info[1] & 0xffff_ffff) as u32,
+        target,
+    })
 }
 
 /// Replaces the program of a link in place (`BPF_LINK_UPDATE`). Minimum kernel 5.7 (cgroup),

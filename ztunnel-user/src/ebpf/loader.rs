@@ -14,9 +14,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions,
-    },
+    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
 use ztunnel_common::maps::{ALL_MAPS, LOG_RING_BUFFER_MAP, programs};
 
@@ -28,8 +26,12 @@ use super::{
 use crate::inpod::netns::Netns;
 
 /// The cgroup programs, in the order a connection meets them.
-pub const CGROUP_PROGRAMS: [&str; 4] =
-    [programs::CONNECT4, programs::CONNECT6, programs::SOCKOPS, programs::GETSOCKOPT];
+pub const CGROUP_PROGRAMS: [&str; 4] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SOCKOPS,
+    programs::GETSOCKOPT,
+];
 
 /// What happened to a hook when attaching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +73,9 @@ impl LoadedPrograms {
             source: Box::new(source),
         })?;
         for name in CGROUP_PROGRAMS.iter().chain([programs::TC_INGRESS].iter()) {
-            let program = ebpf.program_mut(name).ok_or(EbpfError::MissingProgram(name))?;
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
             let result = match program {
                 aya::programs::Program::CgroupSockAddr(p) => p.load(),
                 aya::programs::Program::SockOps(p) => p.load(),
@@ -79,9 +83,15 @@ impl LoadedPrograms {
                 aya::programs::Program::SchedClassifier(p) => p.load(),
                 _ => return Err(EbpfError::MissingProgram(name)),
             };
-            result.map_err(|source| EbpfError::LoadProgram { program: name, source: Box::new(source) })?;
+            result.map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
         }
-        Ok(Self { ebpf, layout: layout.clone() })
+        Ok(Self {
+            ebpf,
+            layout: layout.clone(),
+        })
     }
 
     /// The pin layout these programs were loaded for.
@@ -102,7 +112,10 @@ impl LoadedPrograms {
 
     /// Attaches (or adopts) the connect4/connect6/sockops/getsockopt links on the cgroup-v2
     /// directory `cgroup`. Minimum kernel 5.15.
-    pub fn attach_cgroup_programs(&mut self, cgroup: &Path) -> Result<Vec<(&'static str, AttachOutcome)>, EbpfError> {
+    pub fn attach_cgroup_programs(
+        &mut self,
+        cgroup: &Path,
+    ) -> Result<Vec<(&'static str, AttachOutcome)>, EbpfError> {
         let cgroup_file = File::open(cgroup).map_err(|source| EbpfError::Cgroup {
             cgroup: cgroup.to_owned(),
             source,
@@ -131,7 +144,12 @@ impl LoadedPrograms {
         Ok(outcomes)
     }
 
-    fn attach_cgroup_program(&mut self, name: &'static str, cgroup_file: &File, cgroup: &Path) -> Result<OwnedFd, EbpfError> {
+    fn attach_cgroup_program(
+        &mut self,
+        name: &'static str,
+        cgroup_file: &File,
+        cgroup: &Path,
+    ) -> Result<OwnedFd, EbpfError> {
         let attach_type = match name {
             programs::CONNECT4 => CgroupAttachType::Inet4Connect,
             programs::CONNECT6 => CgroupAttachType::Inet6Connect,
@@ -139,18 +157,31 @@ impl LoadedPrograms {
             programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
             _ => return Err(EbpfError::MissingProgram(name)),
         };
-        let program = self.ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
-        let program_fd = program
-            .fd()
-            .map_err(|source| EbpfError::LoadProgram { program: name, source: Box::new(source) })?;
-        bpf_syscall::create_cgroup_link(&program_fd.as_fd(), cgroup_file, attach_type).map_err(|source| {
-            EbpfError::Io { action: format!("attach {name} to cgroup {}", cgroup.display()), source }
-        })
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(EbpfError::MissingProgram(name))?;
+        let program_fd = program.fd().map_err(|source| EbpfError::LoadProgram {
+            program: name,
+            source: Box::new(source),
+        })?;
+        bpf_syscall::create_cgroup_link(&program_fd.as_fd(), cgroup_file, attach_type).map_err(
+            |source| EbpfError::Io {
+                action: format!("attach {name} to cgroup {}", cgroup.display()),
+                source,
+            },
+        )
     }
 
     /// Swaps the program of the link pinned at `pin` if it still targets `target`; otherwise
     /// removes the stale pin. Returns whether the link was adopted.
-    fn adopt(&self, pin: &Path, name: &'static str, link_type: u32, target: u64) -> Result<bool, EbpfError> {
+    fn adopt(
+        &self,
+        pin: &Path,
+        name: &'static str,
+        link_type: u32,
+        target: u64,
+    ) -> Result<bool, EbpfError> {
         let io_error = |action: &str, source| EbpfError::Io {
             action: format!("{action} {}", pin.display()),
             source,
@@ -158,8 +189,14 @@ impl LoadedPrograms {
         let link = bpf_syscall::open_pin(pin).map_err(|e| io_error("open pinned link", e))?;
         let info = bpf_syscall::link_info(&link).map_err(|e| io_error("read pinned link", e))?;
         if info.link_type == link_type && info.target == target && target != 0 {
-            let program = self.ebpf.program(name).ok_or(EbpfError::MissingProgram(name))?;
-            let program_fd = program.fd().map_err(|source| EbpfError::LoadProgram { program: name, source: Box::new(source) })?;
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
+            let program_fd = program.fd().map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
             bpf_syscall::replace_link_program(&link, &program_fd.as_fd())
                 .map_err(|e| io_error("replace the program of pinned link", e))?;
             return Ok(true);
@@ -171,7 +208,12 @@ impl LoadedPrograms {
 
     /// Attaches (or adopts) the TC ingress program on `interface` inside `netns` with TCX and
     /// pins the link for the pod `netns_cookie`. Returns the interface index. Minimum kernel 6.6.
-    pub fn attach_tc_ingress(&mut self, netns: &Netns, interface: &str, netns_cookie: u64) -> Result<(u32, AttachOutcome), EbpfError> {
+    pub fn attach_tc_ingress(
+        &mut self,
+        netns: &Netns,
+        interface: &str,
+        netns_cookie: u64,
+    ) -> Result<(u32, AttachOutcome), EbpfError> {
         let pin_dir = self.layout.pod_dir(netns_cookie);
         std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::Io {
             action: format!("create {}", pin_dir.display()),
@@ -182,12 +224,20 @@ impl LoadedPrograms {
         let ifindex = netns
             .run(move || interface_index(&interface_owned))
             .map_err(|source| EbpfError::Io {
-                action: format!("find interface {interface} in netns {}", netns.path().display()),
+                action: format!(
+                    "find interface {interface} in netns {}",
+                    netns.path().display()
+                ),
                 source,
             })?;
         let mut outcome = AttachOutcome::Attached;
         if pin.exists() {
-            if self.adopt(&pin, programs::TC_INGRESS, LINK_TYPE_TCX, u64::from(ifindex))? {
+            if self.adopt(
+                &pin,
+                programs::TC_INGRESS,
+                LINK_TYPE_TCX,
+                u64::from(ifindex),
+            )? {
                 return Ok((ifindex, AttachOutcome::Adopted));
             }
             outcome = AttachOutcome::Replaced;
@@ -199,18 +249,31 @@ impl LoadedPrograms {
             .program_mut(name)
             .ok_or(EbpfError::MissingProgram(name))?
             .try_into()
-            .map_err(|source| EbpfError::LoadProgram { program: name, source: Box::new(source) })?;
+            .map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
         let interface_owned = interface.to_owned();
         let link: FdLink = netns
             .run(move || {
                 let id = program
-                    .attach_with_options(&interface_owned, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                    .attach_with_options(
+                        &interface_owned,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
                     .map_err(std::io::Error::other)?;
                 let link = program.take_link(id).map_err(std::io::Error::other)?;
                 FdLink::try_from(link).map_err(std::io::Error::other)
             })
-            .map_err(|source| EbpfError::Io { action: format!("attach {name} to {target}"), source })?;
-        link.pin(&pin).map_err(|source| EbpfError::Pin { path: pin.clone(), source: Box::new(source) })?;
+            .map_err(|source| EbpfError::Io {
+                action: format!("attach {name} to {target}"),
+                source,
+            })?;
+        link.pin(&pin).map_err(|source| EbpfError::Pin {
+            path: pin.clone(),
+            source: Box::new(source),
+        })?;
         Ok((ifindex, outcome))
     }
 }
@@ -220,11 +283,20 @@ pub fn remove_pod_pins(layout: &PinLayout, netns_cookie: u64) -> Result<(), Ebpf
     let dir = layout.pod_dir(netns_cookie);
     let pin = layout.pod_tc_link(netns_cookie);
     for (path, is_dir) in [(pin, false), (dir, true)] {
-        let result = if is_dir { std::fs::remove_dir(&path) } else { std::fs::remove_file(&path) };
+        let result = if is_dir {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         match result {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(EbpfError::Io { action: format!("remove {}", path.display()), source }),
+            Err(source) => {
+                return Err(EbpfError::Io {
+                    action: format!("remove {}", path.display()),
+                    source,
+                });
+            }
         }
     }
     Ok(())
@@ -233,7 +305,10 @@ pub fn remove_pod_pins(layout: &PinLayout, netns_cookie: u64) -> Result<(), Ebpf
 /// The cgroup-v2 id of a directory (its inode number), as cgroup links report it.
 fn cgroup_id(cgroup: &Path) -> Result<u64, EbpfError> {
     use std::os::unix::fs::MetadataExt;
-    let error = |source| EbpfError::Cgroup { cgroup: cgroup.to_owned(), source };
+    let error = |source| EbpfError::Cgroup {
+        cgroup: cgroup.to_owned(),
+        source,
+    };
     let mut path = cgroup.join("cgroup.procs");
     if !path.exists() {
         path = cgroup.to_owned();
@@ -247,8 +322,13 @@ fn cgroup_id(cgroup: &Path) -> Result<u64, EbpfError> {
 
 /// The index of `interface` in the calling thread's netns.
 fn interface_index(interface: &str) -> std::io::Result<u32> {
-    let name = std::ffi::CString::new(interface).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let name = std::ffi::CString::new(interface)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 { Err(std::io::Error::last_os_error()) } else { Ok(index) }
+    if index == 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(index)
+    }
 }

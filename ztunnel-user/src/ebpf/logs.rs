@@ -30,7 +30,8 @@ impl log::Log for TracingLog {
 pub async fn forward(logger: EbpfLogger<TracingLog>) {
     // SAFETY: the fd is the logger's ring buffer map, owned by `logger`, which the AsyncFd owns
     // for as long as it is registered.
-    let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut logger = match registered {
         Ok(logger) => logger,
         Err(error) => {
@@ -40,7 +41,9 @@ pub async fn forward(logger: EbpfLogger<TracingLog>) {
         }
     };
     loop {
-        let Ok(mut ready) = logger.readable_mut().await else { return };
+        let Ok(mut ready) = logger.readable_mut().await else {
+            return;
+        };
         ready.get_inner_mut().flush();
         ready.clear_ready();
     }

@@ -36,7 +36,10 @@ fn open(layout: &PinLayout, name: &str) -> Result<Map, EbpfError> {
         path: path.clone(),
         source: Box::new(source),
     })?;
-    Map::from_map_data(data).map_err(|source| EbpfError::OpenPinnedMap { path, source: Box::new(source) })
+    Map::from_map_data(data).map_err(|source| EbpfError::OpenPinnedMap {
+        path,
+        source: Box::new(source),
+    })
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
@@ -63,7 +66,9 @@ impl PinnedMaps {
 
     /// The node configuration (zeroed, i.e. fail-closed, if never written).
     pub fn config(&self) -> Result<ConfigRecord, EbpfError> {
-        self.config.get(&0, 0).map_err(|source| EbpfError::map(CONFIG_MAP, "read", source))
+        self.config
+            .get(&0, 0)
+            .map_err(|source| EbpfError::map(CONFIG_MAP, "read", source))
     }
 
     /// Writes the node configuration with this fail mode and the built-in ports and marks.
@@ -78,21 +83,28 @@ impl PinnedMaps {
             fail_mode,
             log_level,
         };
-        self.config.set(0, record, 0).map_err(|source| EbpfError::map(CONFIG_MAP, "write", source))
+        self.config
+            .set(0, record, 0)
+            .map_err(|source| EbpfError::map(CONFIG_MAP, "write", source))
     }
 
     /// A pod's counters summed over all CPUs.
     pub fn pod_counters(&self, index: u32) -> Result<PodCounters, EbpfError> {
-        let per_cpu = self.stats.get(&index, 0).map_err(|source| EbpfError::map(STATS_MAP, "read", source))?;
-        Ok(per_cpu.iter().fold(PodCounters::default(), |mut sum, counters| {
-            sum.outbound_redirected += counters.outbound_redirected;
-            sum.outbound_passed += counters.outbound_passed;
-            sum.outbound_refused += counters.outbound_refused;
-            sum.inbound_redirected += counters.inbound_redirected;
-            sum.inbound_passed += counters.inbound_passed;
-            sum.inbound_refused += counters.inbound_refused;
-            sum
-        }))
+        let per_cpu = self
+            .stats
+            .get(&index, 0)
+            .map_err(|source| EbpfError::map(STATS_MAP, "read", source))?;
+        Ok(per_cpu
+            .iter()
+            .fold(PodCounters::default(), |mut sum, counters| {
+                sum.outbound_redirected += counters.outbound_redirected;
+                sum.outbound_passed += counters.outbound_passed;
+                sum.outbound_refused += counters.outbound_refused;
+                sum.inbound_redirected += counters.inbound_redirected;
+                sum.inbound_passed += counters.inbound_passed;
+                sum.inbound_refused += counters.inbound_refused;
+                sum
+            }))
     }
 
     /// Zeroes a pod's counters (on enrollment and unenrollment, so a reused index starts clean).
@@ -101,9 +113,16 @@ impl PinnedMaps {
             action: "count possible CPUs".into(),
             source,
         })?;
-        let zeroes = PerCpuValues::try_from(vec![PodCounters::default(); cpus])
-            .map_err(|source| EbpfError::Io { action: "build per-CPU zero values".into(), source })?;
-        self.stats.set(index, zeroes, 0).map_err(|source| EbpfError::map(STATS_MAP, "write", source))
+        let zeroes =
+            PerCpuValues::try_from(vec![PodCounters::default(); cpus]).map_err(|source| {
+                EbpfError::Io {
+                    action: "build per-CPU zero values".into(),
+                    source,
+                }
+            })?;
+        self.stats
+            .set(index, zeroes, 0)
+            .map_err(|source| EbpfError::map(STATS_MAP, "write", source))
     }
 
     /// The original destination the kernel recorded for a connection accepted by an in-pod
@@ -126,7 +145,10 @@ impl PinnedMaps {
             padding: 0,
         };
         let value = self.original_destinations.get(&key, 0).ok()?;
-        Some(SocketAddr::new(socket_ip(&value.address, value.family)?, value.port))
+        Some(SocketAddr::new(
+            socket_ip(&value.address, value.family)?,
+            value.port,
+        ))
     }
 }
 
@@ -145,7 +167,9 @@ pub fn address_bytes(address: IpAddr) -> ([u8; 16], u16) {
 /// The address stored as 16 bytes and a family, if the family is known.
 pub fn socket_ip(bytes: &[u8; 16], family: u16) -> Option<IpAddr> {
     match family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }
@@ -154,7 +178,11 @@ pub fn socket_ip(bytes: &[u8; 16], family: u16) -> Option<IpAddr> {
 /// The `workloads` key of a pod IP.
 pub fn workload_key(address: IpAddr) -> WorkloadKey {
     let (address, family) = address_bytes(address);
-    WorkloadKey { address, family, padding: 0 }
+    WorkloadKey {
+        address,
+        family,
+        padding: 0,
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +229,11 @@ impl FailMode {
 
     /// The mode a `config.fail_mode` value means (unknown values are treated as closed).
     pub fn from_record_value(value: u32) -> Self {
-        if value == ztunnel_common::FAIL_OPEN { Self::Open } else { Self::Closed }
+        if value == ztunnel_common::FAIL_OPEN {
+            Self::Open
+        } else {
+            Self::Closed
+        }
     }
 }
 
@@ -212,7 +244,9 @@ impl std::str::FromStr for FailMode {
         match text {
             "closed" => Ok(Self::Closed),
             "open" => Ok(Self::Open),
-            other => Err(format!("unknown fail mode {other:?}: expected \"closed\" or \"open\"")),
+            other => Err(format!(
+                "unknown fail mode {other:?}: expected \"closed\" or \"open\""
+            )),
         }
     }
 }
@@ -235,7 +269,10 @@ mod fail_mode_tests {
         assert_eq!("closed".parse::<FailMode>(), Ok(FailMode::Closed));
         assert_eq!("open".parse::<FailMode>(), Ok(FailMode::Open));
         assert!("Open".parse::<FailMode>().is_err());
-        assert_eq!(FailMode::from_record_value(FailMode::Open.record_value()), FailMode::Open);
+        assert_eq!(
+            FailMode::from_record_value(FailMode::Open.record_value()),
+            FailMode::Open
+        );
         assert_eq!(FailMode::from_record_value(7), FailMode::Closed);
     }
 }

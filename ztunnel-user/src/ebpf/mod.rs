@@ -25,7 +25,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     /// The object did not load.
-    #[error("cannot load the kernel programs with maps pinned under {root}: {source} (needs root, kernel >= 6.6 with BTF, and a bpffs at that path)")]
+    #[error(
+        "cannot load the kernel programs with maps pinned under {root}: {source} (needs root, kernel >= 6.6 with BTF, and a bpffs at that path)"
+    )]
     Load {
         /// bpffs root.
         root: PathBuf,
@@ -62,7 +64,9 @@ pub enum EbpfError {
         source: Box<aya::pin::PinError>,
     },
     /// The cgroup directory is unusable.
-    #[error("cannot attach to cgroup {cgroup}: {source} (pass a cgroup-v2 directory with --cgroup)")]
+    #[error(
+        "cannot attach to cgroup {cgroup}: {source} (pass a cgroup-v2 directory with --cgroup)"
+    )]
     Cgroup {
         /// The directory given.
         cgroup: PathBuf,
@@ -70,7 +74,9 @@ pub enum EbpfError {
         source: std::io::Error,
     },
     /// A pinned map could not be opened.
-    #[error("cannot open pinned map {path}: {source} (start `ztunnel daemon` or `ztunnel enroll` with this --bpffs-root first)")]
+    #[error(
+        "cannot open pinned map {path}: {source} (start `ztunnel daemon` or `ztunnel enroll` with this --bpffs-root first)"
+    )]
     OpenPinnedMap {
         /// Pin path.
         path: PathBuf,
@@ -100,6 +106,10 @@ pub enum EbpfError {
 impl EbpfError {
     /// A map access error.
     pub fn map(map: &'static str, action: &'static str, source: aya::maps::MapError) -> Self {
-        Self::Map { map, action, source: Box::new(source) }
+        Self::Map {
+            map,
+            action,
+            source: Box::new(source),
+        }
     }
 }

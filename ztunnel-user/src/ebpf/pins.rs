@@ -101,7 +101,13 @@ mod tests {
     fn layout_paths() {
         let layout = PinLayout::new("/sys/fs/bpf/zt");
         assert_eq!(layout.map("pods"), Path::new("/sys/fs/bpf/zt/pods"));
-        assert_eq!(layout.cgroup_link("connect4"), Path::new("/sys/fs/bpf/zt/links/connect4"));
-        assert_eq!(layout.pod_tc_link(42), Path::new("/sys/fs/bpf/zt/pod-links/42/tc_ingress"));
+        assert_eq!(
+            layout.cgroup_link("connect4"),
+            Path::new("/sys/fs/bpf/zt/links/connect4")
+        );
+        assert_eq!(
+            layout.pod_tc_link(42),
+            Path::new("/sys/fs/bpf/zt/pod-links/42/tc_ingress")
+        );
     }
 }

@@ -14,7 +14,12 @@ use crate::socket::SocketFactory;
 pub struct TcpForwarder;
 
 impl TcpForwarder {
-    async fn forward(pod: Arc<PodContext>, mut stream: TcpStream, destination: SocketAddr, direction: &'static str) {
+    async fn forward(
+        pod: Arc<PodContext>,
+        mut stream: TcpStream,
+        destination: SocketAddr,
+        direction: &'static str,
+    ) {
         let socket = match pod.sockets.new_tcp_socket(destination.is_ipv6()) {
             Ok(socket) => socket,
             Err(error) => {
@@ -33,17 +38,29 @@ impl TcpForwarder {
             Ok((sent, received)) => {
                 tracing::info!(pod = %pod.name, namespace = %pod.namespace, %destination, sent, received, direction, "connection closed")
             }
-            Err(error) => tracing::info!(pod = %pod.name, namespace = %pod.namespace, %destination, %error, direction, "connection ended with error"),
+            Err(error) => {
+                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %destination, %error, direction, "connection ended with error")
+            }
         }
     }
 }
 
 impl PodTrafficHandler for TcpForwarder {
-    fn outbound(&self, pod: Arc<PodContext>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+    fn outbound(
+        &self,
+        pod: Arc<PodContext>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture {
         Box::pin(Self::forward(pod, stream, original_destination, "outbound"))
     }
 
-    fn inbound_plaintext(&self, pod: Arc<PodContext>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<PodContext>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture {
         Box::pin(Self::forward(pod, stream, original_destination, "inbound"))
     }
 

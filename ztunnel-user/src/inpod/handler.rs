@@ -4,7 +4,12 @@
 //! never from packet addresses. A proxy (the plain [`super::forwarder::TcpForwarder`] today,
 //! the HBONE proxy later) implements [`PodTrafficHandler`].
 
-use std::{future::Future, net::{IpAddr, SocketAddr}, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::Arc,
+};
 
 use tokio::net::TcpStream;
 
@@ -35,11 +40,21 @@ pub trait PodTrafficHandler: Send + Sync + 'static {
     /// A connection the pod's application opened to `original_destination`, captured on 15001.
     /// The original destination comes from `getsockopt(SO_ORIGINAL_DST)`, cross-checked with
     /// the `orig_dst` map.
-    fn outbound(&self, pod: Arc<PodContext>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture;
+    fn outbound(
+        &self,
+        pod: Arc<PodContext>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture;
 
     /// A plaintext connection to the pod, steered to 15006 by TC; `original_destination` is the
     /// accepted socket's local address (pod IP and the port the client asked for).
-    fn inbound_plaintext(&self, pod: Arc<PodContext>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture;
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<PodContext>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture;
 
     /// A connection to the pod's HBONE port 15008 (not captured: the listener is really there).
     fn inbound_hbone(&self, pod: Arc<PodContext>, stream: TcpStream) -> HandlerFuture;

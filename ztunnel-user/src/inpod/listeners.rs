@@ -10,7 +10,7 @@
 //! node's fail mode to the pod.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -41,34 +41,80 @@ pub struct PodListeners {
 impl PodListeners {
     /// Opens every listener of `pod` and starts accepting. IPv6 listeners that cannot be opened
     /// (IPv6 disabled in the pod) are skipped with a warning; any IPv4 failure is an error.
-    pub fn open(pod: Arc<PodContext>, handler: Arc<dyn PodTrafficHandler>, maps: Arc<PinnedMaps>) -> Result<Self, InpodError> {
+    pub fn open(
+        pod: Arc<PodContext>,
+        handler: Arc<dyn PodTrafficHandler>,
+        maps: Arc<PinnedMaps>,
+    ) -> Result<Self, InpodError> {
         let mut wanted = vec![
-            (SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)), Role::Outbound, false),
-            (SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT)), Role::Outbound, false),
-            (SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)), Role::InboundPlaintext, true),
-            (SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)), Role::InboundPlaintext, true),
+            (
+                SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+                Role::Outbound,
+                false,
+            ),
+            (
+                SocketAddr::from((Ipv6Addr::LOCALHOST, OUTBOUND_PORT)),
+                Role::Outbound,
+                false,
+            ),
+            (
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
+                Role::InboundPlaintext,
+                true,
+            ),
+            (
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, INBOUND_PLAINTEXT_PORT)),
+                Role::InboundPlaintext,
+                true,
+            ),
         ];
-        wanted.extend(pod.ips.iter().map(|ip| (SocketAddr::new(*ip, HBONE_PORT), Role::Hbone, false)));
+        wanted.extend(
+            pod.ips
+                .iter()
+                .map(|ip| (SocketAddr::new(*ip, HBONE_PORT), Role::Hbone, false)),
+        );
         let mut accept_loops = JoinSet::new();
         for (address, role, transparent) in wanted {
-            let listener = match listen_in(&pod.netns, address, transparent).and_then(TcpListener::from_std) {
+            let listener = match listen_in(&pod.netns, address, transparent)
+                .and_then(TcpListener::from_std)
+            {
                 Ok(listener) => listener,
-                Err(error) if address.is_ipv6() && !matches!(address.ip(), IpAddr::V6(ip) if pod.ips.contains(&IpAddr::V6(ip))) => {
+                // Loopback and wildcard IPv6 listeners are optional (IPv6 may be off in the pod);
+                // a listener on one of the pod's own IPs is not.
+                Err(error) if address.is_ipv6() && role != Role::Hbone => {
                     tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %address, %error, "IPv6 listener unavailable in pod; IPv6 capture off for it");
                     continue;
                 }
                 Err(source) => {
-                    return Err(InpodError::Listen { pod: format!("{}/{}", pod.namespace, pod.name), address, source });
+                    return Err(InpodError::Listen {
+                        pod: format!("{}/{}", pod.namespace, pod.name),
+                        address,
+                        source,
+                    });
                 }
             };
             tracing::debug!(pod = %pod.name, namespace = %pod.namespace, %address, ?role, "in-pod listener open");
-            accept_loops.spawn(accept_loop(listener, role, pod.clone(), handler.clone(), maps.clone()));
+            accept_loops.spawn(accept_loop(
+                listener,
+                role,
+                pod.clone(),
+                handler.clone(),
+                maps.clone(),
+            ));
         }
-        Ok(Self { _accept_loops: accept_loops })
+        Ok(Self {
+            _accept_loops: accept_loops,
+        })
     }
 }
 
-async fn accept_loop(listener: TcpListener, role: Role, pod: Arc<PodContext>, handler: Arc<dyn PodTrafficHandler>, maps: Arc<PinnedMaps>) {
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    pod: Arc<PodContext>,
+    handler: Arc<dyn PodTrafficHandler>,
+    maps: Arc<PinnedMaps>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -86,7 +132,10 @@ async fn accept_loop(listener: TcpListener, role: Role, pod: Arc<PodContext>, ha
         };
         let work = match role {
             Role::Outbound => {
-                let Some(destination) = outbound_destination(&stream, peer, local, &pod, &maps) else { continue };
+                let Some(destination) = outbound_destination(&stream, peer, local, &pod, &maps)
+                else {
+                    continue;
+                };
                 handler.outbound(pod.clone(), stream, destination)
             }
             Role::InboundPlaintext => {
@@ -104,7 +153,13 @@ async fn accept_loop(listener: TcpListener, role: Role, pod: Arc<PodContext>, ha
 
 /// The original destination from `getsockopt(SO_ORIGINAL_DST)`, cross-checked with the
 /// `orig_dst` map. Disagreement or absence closes the connection (nothing goes out unchecked).
-fn outbound_destination(stream: &tokio::net::TcpStream, peer: SocketAddr, local: SocketAddr, pod: &PodContext, maps: &PinnedMaps) -> Option<SocketAddr> {
+fn outbound_destination(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    pod: &PodContext,
+    maps: &PinnedMaps,
+) -> Option<SocketAddr> {
     let from_sockopt = original_destination(stream, local.is_ipv6());
     let from_map = maps.original_destination(pod.netns_cookie, peer, local);
     match (&from_sockopt, from_map) {

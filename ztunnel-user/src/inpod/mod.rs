@@ -5,10 +5,12 @@
 //! - [`listeners`]: the in-pod listeners 15001/15006/15008 and their accept loops, which hand
 //!   connections to a [`handler::PodTrafficHandler`] ([`forwarder::TcpForwarder`] for now).
 //! - [`socket_factory`]: [`crate::socket::SocketFactory`] for a pod's netns.
-//! - [`daemon`]: the `ztunnel daemon` lifecycle.
+//! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
+//!   plugin on the enrollment socket.
 
 pub mod daemon;
 pub mod enroll;
+pub mod enrollment_handler;
 pub mod forwarder;
 pub mod handler;
 pub mod listeners;
@@ -17,7 +19,10 @@ pub mod original_destination;
 pub mod socket_factory;
 pub mod state;
 
-use std::{net::SocketAddr, path::{Path, PathBuf}};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::ebpf::EbpfError;
 
@@ -28,7 +33,9 @@ pub enum InpodError {
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
     /// The netns file cannot be used.
-    #[error("cannot use network namespace {path}: {source} (pass an existing netns path, e.g. /var/run/netns/<name>)")]
+    #[error(
+        "cannot use network namespace {path}: {source} (pass an existing netns path, e.g. /var/run/netns/<name>)"
+    )]
     Netns {
         /// The path given.
         path: PathBuf,
@@ -68,6 +75,9 @@ pub enum InpodError {
 
 impl InpodError {
     fn state(run_dir: &Path, source: std::io::Error) -> Self {
-        Self::State { run_dir: run_dir.to_owned(), source }
+        Self::State {
+            run_dir: run_dir.to_owned(),
+            source,
+        }
     }
 }

@@ -25,7 +25,10 @@ impl Netns {
     /// Opens the namespace file at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
-        Ok(Self { path: path.to_owned(), file })
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+        })
     }
 
     /// The path it was opened from.

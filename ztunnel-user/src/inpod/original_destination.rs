@@ -18,7 +18,13 @@ pub fn original_destination(socket: &impl AsRawFd, ipv6: bool) -> io::Result<Soc
         let mut length = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         // SAFETY: valid fd; out-parameters are live and sized by `length`.
         let rc = unsafe {
-            libc::getsockopt(socket.as_raw_fd(), SOL_IPV6, IP6T_SO_ORIGINAL_DST, (&mut address as *mut libc::sockaddr_in6).cast(), &mut length)
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                SOL_IPV6,
+                IP6T_SO_ORIGINAL_DST,
+                (&mut address as *mut libc::sockaddr_in6).cast(),
+                &mut length,
+            )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());
@@ -35,7 +41,13 @@ pub fn original_destination(socket: &impl AsRawFd, ipv6: bool) -> io::Result<Soc
         let mut length = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: valid fd; out-parameters are live and sized by `length`.
         let rc = unsafe {
-            libc::getsockopt(socket.as_raw_fd(), SOL_IP, SO_ORIGINAL_DST, (&mut address as *mut libc::sockaddr_in).cast(), &mut length)
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                SOL_IP,
+                SO_ORIGINAL_DST,
+                (&mut address as *mut libc::sockaddr_in).cast(),
+                &mut length,
+            )
         };
         if rc != 0 {
             return Err(io::Error::last_os_error());

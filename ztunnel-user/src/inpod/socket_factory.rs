@@ -33,14 +33,24 @@ impl SocketFactory for PodSocketFactory {
             socket.set_nonblocking(true)?;
             Ok(socket)
         })?;
-        Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(socket)))
+        Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(
+            socket,
+        )))
     }
 }
 
 /// Makes a non-blocking listening socket inside `netns`, marked with the bypass mark.
-pub fn listen_in(netns: &Netns, address: std::net::SocketAddr, transparent: bool) -> io::Result<std::net::TcpListener> {
+pub fn listen_in(
+    netns: &Netns,
+    address: std::net::SocketAddr,
+    transparent: bool,
+) -> io::Result<std::net::TcpListener> {
     let socket = netns.run(move || {
-        let domain = if address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let domain = if address.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
         socket.set_mark(BYPASS_MARK)?;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_RUN_DIR: &str = "/run/ztunnel";
 const STATE_FILE: &str = "enrolled-pods.json";
 const LOCK_FILE: &str = "lock";
+const DAEMON_LOCK_FILE: &str = "daemon.lock";
 
 /// One enrolled pod as recorded on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +50,9 @@ pub struct EnrolledSet {
 impl EnrolledSet {
     /// The smallest stats index no pod uses.
     pub fn free_index(&self) -> u32 {
-        (0..).find(|index| self.pods.iter().all(|pod| pod.index != *index)).unwrap_or(0)
+        (0..)
+            .find(|index| self.pods.iter().all(|pod| pod.index != *index))
+            .unwrap_or(0)
     }
 }
 
@@ -63,12 +66,19 @@ impl StateLock {
     /// Creates the run dir if needed and takes the lock (blocks while another holder works).
     pub fn acquire(run_dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(run_dir)?;
-        let file = File::options().create(true).truncate(false).write(true).open(run_dir.join(LOCK_FILE))?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(run_dir.join(LOCK_FILE))?;
         // SAFETY: valid fd owned by `file`, which lives as long as the lock.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { _file: file, path: run_dir.join(STATE_FILE) })
+        Ok(Self {
+            _file: file,
+            path: run_dir.join(STATE_FILE),
+        })
     }
 
     /// Reads the enrolled set (empty if the file does not exist yet).
@@ -85,6 +95,29 @@ impl StateLock {
     }
 }
 
+/// Proof that this process is the only daemon using a run dir; released when dropped (or when
+/// the process dies, so a crashed daemon never blocks its successor).
+pub struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    /// Takes `<run dir>/daemon.lock` without waiting; `WouldBlock` if another daemon holds it.
+    pub fn acquire(run_dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(run_dir)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(run_dir.join(DAEMON_LOCK_FILE))?;
+        // SAFETY: valid fd owned by `file`, which lives as long as the lock.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 /// Reads the enrolled set without locking (a consistent snapshot thanks to atomic renames).
 pub fn read_enrolled(run_dir: &Path) -> io::Result<EnrolledSet> {
     read(&run_dir.join(STATE_FILE))
@@ -93,7 +126,10 @@ pub fn read_enrolled(run_dir: &Path) -> io::Result<EnrolledSet> {
 fn read(path: &Path) -> io::Result<EnrolledSet> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {error} (fix or remove the file)", path.display()))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {error} (fix or remove the file)", path.display()),
+            )
         }),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(EnrolledSet::default()),
         Err(error) => Err(error),
@@ -118,8 +154,24 @@ mod tests {
     }
 
     #[test]
+    fn only_one_daemon_per_run_dir() {
+        let dir =
+            std::env::temp_dir().join(format!("ztunnel-daemon-lock-test-{}", std::process::id()));
+        let first = DaemonLock::acquire(&dir).unwrap();
+        assert_eq!(
+            DaemonLock::acquire(&dir).err().map(|e| e.kind()),
+            Some(io::ErrorKind::WouldBlock)
+        );
+        drop(first);
+        assert!(DaemonLock::acquire(&dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn free_index_fills_gaps() {
-        let set = EnrolledSet { pods: vec![pod(0), pod(2)] };
+        let set = EnrolledSet {
+            pods: vec![pod(0), pod(2)],
+        };
         assert_eq!(set.free_index(), 1);
         assert_eq!(EnrolledSet::default().free_index(), 0);
     }
