@@ -219,42 +219,47 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused.
+/// Why a peer's identity was refused. [`Metrics::identity_failure`] also takes any other
+/// `&'static str` reason word (e.g. the identity module's own), used as the label as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityFailureReason {
-    /// The peer's trust domain is not ours.
+    /// The peer's trust domain is not ours (`wrong_trust_domain`).
     WrongTrustDomain,
-    /// The server's SAN is not the identity expected for the destination.
+    /// The server's SAN is not the identity expected for the destination (`unexpected_server_san`).
     UnexpectedServerSan,
-    /// The certificate is expired or not yet valid.
+    /// The certificate is expired or not yet valid (`expired_certificate`).
     ExpiredCertificate,
-    /// The certificate does not chain to our trust bundle.
+    /// The certificate does not chain to our trust bundle (`unknown_issuer`).
     UnknownIssuer,
-    /// The client presented no certificate.
+    /// The client presented no certificate (`no_client_certificate`).
     NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3.
+    /// The peer offered a TLS version other than 1.3 (`tls_version`).
     TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN.
+    /// The certificate has no usable SPIFFE URI SAN (`bad_san`).
     BadSan,
-    /// Anything else in the handshake.
+    /// Anything else in the handshake (`other`).
     Other,
 }
 
-label_values!(IdentityFailureReason {
-    WrongTrustDomain => "wrong_trust_domain",
-    UnexpectedServerSan => "unexpected_server_san",
-    ExpiredCertificate => "expired_certificate",
-    UnknownIssuer => "unknown_issuer",
-    NoClientCertificate => "no_client_certificate",
-    TlsVersion => "tls_version",
-    BadSan => "bad_san",
-    Other => "other",
-});
+impl From<IdentityFailureReason> for &'static str {
+    fn from(reason: IdentityFailureReason) -> Self {
+        match reason {
+            IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
+            IdentityFailureReason::UnexpectedServerSan => "unexpected_server_san",
+            IdentityFailureReason::ExpiredCertificate => "expired_certificate",
+            IdentityFailureReason::UnknownIssuer => "unknown_issuer",
+            IdentityFailureReason::NoClientCertificate => "no_client_certificate",
+            IdentityFailureReason::TlsVersion => "tls_version",
+            IdentityFailureReason::BadSan => "bad_san",
+            IdentityFailureReason::Other => "other",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityFailureLabels {
     reporter: Reporter,
-    reason: IdentityFailureReason,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -391,7 +396,8 @@ impl Metrics {
     }
 
     /// A handshake was refused because of the peer's identity or TLS version.
-    pub fn identity_failure(&self, reporter: Reporter, reason: IdentityFailureReason) {
+    pub fn identity_failure(&self, reporter: Reporter, reason: impl Into<&'static str>) {
+        let reason = reason.into();
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
@@ -489,10 +495,9 @@ mod tests {
             Reporter::Destination,
             IdentityFailureReason::WrongTrustDomain,
         );
-        metrics.identity_failure(
-            Reporter::Destination,
-            IdentityFailureReason::WrongTrustDomain,
-        );
+        // A free-form reason word with the same spelling counts into the same series.
+        metrics.identity_failure(Reporter::Destination, "wrong_trust_domain");
+        metrics.identity_failure(Reporter::Source, "tls_error");
         metrics.config_reload(false);
         let text = metrics.encode().unwrap();
         assert!(text.contains("ztunnel_connections_denied_total{"), "{text}");
@@ -504,6 +509,12 @@ mod tests {
         assert!(
             text.contains(
                 "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"wrong_trust_domain\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ztunnel_identity_failures_total{reporter=\"source\",reason=\"tls_error\"} 1"
             ),
             "{text}"
         );

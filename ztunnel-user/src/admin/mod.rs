@@ -74,6 +74,30 @@ impl Default for AdminConfig {
     }
 }
 
+/// The command-line flags for the three servers; flatten into the daemon's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Where the admin server (`/config_dump`) listens; must be a loopback address.
+    #[arg(long, default_value_t = AdminConfig::default().admin_address)]
+    pub admin_address: SocketAddr,
+    /// Where Prometheus `/metrics` is served.
+    #[arg(long, default_value_t = AdminConfig::default().metrics_address)]
+    pub metrics_address: SocketAddr,
+    /// Where `/healthz/ready` is served.
+    #[arg(long, default_value_t = AdminConfig::default().readiness_address)]
+    pub readiness_address: SocketAddr,
+}
+
+impl From<&AdminArgs> for AdminConfig {
+    fn from(args: &AdminArgs) -> Self {
+        Self {
+            admin_address: args.admin_address,
+            metrics_address: args.metrics_address,
+            readiness_address: args.readiness_address,
+        }
+    }
+}
+
 /// What the servers report on.
 #[derive(Clone)]
 pub struct AdminSources {
