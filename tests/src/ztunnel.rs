@@ -71,6 +71,13 @@ impl Daemon {
             run_dir.to_str().unwrap_or_default(),
             "--cgroup",
             &cgroup,
+            // These daemons share the host netns, so their operations servers take free ports.
+            "--admin-address",
+            "127.0.0.1:0",
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--readiness-address",
+            "127.0.0.1:0",
         ];
         argv.extend_from_slice(extra);
         let log = env.scratch.join(format!(

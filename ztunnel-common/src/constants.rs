@@ -30,3 +30,9 @@ pub const SOL_IP: i32 = 0;
 pub const SOL_IPV6: i32 = 41;
 /// Default bpffs directory where maps and links are pinned.
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/ztunnel";
+/// Routing table, inside each pod netns, that delivers replies to ztunnel's transparent upstream
+/// sockets locally: replies carrying [`UPSTREAM_MARK`] (inherited through
+/// `net.ipv4.tcp_fwmark_accept`) are routed by an `ip rule` to this table's `local` default route.
+pub const UPSTREAM_ROUTE_TABLE: u32 = 133;
+/// Priority of that `ip rule` (before the `main` table's 32766).
+pub const UPSTREAM_RULE_PRIORITY: u32 = 32_000;

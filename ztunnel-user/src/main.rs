@@ -1,15 +1,13 @@
 //! The `ztunnel` command: parses the command line and dispatches.
 
-use std::{io::IsTerminal, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf};
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ztunnel::{
+    app::FailModeArg,
     ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode},
     inpod::{
-        daemon::{self, DaemonConfig},
         enroll::{self, PodSelector, PodSpec},
-        forwarder::TcpForwarder,
         state::DEFAULT_RUN_DIR,
     },
     inspect,
@@ -36,7 +34,7 @@ enum Command {
         action: ConfigCommand,
     },
     /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
-    Daemon(DaemonArgs),
+    Daemon(ztunnel::app::DaemonArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
     Enroll(EnrollArgs),
     /// Unenroll a pod by netns path or by namespace and name.
@@ -66,33 +64,6 @@ struct Paths {
     /// Directory holding the durable enrolled set.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FailModeArg {
-    Closed,
-    Open,
-}
-
-impl From<FailModeArg> for FailMode {
-    fn from(mode: FailModeArg) -> Self {
-        match mode {
-            FailModeArg::Closed => FailMode::Closed,
-            FailModeArg::Open => FailMode::Open,
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-struct DaemonArgs {
-    #[command(flatten)]
-    paths: Paths,
-    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
-    #[arg(long, default_value = "/sys/fs/cgroup")]
-    cgroup: PathBuf,
-    /// What enrolled pods' traffic does while ztunnel is not serving them.
-    #[arg(long, value_enum, default_value = "closed")]
-    fail_mode: FailModeArg,
 }
 
 #[derive(Debug, Args)]
@@ -223,17 +194,7 @@ fn main() -> anyhow::Result<()> {
                 ztunnel::ebpf::EBPF_OBJECT.len()
             );
         }
-        Command::Daemon(args) => {
-            let config = DaemonConfig {
-                layout: PinLayout::new(args.paths.bpffs_root),
-                cgroup: args.cgroup,
-                run_dir: args.paths.run_dir,
-                fail_mode: args.fail_mode.into(),
-            };
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(daemon::run(config, Arc::new(TcpForwarder)))?;
-        }
+        Command::Daemon(args) => ztunnel::app::run(args)?,
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
             let mut programs = LoadedPrograms::load(&layout)?;
@@ -333,8 +294,8 @@ mod tests {
         let Command::Daemon(args) = parse(&["daemon"]).unwrap().command else {
             panic!("not daemon")
         };
-        assert_eq!(args.paths.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
-        assert_eq!(args.paths.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(args.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
+        assert_eq!(args.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(args.fail_mode, FailModeArg::Closed));
         assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());

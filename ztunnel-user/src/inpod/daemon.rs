@@ -40,10 +40,12 @@ pub struct DaemonConfig {
     pub fail_mode: FailMode,
 }
 
-/// Runs until SIGTERM or SIGINT. Minimum kernel 6.6.
+/// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
+/// enrollment socket answers. Minimum kernel 6.6.
 pub async fn run(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
+    on_ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), InpodError> {
     // The lock comes first: the enrollment socket of a daemon already running must not be taken.
     let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
@@ -58,6 +60,13 @@ pub async fn run(
         action: format!("open the enrollment socket {}", socket_path.display()),
         source: std::io::Error::other(error.to_string()),
     })?;
+    // The loop answers its first control request only after its first reconcile.
+    let ready_probe = control.clone();
+    tokio::spawn(async move {
+        if ready_probe.reconcile().await.is_ok() {
+            on_ready();
+        }
+    });
     let enrollment = tokio::spawn(server.serve(Arc::new(DaemonEnrollmentHandler::new(
         control,
         config.run_dir.clone(),

@@ -100,6 +100,7 @@ pub fn enroll(
             spec.namespace, spec.name
         )));
     }
+    super::routing::prepare(&netns)?;
     let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
     let mut maps = PinnedMaps::open(programs.layout())?;
     if existing.is_none() {

@@ -16,6 +16,7 @@ pub mod handler;
 pub mod listeners;
 pub mod netns;
 pub mod original_destination;
+pub mod routing;
 pub mod socket_factory;
 pub mod state;
 

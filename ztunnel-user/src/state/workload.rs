@@ -131,6 +131,20 @@ fn default_service_account() -> String {
 }
 
 impl Workload {
+    /// A pod ztunnel serves (it is enrolled) that the config does not list: only its name,
+    /// namespace, identity and addresses are known; every other field takes the value a config
+    /// file leaving it out would give. Global and namespace-scoped policies still apply to it.
+    pub fn unlisted(name: &str, namespace: &str, identity: &SpiffeId, ips: &[IpAddr]) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "namespace": namespace,
+            "trustDomain": identity.trust_domain,
+            "serviceAccount": identity.service_account,
+            "workloadIps": ips,
+            "protocol": "HBONE",
+        }))
+    }
+
     /// The SPIFFE id its certificate carries.
     pub fn identity(&self) -> SpiffeId {
         SpiffeId::new(&self.trust_domain, &self.namespace, &self.service_account)

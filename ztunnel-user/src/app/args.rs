@@ -1,0 +1,86 @@
+//! The daemon's command line: one typed configuration, every default shown in `--help`.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
+
+use crate::{admin::AdminArgs, ebpf::maps::FailMode, identity::DEFAULT_TRUST_DOMAIN, inpod::state::DEFAULT_RUN_DIR};
+
+/// What enrolled pods' traffic does while ztunnel is not serving them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailModeArg {
+    /// Refuse it: nothing leaves in plaintext.
+    Closed,
+    /// Let it go direct.
+    Open,
+}
+
+impl From<FailModeArg> for FailMode {
+    fn from(mode: FailModeArg) -> Self {
+        match mode {
+            FailModeArg::Closed => FailMode::Closed,
+            FailModeArg::Open => FailMode::Open,
+        }
+    }
+}
+
+/// `ztunnel daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// bpffs directory where maps and links are pinned.
+    #[arg(long, default_value = DEFAULT_BPFFS_ROOT)]
+    pub bpffs_root: PathBuf,
+    /// Directory holding the durable enrolled set and the enrollment socket.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    pub cgroup: PathBuf,
+    /// What enrolled pods' traffic does while ztunnel is not serving them.
+    #[arg(long, value_enum, default_value = "closed")]
+    pub fail_mode: FailModeArg,
+    /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on
+    /// change. Without it the mesh is empty: every destination is passed through.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// How often the config file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub config_poll_ms: u64,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// How long open connections may take to finish after SIGTERM, in seconds.
+    #[arg(long, default_value_t = 25)]
+    pub drain_seconds: u64,
+}
+
+impl DaemonArgs {
+    /// The config poll interval.
+    pub fn config_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.config_poll_ms.max(1))
+    }
+}
+
+/// Where workload certificates come from.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// The mesh's trust domain.
+    #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// A directory with root-cert.pem and root-key.pem (from `ztunnel ca init`, or an existing
+    /// mesh root such as Istio's): ztunnel issues and rotates workload certificates itself.
+    #[arg(long, conflicts_with = "cert_dir")]
+    pub ca_dir: Option<PathBuf>,
+    /// A directory of workload certificates written by another issuer (root-cert.pem and
+    /// <namespace>/<service-account>/{cert-chain.pem,key.pem}), re-read when they change.
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
+    /// Lifetime of certificates the built-in CA issues, in hours; they are renewed at half-life.
+    #[arg(long, default_value_t = 24)]
+    pub cert_lifetime_hours: u64,
+    /// How often certificates are checked for rotation or changes on disk, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub cert_refresh_seconds: u64,
+}

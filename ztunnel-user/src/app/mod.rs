@@ -1,0 +1,111 @@
+//! `ztunnel daemon`: the node proxy put together — the workload config (reloaded on change),
+//! workload identity, the HBONE proxy behind every enrolled pod's in-pod listeners, the kernel
+//! capture, and the operations servers (admin, metrics, readiness) on their own thread.
+//!
+//! Shutdown (SIGTERM): readiness turns 503, the in-pod listeners close (the kernel applies the
+//! fail mode to new connections; pins stay), then open connections get the drain window.
+
+pub mod args;
+pub mod certificates;
+pub mod pod_handler;
+
+use std::{sync::Arc, time::Duration};
+
+pub use args::{DaemonArgs, FailModeArg, IdentityArgs};
+
+use crate::{
+    admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
+    config::{ConfigError, reload::Reloader},
+    ebpf::PinLayout,
+    identity::IdentityError,
+    inpod::{InpodError, daemon::DaemonConfig},
+    proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
+    state::StateHandle,
+};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The workload config file is unusable at start (later bad versions are only rejected).
+    #[error("cannot load the workload config: {0}")]
+    Config(#[from] ConfigError),
+    /// Certificates or the CA are unusable.
+    #[error("cannot set up workload identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The operations servers cannot start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Capture or the in-pod listeners failed.
+    #[error(transparent)]
+    Inpod(#[from] InpodError),
+    /// The async runtime cannot start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and the drain that follows.
+pub fn run(args: DaemonArgs) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
+    let metrics = Metrics::new();
+    let (state, reload) = match &args.config_file {
+        Some(path) => {
+            let reloader = Reloader::start(path)?.with_metrics(metrics.clone());
+            let state = reloader.state();
+            let outcomes = reloader.subscribe();
+            tokio::spawn(reloader.run(args.config_poll_interval()));
+            (state, Some(outcomes))
+        }
+        None => {
+            tracing::info!("no --config: the mesh is empty and every destination is passed through");
+            (StateHandle::default(), None)
+        }
+    };
+    let certificates = certificates::store(&args.identity)?;
+    let _refresh = certificates
+        .clone()
+        .spawn_refresh(Duration::from_secs(args.identity.cert_refresh_seconds.max(1)));
+
+    let (drain, drain_watch) = Drain::new();
+    let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));
+    let context = ProxyContext::with_observer(
+        Arc::new(StateDirectory::new(state.clone())),
+        certificates.clone(),
+        drain_watch,
+        observer,
+    );
+
+    let readiness = Readiness::new();
+    let serving = readiness.block("enrolled pods served");
+    readiness.startup_complete();
+    let _admin = AdminServers::start(
+        &(&args.admin).into(),
+        AdminSources {
+            state: state.clone(),
+            metrics,
+            readiness: readiness.clone(),
+            certificates: Arc::new(certificates::Summaries(certificates.clone())),
+            reload,
+        },
+    )?;
+
+    let handler = Arc::new(pod_handler::MeshHandler::new(context, state, certificates));
+    let daemon = DaemonConfig {
+        layout: PinLayout::new(&args.bpffs_root),
+        cgroup: args.cgroup.clone(),
+        run_dir: args.run_dir.clone(),
+        fail_mode: args.fail_mode.into(),
+    };
+    let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
+    readiness.set_draining();
+    let timeout = Duration::from_secs(args.drain_seconds);
+    let left = drain.drain(timeout).await;
+    tracing::info!(left_open = left, ?timeout, "drain finished");
+    outcome.map_err(AppError::from)
+}
