@@ -24,7 +24,7 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
     let unenrolled = cli(&env, &["unenroll", "--name", "client"])?;
     daemon.wait_for_log(
         "the daemon to close the pod's listeners",
-        "pod unenrolled; its listeners are closed",
+        "pod no longer enrolled; its listeners are closed",
     )?;
     let listeners = process::run(
         None,
@@ -87,5 +87,33 @@ fn a_second_daemon_on_the_same_run_dir_is_refused() -> anyhow::Result<()> {
         "a second daemon started or failed for another reason"
     );
     first.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_pod_deleted_without_unenroll_is_forgotten_by_the_running_daemon() -> anyhow::Result<()> {
+    let env = TestEnv::new("pod_deleted_while_running")?;
+    let node = env.node(1)?;
+    let pod = node.pod("ephemeral", 10)?;
+    let daemon = Daemon::start(&env, &[])?;
+    env.enroll(&pod)?;
+    daemon.wait_serving(&pod)?;
+    let netns = pod.netns.clone();
+    drop(pod);
+    let forgotten = daemon.wait_for_log_all(
+        "the daemon to notice the pod's netns is gone",
+        &["netns is gone", "pod=ephemeral"],
+    )?;
+    let closed = daemon.wait_for_log(
+        "the daemon to close the gone pod's listeners",
+        "its listeners are closed",
+    )?;
+    let pods = cli(&env, &["inspect", "pods"])?;
+    println!("deleted netns {netns}\ndaemon: {forgotten}\n{closed}\ninspect pods:\n{pods}");
+    assert!(
+        !pods.contains("default/ephemeral"),
+        "the gone pod is still enrolled"
+    );
+    daemon.stop()?;
     Ok(())
 }

@@ -23,6 +23,10 @@ use crate::ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode};
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often the daemon looks for enrolled pods whose netns disappeared without an unenroll
+/// (its own open listeners would otherwise keep such a namespace alive).
+const GONE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The daemon's settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -126,11 +130,17 @@ pub async fn run_controlled(
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut gone_check = tokio::time::interval(GONE_CHECK_INTERVAL);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = ticker.tick() => reconcile(&config, &handler, &maps, &mut serving),
+            _ = gone_check.tick() => {
+                if let Err(error) = forget_gone_pods(&config) {
+                    tracing::warn!(%error, "cannot check for pods whose netns is gone");
+                }
+            }
             Some(reply) = next_request(&mut control) => {
                 reconcile(&config, &handler, &maps, &mut serving);
                 let _ = reply.send(served(&config, &serving));
@@ -171,6 +181,32 @@ fn adopt_enrolled_pods(
     }
     set.pods = kept;
     remove_orphan_pod_pins(&config.layout, &set.pods)?;
+    lock.save(&set)
+        .map_err(|source| InpodError::state(&config.run_dir, source))
+}
+
+/// Forgets enrolled pods whose netns path no longer opens (or is another namespace now); the
+/// next reconcile closes their listeners.
+fn forget_gone_pods(config: &DaemonConfig) -> Result<(), InpodError> {
+    let lock = StateLock::acquire(&config.run_dir)
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let mut set = lock
+        .load()
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let before = set.pods.len();
+    let mut kept = Vec::with_capacity(before);
+    for pod in set.pods.drain(..) {
+        if still_exists(&pod) {
+            kept.push(pod);
+            continue;
+        }
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns = %pod.netns.display(), "enrolled pod's netns is gone; removing its entries and pins");
+        forget_pod(&config.layout, &pod)?;
+    }
+    if kept.len() == before {
+        return Ok(());
+    }
+    set.pods = kept;
     lock.save(&set)
         .map_err(|source| InpodError::state(&config.run_dir, source))
 }
@@ -260,7 +296,7 @@ fn reconcile(
         if !keep {
             tracing::info!(
                 netns_cookie = cookie,
-                "pod unenrolled; its listeners are closed"
+                "pod no longer enrolled; its listeners are closed"
             );
         }
         keep
