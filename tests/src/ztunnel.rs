@@ -71,6 +71,8 @@ impl Daemon {
             run_dir.to_str().unwrap_or_default(),
             "--cgroup",
             &cgroup,
+            "--kernel-log-level",
+            "debug",
         ];
         argv.extend_from_slice(extra);
         let log = env.scratch.join(format!(

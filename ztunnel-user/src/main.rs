@@ -5,7 +5,10 @@ use std::{io::IsTerminal, net::IpAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ztunnel::{
-    ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode},
+    ebpf::{
+        LoadedPrograms, PinLayout, PinnedMaps,
+        maps::{FailMode, KernelLogLevel},
+    },
     inpod::{
         daemon::{self, DaemonConfig},
         enroll::{self, PodSelector, PodSpec},
@@ -81,6 +84,31 @@ struct DaemonArgs {
     /// What enrolled pods' traffic does while ztunnel is not serving them.
     #[arg(long, value_enum, default_value = "closed")]
     fail_mode: FailModeArg,
+    /// Most verbose record the kernel programs emit (target ztunnel::ebpf; debug logs every
+    /// redirected or refused connection).
+    #[arg(long, value_enum, default_value = "warn")]
+    kernel_log_level: KernelLogLevelArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KernelLogLevelArg {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl From<KernelLogLevelArg> for KernelLogLevel {
+    fn from(level: KernelLogLevelArg) -> Self {
+        match level {
+            KernelLogLevelArg::Off => KernelLogLevel::Off,
+            KernelLogLevelArg::Error => KernelLogLevel::Error,
+            KernelLogLevelArg::Warn => KernelLogLevel::Warn,
+            KernelLogLevelArg::Info => KernelLogLevel::Info,
+            KernelLogLevelArg::Debug => KernelLogLevel::Debug,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +191,7 @@ fn main() -> anyhow::Result<()> {
                 cgroup: args.cgroup,
                 run_dir: args.paths.run_dir,
                 fail_mode: args.fail_mode.into(),
+                kernel_log_level: args.kernel_log_level.into(),
             };
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -252,6 +281,8 @@ mod tests {
         assert_eq!(args.paths.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(args.fail_mode, FailModeArg::Closed));
+        assert!(matches!(args.kernel_log_level, KernelLogLevelArg::Warn));
+        assert!(parse(&["daemon", "--kernel-log-level", "loud"]).is_err());
         assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
     }
 

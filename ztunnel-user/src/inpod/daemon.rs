@@ -18,7 +18,10 @@ use super::{
     socket_factory::PodSocketFactory,
     state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
 };
-use crate::ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode};
+use crate::ebpf::{
+    LoadedPrograms, PinLayout, PinnedMaps,
+    maps::{FailMode, KernelLogLevel},
+};
 
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
@@ -38,6 +41,8 @@ pub struct DaemonConfig {
     pub run_dir: PathBuf,
     /// Behaviour for enrolled pods while ztunnel is not serving them.
     pub fail_mode: FailMode,
+    /// Most verbose record the kernel programs emit.
+    pub kernel_log_level: KernelLogLevel,
 }
 
 /// Runs until SIGTERM or SIGINT. Minimum kernel 6.6.
@@ -110,7 +115,10 @@ pub async fn run_controlled(
     })?;
     let mut programs = LoadedPrograms::load(&config.layout)?;
     let mut maps = PinnedMaps::open(&config.layout)?;
-    maps.write_config(config.fail_mode.record_value(), 0)?;
+    maps.write_config(
+        config.fail_mode.record_value(),
+        config.kernel_log_level.record_value(),
+    )?;
     for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
         tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
     }
