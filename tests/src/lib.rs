@@ -14,6 +14,9 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod apps;
+pub mod cluster;
+pub mod cni_runtime;
 pub mod env;
 pub mod kernel;
 pub mod net;

@@ -17,7 +17,8 @@ use crate::wait::wait_until;
 pub fn command(cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str]) -> Command {
     let mut full: Vec<String> = Vec::new();
     if let Some(netns) = netns {
-        full.extend(["ip", "netns", "exec", netns].map(String::from));
+        // nsenter, unlike `ip netns exec`, does not remount /sys, so cgroup paths stay visible.
+        full.extend(["nsenter".to_owned(), format!("--net=/var/run/netns/{netns}")]);
     }
     full.extend(argv.iter().map(|arg| arg.to_string()));
     match cgroup_procs {

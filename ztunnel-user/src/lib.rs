@@ -2,8 +2,14 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
+pub mod admin;
+pub mod authz;
+pub mod cni;
+pub mod config;
 pub mod ebpf;
+pub mod enrollment;
 pub mod identity;
 pub mod inpod;
 pub mod inspect;
 pub mod socket;
+pub mod state;

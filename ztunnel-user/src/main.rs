@@ -31,6 +31,13 @@ struct Cli {
 enum Command {
     /// Print the size of the embedded kernel programs.
     Version,
+    /// Install the CNI plugin on this node (binary + chained conflist entry), or remove it.
+    InstallCni(ztunnel::cni::install::InstallArgs),
+    /// Work with the workloads/services/policies file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
     Daemon(DaemonArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
@@ -167,7 +174,31 @@ enum ViewArg {
     Config,
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load FILE as the daemon would and print what it holds, or why it is refused.
+    Check {
+        /// The configuration file (Istio ztunnel local-config shape).
+        file: PathBuf,
+    },
+}
+
+/// Whether this process was started under the CNI plugin's name.
+fn invoked_as_cni_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|name| name == ztunnel::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as_cni_plugin() {
+        std::process::exit(i32::from(ztunnel::cni::main()));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -178,6 +209,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
+        Command::InstallCni(args) => {
+            for line in ztunnel::cni::install::run(&args)? {
+                println!("{line}");
+            }
+        }
         Command::Version => {
             println!(
                 "ztunnel {} ({} bytes of kernel programs embedded)",
@@ -252,6 +288,9 @@ fn main() -> anyhow::Result<()> {
             let log_level = maps.config()?.log_level;
             maps.write_config(mode.record_value(), log_level)?;
             println!("fail mode set to {mode}");
+        }
+        Command::Config { action: ConfigCommand::Check { file } } => {
+            print!("{}", ztunnel::config::check(&file)?);
         }
     }
     Ok(())

@@ -18,9 +18,13 @@ use super::{
     socket_factory::PodSocketFactory,
     state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
 };
-use crate::ebpf::{
-    LoadedPrograms, PinLayout, PinnedMaps,
-    maps::{FailMode, KernelLogLevel},
+use super::enrollment_handler::DaemonEnrollmentHandler;
+use crate::{
+    ebpf::{
+        LoadedPrograms, PinLayout, PinnedMaps,
+        maps::{FailMode, KernelLogLevel},
+    },
+    enrollment::{EnrollmentServer, SOCKET_NAME},
 };
 
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
@@ -50,7 +54,27 @@ pub async fn run(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
 ) -> Result<(), InpodError> {
-    run_controlled(config, handler, None).await
+    // The lock comes first: the enrollment socket of a daemon already running must not be taken.
+    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
+        InpodError::Invalid(format!(
+            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
+            config.run_dir.display()
+        ))
+    })?;
+    let (control, receiver) = control_channel();
+    let socket_path = config.run_dir.join(SOCKET_NAME);
+    let server = EnrollmentServer::bind(&socket_path).map_err(|error| InpodError::Io {
+        action: format!("open the enrollment socket {}", socket_path.display()),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    let enrollment = tokio::spawn(server.serve(Arc::new(DaemonEnrollmentHandler::new(
+        control,
+        config.run_dir.clone(),
+    ))));
+    let outcome = run_controlled(config, handler, Some(receiver)).await;
+    enrollment.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    outcome
 }
 
 /// A pod whose in-pod listeners are open.
@@ -100,19 +124,14 @@ impl DaemonControl {
     }
 }
 
-/// [`run`], also answering [`DaemonControl`] requests when `control` is given.
-pub async fn run_controlled(
+/// [`run`] after it holds the run dir, also answering [`DaemonControl`] requests when `control`
+/// is given.
+async fn run_controlled(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
-    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
-        InpodError::Invalid(format!(
-            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
-            config.run_dir.display()
-        ))
-    })?;
     let mut programs = LoadedPrograms::load(&config.layout)?;
     let mut maps = PinnedMaps::open(&config.layout)?;
     maps.write_config(

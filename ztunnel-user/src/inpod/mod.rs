@@ -5,10 +5,12 @@
 //! - [`listeners`]: the in-pod listeners 15001/15006/15008 and their accept loops, which hand
 //!   connections to a [`handler::PodTrafficHandler`] ([`forwarder::TcpForwarder`] for now).
 //! - [`socket_factory`]: [`crate::socket::SocketFactory`] for a pod's netns.
-//! - [`daemon`]: the `ztunnel daemon` lifecycle.
+//! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
+//!   plugin on the enrollment socket.
 
 pub mod daemon;
 pub mod enroll;
+pub mod enrollment_handler;
 pub mod forwarder;
 pub mod handler;
 pub mod listeners;

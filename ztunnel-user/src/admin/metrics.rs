@@ -1,0 +1,515 @@
+//! Prometheus metrics under Istio's names and labels, so existing Istio dashboards work.
+//!
+//! `istio_tcp_*` carry Istio's full connection label set (an empty value is written `unknown`,
+//! as Istio does). Events Istio has no metric for are `ztunnel_*`.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use crate::{
+    identity::SpiffeId,
+    state::{Service, Workload},
+};
+
+/// Which side of the connection reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    /// The proxy of the client (outbound).
+    #[default]
+    Source,
+    /// The proxy of the server (inbound).
+    Destination,
+}
+
+/// The application protocol; always TCP at L4.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RequestProtocol {
+    /// Raw TCP.
+    #[default]
+    Tcp,
+}
+
+/// Why a connection ended abnormally, spelled as Istio's ztunnel spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ResponseFlags {
+    /// Nothing abnormal (`-`).
+    #[default]
+    None,
+    /// Denied by an authorization policy (`DENY`).
+    AuthorizationPolicyDenied,
+    /// The upstream connection could not be made (`CONNECT`).
+    ConnectionFailure,
+    /// The TLS handshake failed (`TLS_FAILURE`).
+    TlsFailure,
+    /// The HTTP/2 handshake failed (`H2_HANDSHAKE_FAILURE`).
+    Http2HandshakeFailure,
+    /// A certificate or identity check failed (`IDENTITY_ERROR`).
+    IdentityError,
+}
+
+/// Whether the connection was mutual TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SecurityPolicy {
+    /// Plaintext, or not known (`unknown`).
+    #[default]
+    Unknown,
+    /// Carried in an HBONE tunnel (`mutual_tls`).
+    MutualTls,
+}
+
+/// A label value that is written `unknown` when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct LabelText(pub String);
+
+impl From<&str> for LabelText {
+    fn from(text: &str) -> Self {
+        Self(text.to_owned())
+    }
+}
+
+impl From<String> for LabelText {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl EncodeLabelValue for LabelText {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(if self.0.is_empty() {
+            "unknown"
+        } else {
+            &self.0
+        })
+    }
+}
+
+macro_rules! label_values {
+    ($type:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl EncodeLabelValue for $type {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(match self { $(Self::$variant => $text),+ })
+            }
+        }
+    };
+}
+
+label_values!(Reporter { Source => "source", Destination => "destination" });
+label_values!(RequestProtocol { Tcp => "tcp" });
+label_values!(ResponseFlags {
+    None => "-",
+    AuthorizationPolicyDenied => "DENY",
+    ConnectionFailure => "CONNECT",
+    TlsFailure => "TLS_FAILURE",
+    Http2HandshakeFailure => "H2_HANDSHAKE_FAILURE",
+    IdentityError => "IDENTITY_ERROR",
+});
+label_values!(SecurityPolicy { Unknown => "unknown", MutualTls => "mutual_tls" });
+
+/// Istio's connection labels. Build with [`ConnectionLabels::new`] and the `with_*` methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
+#[allow(missing_docs)] // Each field is the Istio label of the same name.
+pub struct ConnectionLabels {
+    pub reporter: Reporter,
+    pub source_workload: LabelText,
+    pub source_canonical_service: LabelText,
+    pub source_canonical_revision: LabelText,
+    pub source_workload_namespace: LabelText,
+    pub source_principal: LabelText,
+    pub source_app: LabelText,
+    pub source_version: LabelText,
+    pub source_cluster: LabelText,
+    pub destination_service: LabelText,
+    pub destination_service_namespace: LabelText,
+    pub destination_service_name: LabelText,
+    pub destination_workload: LabelText,
+    pub destination_canonical_service: LabelText,
+    pub destination_canonical_revision: LabelText,
+    pub destination_workload_namespace: LabelText,
+    pub destination_principal: LabelText,
+    pub destination_app: LabelText,
+    pub destination_version: LabelText,
+    pub destination_cluster: LabelText,
+    pub request_protocol: RequestProtocol,
+    pub response_flags: ResponseFlags,
+    pub connection_security_policy: SecurityPolicy,
+}
+
+/// The owning workload's name, falling back to the pod name, as Istio does.
+fn workload_name(workload: &Workload) -> &str {
+    if workload.workload_name.is_empty() {
+        &workload.name
+    } else {
+        &workload.workload_name
+    }
+}
+
+/// The `app` value: the canonical service, else the workload name.
+fn app(workload: &Workload) -> &str {
+    if workload.canonical_name.is_empty() {
+        workload_name(workload)
+    } else {
+        &workload.canonical_name
+    }
+}
+
+impl ConnectionLabels {
+    /// Labels for a connection reported by `reporter`, everything else unknown.
+    pub fn new(reporter: Reporter) -> Self {
+        Self {
+            reporter,
+            ..Self::default()
+        }
+    }
+
+    /// Fills the source labels from the client workload and its verified identity.
+    pub fn with_source(mut self, workload: &Workload, identity: Option<&SpiffeId>) -> Self {
+        self.source_workload = workload_name(workload).into();
+        self.source_canonical_service = workload.canonical_name.as_str().into();
+        self.source_canonical_revision = workload.canonical_revision.as_str().into();
+        self.source_workload_namespace = workload.namespace.as_str().into();
+        self.source_app = app(workload).into();
+        self.source_version = workload.canonical_revision.as_str().into();
+        self.source_cluster = workload.cluster_id.as_str().into();
+        self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
+    /// Sets only the source principal (when the source workload is not known).
+    pub fn with_source_principal(mut self, identity: Option<&SpiffeId>) -> Self {
+        self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
+    /// Fills the destination labels from the server workload; the principal is its identity.
+    pub fn with_destination(mut self, workload: &Workload) -> Self {
+        self.destination_workload = workload_name(workload).into();
+        self.destination_canonical_service = workload.canonical_name.as_str().into();
+        self.destination_canonical_revision = workload.canonical_revision.as_str().into();
+        self.destination_workload_namespace = workload.namespace.as_str().into();
+        self.destination_app = app(workload).into();
+        self.destination_version = workload.canonical_revision.as_str().into();
+        self.destination_cluster = workload.cluster_id.as_str().into();
+        self.destination_principal = workload.identity().to_string().into();
+        self
+    }
+
+    /// Fills the destination service labels.
+    pub fn with_service(mut self, service: &Service) -> Self {
+        self.destination_service = service.hostname.as_str().into();
+        self.destination_service_name = service.name.as_str().into();
+        self.destination_service_namespace = service.namespace.as_str().into();
+        self
+    }
+
+    /// Sets `connection_security_policy`.
+    pub fn with_security(mut self, policy: SecurityPolicy) -> Self {
+        self.connection_security_policy = policy;
+        self
+    }
+
+    /// Sets `response_flags`.
+    pub fn with_response_flags(mut self, flags: ResponseFlags) -> Self {
+        self.response_flags = flags;
+        self
+    }
+}
+
+/// Why a peer's identity was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentityFailureReason {
+    /// The peer's trust domain is not ours.
+    WrongTrustDomain,
+    /// The server's SAN is not the identity expected for the destination.
+    UnexpectedServerSan,
+    /// The certificate is expired or not yet valid.
+    ExpiredCertificate,
+    /// The certificate does not chain to our trust bundle.
+    UnknownIssuer,
+    /// The client presented no certificate.
+    NoClientCertificate,
+    /// The peer offered a TLS version other than 1.3.
+    TlsVersion,
+    /// The certificate has no usable SPIFFE URI SAN.
+    BadSan,
+    /// Anything else in the handshake.
+    Other,
+}
+
+label_values!(IdentityFailureReason {
+    WrongTrustDomain => "wrong_trust_domain",
+    UnexpectedServerSan => "unexpected_server_san",
+    ExpiredCertificate => "expired_certificate",
+    UnknownIssuer => "unknown_issuer",
+    NoClientCertificate => "no_client_certificate",
+    TlsVersion => "tls_version",
+    BadSan => "bad_san",
+    Other => "other",
+});
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdentityFailureLabels {
+    reporter: Reporter,
+    reason: IdentityFailureReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    result: LabelText,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    opened: Family<ConnectionLabels, Counter>,
+    closed: Family<ConnectionLabels, Counter>,
+    failed: Family<ConnectionLabels, Counter>,
+    sent_bytes: Family<ConnectionLabels, Counter>,
+    received_bytes: Family<ConnectionLabels, Counter>,
+    denied: Family<ConnectionLabels, Counter>,
+    identity_failures: Family<IdentityFailureLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+}
+
+/// The process's metrics; cheap to clone, every clone counts into the same registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let opened = Family::default();
+        let closed = Family::default();
+        let failed = Family::default();
+        let sent_bytes = Family::default();
+        let received_bytes = Family::default();
+        let denied = Family::default();
+        let identity_failures = Family::default();
+        let config_reloads = Family::default();
+        {
+            let istio = registry.sub_registry_with_prefix("istio");
+            istio.register(
+                "tcp_connections_opened",
+                "The total number of TCP connections opened",
+                opened.clone(),
+            );
+            istio.register(
+                "tcp_connections_closed",
+                "The total number of TCP connections closed",
+                closed.clone(),
+            );
+            istio.register(
+                "tcp_connections_failed",
+                "The total number of TCP connections that failed to establish",
+                failed.clone(),
+            );
+            istio.register(
+                "tcp_received_bytes",
+                "The size of total bytes received during request in case of a TCP connection",
+                received_bytes.clone(),
+            );
+            istio.register(
+                "tcp_sent_bytes",
+                "The size of total bytes sent during response in case of a TCP connection",
+                sent_bytes.clone(),
+            );
+        }
+        {
+            let own = registry.sub_registry_with_prefix("ztunnel");
+            own.register(
+                "connections_denied",
+                "Connections refused by authorization policy",
+                denied.clone(),
+            );
+            own.register(
+                "identity_failures",
+                "Handshakes refused because of the peer's certificate or TLS version",
+                identity_failures.clone(),
+            );
+            own.register(
+                "config_reloads",
+                "Configuration reload attempts by result",
+                config_reloads.clone(),
+            );
+        }
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                opened,
+                closed,
+                failed,
+                sent_bytes,
+                received_bytes,
+                denied,
+                identity_failures,
+                config_reloads,
+            }),
+        }
+    }
+
+    /// A connection was accepted for proxying.
+    pub fn connection_opened(&self, labels: &ConnectionLabels) {
+        self.inner.opened.get_or_create(labels).inc();
+    }
+
+    /// A connection ended; `sent` bytes went to the client, `received` came from it
+    /// (Istio's convention: received is the request direction).
+    pub fn connection_closed(&self, labels: &ConnectionLabels, sent: u64, received: u64) {
+        self.inner.closed.get_or_create(labels).inc();
+        self.inner.sent_bytes.get_or_create(labels).inc_by(sent);
+        self.inner
+            .received_bytes
+            .get_or_create(labels)
+            .inc_by(received);
+    }
+
+    /// A connection could not be established (upstream refused, no route...).
+    pub fn connection_failed(&self, labels: &ConnectionLabels) {
+        self.inner.failed.get_or_create(labels).inc();
+    }
+
+    /// A connection was refused by policy. Also counted as failed with `response_flags=DENY`.
+    pub fn denied(&self, labels: &ConnectionLabels) {
+        let labels = labels
+            .clone()
+            .with_response_flags(ResponseFlags::AuthorizationPolicyDenied);
+        self.inner.denied.get_or_create(&labels).inc();
+        self.inner.failed.get_or_create(&labels).inc();
+    }
+
+    /// A handshake was refused because of the peer's identity or TLS version.
+    pub fn identity_failure(&self, reporter: Reporter, reason: IdentityFailureReason) {
+        self.inner
+            .identity_failures
+            .get_or_create(&IdentityFailureLabels { reporter, reason })
+            .inc();
+    }
+
+    /// A configuration reload was applied (`true`) or rejected (`false`).
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.inner
+            .config_reloads
+            .get_or_create(&ReloadLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload(name: &str, namespace: &str) -> Workload {
+        serde_norway::from_str(&format!(
+            "name: {name}\nnamespace: {namespace}\nserviceAccount: {name}\ncanonicalName: {name}-app\ncanonicalRevision: v1\nclusterId: Kubernetes\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn exposition_has_istio_names_and_labels() {
+        let metrics = Metrics::new();
+        let client = workload("sleep", "ns1");
+        let server = workload("echo", "ns2");
+        let labels = ConnectionLabels::new(Reporter::Destination)
+            .with_source(&client, Some(&client.identity()))
+            .with_destination(&server)
+            .with_security(SecurityPolicy::MutualTls);
+        metrics.connection_opened(&labels);
+        metrics.connection_closed(&labels, 10, 20);
+        let text = metrics.encode().unwrap();
+        for name in [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+            "istio_tcp_sent_bytes_total",
+            "istio_tcp_received_bytes_total",
+        ] {
+            assert!(
+                text.contains(&format!("{name}{{")),
+                "{name} missing from:\n{text}"
+            );
+        }
+        for label in [
+            "reporter=\"destination\"",
+            "source_workload=\"sleep\"",
+            "source_workload_namespace=\"ns1\"",
+            "source_principal=\"spiffe://cluster.local/ns/ns1/sa/sleep\"",
+            "source_app=\"sleep-app\"",
+            "source_version=\"v1\"",
+            "source_cluster=\"Kubernetes\"",
+            "destination_workload=\"echo\"",
+            "destination_workload_namespace=\"ns2\"",
+            "destination_principal=\"spiffe://cluster.local/ns/ns2/sa/echo\"",
+            "destination_app=\"echo-app\"",
+            "destination_version=\"v1\"",
+            "destination_cluster=\"Kubernetes\"",
+            "destination_service=\"unknown\"",
+            "destination_service_namespace=\"unknown\"",
+            "destination_service_name=\"unknown\"",
+            "request_protocol=\"tcp\"",
+            "response_flags=\"-\"",
+            "connection_security_policy=\"mutual_tls\"",
+        ] {
+            assert!(text.contains(label), "{label} missing from:\n{text}");
+        }
+        assert!(
+            text.contains("istio_tcp_sent_bytes_total{") && text.contains("} 10\n"),
+            "{text}"
+        );
+        assert!(text.contains("} 20\n"), "{text}");
+    }
+
+    #[test]
+    fn denials_and_identity_failures_are_counted() {
+        let metrics = Metrics::new();
+        metrics.denied(&ConnectionLabels::new(Reporter::Destination));
+        metrics.identity_failure(
+            Reporter::Destination,
+            IdentityFailureReason::WrongTrustDomain,
+        );
+        metrics.identity_failure(
+            Reporter::Destination,
+            IdentityFailureReason::WrongTrustDomain,
+        );
+        metrics.config_reload(false);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("ztunnel_connections_denied_total{"), "{text}");
+        assert!(text.contains("response_flags=\"DENY\""), "{text}");
+        assert!(
+            text.contains("istio_tcp_connections_failed_total{"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"wrong_trust_domain\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("ztunnel_config_reloads_total{result=\"rejected\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, UNIX_EPOCH},
+};
+
+use super::*;
+use crate::{config::parse, state::State};
+
+const MESH: &str = include_str!("../config/testdata/istio-local.yaml");
+
+fn ephemeral() -> AdminConfig {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    AdminConfig {
+        admin_address: loopback,
+        metrics_address: loopback,
+        readiness_address: loopback,
+    }
+}
+
+fn sources() -> AdminSources {
+    let state = State::from_config(parse(MESH, "mesh.yaml").unwrap()).unwrap();
+    let certificate = |serial: &str, expires: u64| CertificateDetails {
+        serial_number: serial.to_owned(),
+        subject_alt_names: vec!["spiffe://cluster.local/ns/ns1/sa/sleep".to_owned()],
+        valid_from: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        expiration_time: UNIX_EPOCH + Duration::from_secs(expires),
+    };
+    let certificates = move || {
+        vec![CertificateSummary {
+            identity: "spiffe://cluster.local/ns/ns1/sa/sleep".to_owned(),
+            state: "Available".to_owned(),
+            cert_chain: vec![certificate("0a1b", 1_798_761_599)],
+            root_certs: vec![certificate("01", 2_000_000_000)],
+        }]
+    };
+    AdminSources {
+        state: StateHandle::new(state),
+        metrics: Metrics::new(),
+        readiness: Readiness::new(),
+        certificates: Arc::new(certificates),
+        reload: None,
+    }
+}
+
+/// One GET over a fresh connection; returns the status code and the body.
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address)
+        .unwrap_or_else(|error| panic!("cannot connect to {address}: {error}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn config_dump_shows_the_state_and_certificate_expiry() {
+    let servers = AdminServers::start(&ephemeral(), sources()).unwrap();
+    let (status, body) = get(servers.admin_address, "/config_dump");
+    assert_eq!(status, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["workloads"].as_array().unwrap().len(), 5, "{body}");
+    let sleep = dump["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|workload| workload["name"] == "sleep-5d8f")
+        .unwrap();
+    assert_eq!(sleep["workloadIps"][0], "198.18.1.10");
+    assert_eq!(sleep["protocol"], "HBONE");
+    assert_eq!(sleep["trustDomain"], "cluster.local");
+    assert_eq!(dump["services"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        dump["services"][0]["vips"][0], "/198.19.0.30",
+        "services in namespace/hostname order"
+    );
+    assert_eq!(dump["policies"].as_array().unwrap().len(), 3);
+    let certificate = &dump["certificates"][0];
+    assert_eq!(
+        certificate["identity"],
+        "spiffe://cluster.local/ns/ns1/sa/sleep"
+    );
+    assert_eq!(
+        certificate["certChain"][0]["expirationTime"],
+        "2026-12-31T23:59:59Z"
+    );
+    assert!(
+        !body.to_lowercase().contains("private"),
+        "no key material: {body}"
+    );
+}
+
+#[test]
+fn metrics_are_served_in_prometheus_text() {
+    let sources = sources();
+    let metrics = sources.metrics.clone();
+    let servers = AdminServers::start(&ephemeral(), sources).unwrap();
+    metrics.connection_opened(&ConnectionLabels::new(Reporter::Source));
+    let (status, body) = get(servers.metrics_address, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("istio_tcp_connections_opened_total{reporter=\"source\""),
+        "{body}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+}
+
+#[test]
+fn readiness_answers_200_only_when_the_daemon_is_ready() {
+    let sources = sources();
+    let readiness = sources.readiness.clone();
+    let blocker = readiness.block("certificates");
+    let servers = AdminServers::start(&ephemeral(), sources).unwrap();
+    assert_eq!(get(servers.readiness_address, "/healthz/ready").0, 503);
+    readiness.startup_complete();
+    let (status, body) = get(servers.readiness_address, "/healthz/ready");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "not ready: waiting for: certificates\n")
+    );
+    blocker.release();
+    assert_eq!(get(servers.readiness_address, "/healthz/ready").0, 200);
+    readiness.set_draining();
+    assert_eq!(get(servers.readiness_address, "/healthz/ready").0, 503);
+}
+
+#[test]
+fn each_server_answers_only_its_own_paths() {
+    let servers = AdminServers::start(&ephemeral(), sources()).unwrap();
+    assert_eq!(get(servers.admin_address, "/metrics").0, 404);
+    assert_eq!(get(servers.metrics_address, "/config_dump").0, 404);
+    assert_eq!(get(servers.readiness_address, "/config_dump").0, 404);
+}
+
+#[test]
+fn admin_must_stay_on_localhost() {
+    let config = AdminConfig {
+        admin_address: SocketAddr::from(([0, 0, 0, 0], 0)),
+        ..ephemeral()
+    };
+    let error = AdminServers::start(&config, sources()).unwrap_err();
+    assert!(error.to_string().contains("loopback"), "{error}");
+}
+
+#[test]
+fn a_taken_port_is_reported_with_the_server_and_address() {
+    let first = AdminServers::start(&ephemeral(), sources()).unwrap();
+    let config = AdminConfig {
+        metrics_address: first.metrics_address,
+        ..ephemeral()
+    };
+    let error = AdminServers::start(&config, sources())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("metrics") && error.contains(&first.metrics_address.to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn stopping_releases_the_ports() {
+    let servers = AdminServers::start(&ephemeral(), sources()).unwrap();
+    let address = servers.admin_address;
+    drop(servers);
+    let again = AdminConfig {
+        admin_address: address,
+        ..ephemeral()
+    };
+    assert!(AdminServers::start(&again, sources()).is_ok());
+}
