@@ -9,6 +9,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
     enroll::{forget_pod, still_exists},
@@ -18,7 +19,6 @@ use super::{
     socket_factory::PodSocketFactory,
     state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
 };
-use super::enrollment_handler::DaemonEnrollmentHandler;
 use crate::{
     ebpf::{
         LoadedPrograms, PinLayout, PinnedMaps,
@@ -203,6 +203,9 @@ fn adopt_enrolled_pods(
             source,
         })?;
         let (_, outcome) = programs.attach_tc_ingress(&netns, &pod.interface, pod.netns_cookie)?;
+        if let Err(error) = super::routing::install_upstream_routing(&netns) {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot install the in-pod upstream routing; the application will not see client addresses");
+        }
         tracing::info!(pod = %pod.name, namespace = %pod.namespace, tc = ?outcome, "enrolled pod adopted");
         kept.push(pod);
     }

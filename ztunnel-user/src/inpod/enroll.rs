@@ -18,6 +18,7 @@ use ztunnel_common::{
 use super::{
     InpodError,
     netns::Netns,
+    routing::install_upstream_routing,
     state::{EnrolledPod, StateLock},
 };
 use crate::ebpf::{
@@ -101,6 +102,13 @@ pub fn enroll(
         )));
     }
     let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
+    install_upstream_routing(&netns).map_err(|source| InpodError::Io {
+        action: format!(
+            "install the upstream routing (fwmark rule, local table) in netns {}",
+            spec.netns.display()
+        ),
+        source,
+    })?;
     let mut maps = PinnedMaps::open(programs.layout())?;
     if existing.is_none() {
         maps.reset_pod_counters(index)?;

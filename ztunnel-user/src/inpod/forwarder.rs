@@ -1,6 +1,10 @@
 //! A plain TCP forwarder behind the in-pod listeners: connects to the original destination from
-//! inside the pod's netns (bypass-marked) and copies bytes both ways. Enough to prove capture;
-//! the HBONE proxy replaces it through the same [`PodTrafficHandler`] trait.
+//! inside the pod's netns and copies bytes both ways. Outbound it connects bypass-marked (with
+//! the pod's address); inbound it connects to the application from the client's own address
+//! ([`PodSocketFactory::new_upstream_socket`]), so the application sees its real peer. Enough
+//! to prove capture; the HBONE proxy replaces it through the same [`PodTrafficHandler`] trait.
+//!
+//! [`PodSocketFactory::new_upstream_socket`]: super::socket_factory::PodSocketFactory::new_upstream_socket
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -20,7 +24,14 @@ impl TcpForwarder {
         destination: SocketAddr,
         direction: &'static str,
     ) {
-        let socket = match pod.sockets.new_tcp_socket(destination.is_ipv6()) {
+        let socket = if direction == "inbound" {
+            stream
+                .peer_addr()
+                .and_then(|client| pod.sockets.new_upstream_socket(client.ip()))
+        } else {
+            pod.sockets.new_tcp_socket(destination.is_ipv6())
+        };
+        let socket = match socket {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %destination, %error, direction, "cannot make a socket in the pod netns; closing");
