@@ -118,6 +118,11 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
         "three captured curls"
     );
     assert_eq!(server.peers().len(), 3);
+    assert!(
+        !third.log().contains("WARN"),
+        "the restarted daemon warned (e.g. re-installing in-pod routing): {}",
+        third.log()
+    );
     third.stop()?;
     Ok(())
 }
