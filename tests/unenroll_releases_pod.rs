@@ -20,6 +20,7 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
     env.enroll(&client)?;
     daemon.wait_serving(&client)?;
     let tc_before = tcx_ingress_programs(&client.netns, "eth0")?;
+    let rules_before = client_rules(&client)?;
 
     let unenrolled = cli(&env, &["unenroll", "--name", "client"])?;
     daemon.wait_for_log(
@@ -33,6 +34,7 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
     )?;
     let listeners = String::from_utf8_lossy(&listeners.stdout).into_owned();
     let tc_after = tcx_ingress_programs(&client.netns, "eth0")?;
+    let rules_after = client_rules(&client)?;
     let pods = cli(&env, &["inspect", "pods"])?;
     let pod_links: Vec<_> = std::fs::read_dir(env.bpffs_root().join("pod-links"))?
         .flatten()
@@ -49,6 +51,15 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
         "inspect pods:\n{pods}curl {url}: {} body {body:?}; server peers {:?}",
         curl.status,
         server.peers()
+    );
+    println!("in-pod rules before:\n{rules_before}after:\n{rules_after}");
+    assert!(
+        rules_before.contains("fwmark 0x111 lookup 133"),
+        "enrollment did not add the upstream rule"
+    );
+    assert!(
+        !rules_after.contains("fwmark 0x111"),
+        "unenroll left the upstream rule"
     );
     assert_eq!(tc_before, vec!["tc_ingress".to_owned()]);
     assert!(tc_after.is_empty(), "the TC program is still attached");
@@ -116,4 +127,15 @@ fn a_pod_deleted_without_unenroll_is_forgotten_by_the_running_daemon() -> anyhow
     );
     daemon.stop()?;
     Ok(())
+}
+
+/// `ip rule` (IPv4 and IPv6) inside the pod.
+fn client_rules(pod: &ztunnel_e2e::Pod) -> anyhow::Result<String> {
+    let v4 = ztunnel_e2e::env::checked(
+        std::process::Command::new("ip").args(["-n", &pod.netns, "rule"]),
+    )?;
+    let v6 = ztunnel_e2e::env::checked(
+        std::process::Command::new("ip").args(["-6", "-n", &pod.netns, "rule"]),
+    )?;
+    Ok(format!("{v4}{v6}"))
 }

@@ -21,7 +21,9 @@ use ztunnel_common::constants::{UPSTREAM_MARK, UPSTREAM_ROUTE_TABLE, UPSTREAM_RU
 use super::netns::Netns;
 
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
 const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_EXCL: u16 = 0x200;
@@ -56,6 +58,32 @@ pub fn install_upstream_routing(netns: &Netns) -> io::Result<()> {
                     tracing::warn!(%error, "IPv6 upstream routing unavailable in pod (IPv6 off?)");
                 }
                 Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Removes the rules and routes [`install_upstream_routing`] added (they are identified by our
+/// mark, table and priority); absent ones are fine. The sysctl is left as it is: it only lets
+/// accepted sockets inherit a SYN's mark, and its earlier value is unknown.
+pub fn remove_upstream_routing(netns: &Netns) -> io::Result<()> {
+    netns.run(|| {
+        let socket = RouteSocket::open()?;
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            for (kind, body) in [
+                (RTM_DELROUTE, route_message(family)),
+                (RTM_DELRULE, rule_message(family)),
+            ] {
+                match socket.request(kind, &body) {
+                    Ok(()) => {}
+                    Err(error)
+                        if matches!(
+                            error.raw_os_error(),
+                            Some(libc::ENOENT | libc::ESRCH | libc::EAFNOSUPPORT)
+                        ) => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(())
@@ -124,15 +152,18 @@ impl RouteSocket {
         })
     }
 
-    /// Sends one create request and waits for its acknowledgement; "already exists" is success.
+    /// Sends one request and waits for its acknowledgement; for creation "already exists" is
+    /// success.
     fn request(&self, kind: u16, body: &[u8]) -> io::Result<()> {
         let length = 16 + body.len();
+        let flags = match kind {
+            RTM_NEWRULE | RTM_NEWROUTE => NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            _ => NLM_F_REQUEST | NLM_F_ACK,
+        };
         let mut message = Vec::with_capacity(length);
         message.extend_from_slice(&(length as u32).to_ne_bytes());
         message.extend_from_slice(&kind.to_ne_bytes());
-        message.extend_from_slice(
-            &(NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).to_ne_bytes(),
-        );
+        message.extend_from_slice(&flags.to_ne_bytes());
         message.extend_from_slice(&1u32.to_ne_bytes());
         message.extend_from_slice(&0u32.to_ne_bytes());
         message.extend_from_slice(body);
