@@ -8,7 +8,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::handler::{HandlerFuture, PodContext, PodTrafficHandler};
 use crate::socket::SocketFactory;
@@ -18,19 +18,14 @@ use crate::socket::SocketFactory;
 pub struct TcpForwarder;
 
 impl TcpForwarder {
+    /// Connects `socket` (already made in the pod netns) to `destination` and copies both ways.
     async fn forward(
         pod: Arc<PodContext>,
         mut stream: TcpStream,
+        socket: std::io::Result<TcpSocket>,
         destination: SocketAddr,
         direction: &'static str,
     ) {
-        let socket = if direction == "inbound" {
-            stream
-                .peer_addr()
-                .and_then(|client| pod.sockets.new_upstream_socket(client.ip()))
-        } else {
-            pod.sockets.new_tcp_socket(destination.is_ipv6())
-        };
         let socket = match socket {
             Ok(socket) => socket,
             Err(error) => {
@@ -63,7 +58,14 @@ impl PodTrafficHandler for TcpForwarder {
         stream: TcpStream,
         original_destination: SocketAddr,
     ) -> HandlerFuture {
-        Box::pin(Self::forward(pod, stream, original_destination, "outbound"))
+        let socket = pod.sockets.new_tcp_socket(original_destination.is_ipv6());
+        Box::pin(Self::forward(
+            pod,
+            stream,
+            socket,
+            original_destination,
+            "outbound",
+        ))
     }
 
     fn inbound_plaintext(
@@ -72,7 +74,17 @@ impl PodTrafficHandler for TcpForwarder {
         stream: TcpStream,
         original_destination: SocketAddr,
     ) -> HandlerFuture {
-        Box::pin(Self::forward(pod, stream, original_destination, "inbound"))
+        // From the client's own address, so the application sees its real peer.
+        let socket = stream
+            .peer_addr()
+            .and_then(|client| pod.sockets.new_upstream_socket(client.ip()));
+        Box::pin(Self::forward(
+            pod,
+            stream,
+            socket,
+            original_destination,
+            "inbound",
+        ))
     }
 
     fn inbound_hbone(&self, pod: Arc<PodContext>, stream: TcpStream) -> HandlerFuture {
