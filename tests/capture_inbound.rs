@@ -1,5 +1,6 @@
 //! Must-show (b): plaintext TCP to an enrolled pod's IP lands on the in-pod 15006 listener with
-//! the original destination as its local address (no NAT), and reaches the application; a
+//! the original destination as its local address (no NAT), and reaches the application, which
+//! sees the client's own address as its peer (transparent upstream + in-pod fwmark routing); a
 //! connection to the pod's HBONE port 15008 is not diverted.
 
 use ztunnel_e2e::{
@@ -51,8 +52,8 @@ fn plaintext_inbound_lands_on_15006_and_hbone_passes() -> anyhow::Result<()> {
         "curl to the pod through 15006 failed"
     );
     assert!(
-        body.starts_with("hello from app"),
-        "the application did not answer: {body:?}"
+        body.starts_with(&format!("hello from app peer={}:", client.ip)),
+        "the application did not answer, or did not see the client's own address: {body:?}"
     );
     assert_eq!(
         after_plaintext.inbound_redirected, 1,

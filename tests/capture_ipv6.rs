@@ -79,8 +79,8 @@ fn ipv6_outbound_and_inbound_are_captured() -> anyhow::Result<()> {
     );
     assert!(inbound.status.success(), "IPv6 inbound curl failed");
     assert!(
-        inbound_body.starts_with("hello from client app"),
-        "the app did not answer"
+        inbound_body.starts_with(&format!("hello from client app peer=[{}]:", server_pod.ipv6)),
+        "the app did not answer, or did not see the client's own address"
     );
     assert_eq!(final_counters.outbound_redirected, 1);
     assert_eq!(final_counters.inbound_redirected, 1);

@@ -98,6 +98,33 @@ fn outbound_connect_is_captured_with_its_original_destination() -> anyhow::Resul
         captured_lines, 1,
         "the marked connect reached the outbound listener"
     );
+
+    let mapped_destination = format!("[::ffff:{}]:8080", server_pod.ip);
+    let mapped = env.run_in_pod(&client, &[marked_connect, "0", &mapped_destination])?;
+    let mapped_out = String::from_utf8_lossy(&mapped.stdout).into_owned();
+    let after_mapped = counters(&env, &client)?;
+    println!(
+        "dual-stack socket to {mapped_destination}: status {}, output {mapped_out:?}, stderr {:?}; counters {after_mapped:?}",
+        mapped.status,
+        String::from_utf8_lossy(&mapped.stderr)
+    );
+    assert!(
+        mapped.status.success(),
+        "the dual-stack connect through the capture failed"
+    );
+    assert!(
+        mapped_out.contains("hello from server"),
+        "the dual-stack connect did not reach the server"
+    );
+    assert_eq!(
+        after_mapped.outbound_redirected,
+        after_marked.outbound_redirected + 1,
+        "the dual-stack connect was not redirected"
+    );
+    assert_eq!(
+        daemon.log().matches("outbound connection captured").count(),
+        2
+    );
     daemon.stop()?;
     Ok(())
 }

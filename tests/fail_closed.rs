@@ -40,6 +40,7 @@ fn enrolled_pod_without_ztunnel_is_refused_until_fail_open() -> anyhow::Result<(
     );
 
     let url = format!("http://{}:8080/", server_pod.ip);
+    server_pod.wait_tcp_quiescent()?;
     let segments_before = server_pod.tcp_segments_received()?;
     let counters_before = counters(&env, &client)?;
     let refused = env.run_in_pod(&client, &["curl", "-sS", "--max-time", "5", &url])?;

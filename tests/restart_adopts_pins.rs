@@ -40,6 +40,7 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
     );
     first.crash()?;
 
+    server_pod.wait_tcp_quiescent()?;
     let segments_before = server_pod.tcp_segments_received()?;
     let before_crash_curl = counters(&env, &client)?;
     let while_down = curl("daemon SIGKILLed")?;
@@ -101,7 +102,15 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
         vec![
             ("cgroup_getsockopt".to_owned(), "getsockopt".to_owned()),
             ("cgroup_inet4_connect".to_owned(), "connect4".to_owned()),
+            (
+                "cgroup_inet4_getpeername".to_owned(),
+                "getpeername4".to_owned()
+            ),
             ("cgroup_inet6_connect".to_owned(), "connect6".to_owned()),
+            (
+                "cgroup_inet6_getpeername".to_owned(),
+                "getpeername6".to_owned()
+            ),
             ("cgroup_sock_ops".to_owned(), "sockops_rekey".to_owned()),
         ],
         "not exactly one copy of each cgroup program"
@@ -116,6 +125,11 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
         "three captured curls"
     );
     assert_eq!(server.peers().len(), 3);
+    assert!(
+        !third.log().contains("WARN"),
+        "the restarted daemon warned (e.g. re-installing in-pod routing): {}",
+        third.log()
+    );
     third.stop()?;
     Ok(())
 }

@@ -20,11 +20,12 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
     env.enroll(&client)?;
     daemon.wait_serving(&client)?;
     let tc_before = tcx_ingress_programs(&client.netns, "eth0")?;
+    let rules_before = client_rules(&client)?;
 
     let unenrolled = cli(&env, &["unenroll", "--name", "client"])?;
     daemon.wait_for_log(
         "the daemon to close the pod's listeners",
-        "pod unenrolled; its listeners are closed",
+        "pod no longer enrolled; its listeners are closed",
     )?;
     let listeners = process::run(
         None,
@@ -33,6 +34,7 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
     )?;
     let listeners = String::from_utf8_lossy(&listeners.stdout).into_owned();
     let tc_after = tcx_ingress_programs(&client.netns, "eth0")?;
+    let rules_after = client_rules(&client)?;
     let pods = cli(&env, &["inspect", "pods"])?;
     let pod_links: Vec<_> = std::fs::read_dir(env.bpffs_root().join("pod-links"))?
         .flatten()
@@ -49,6 +51,15 @@ fn unenrolled_pod_is_no_longer_captured() -> anyhow::Result<()> {
         "inspect pods:\n{pods}curl {url}: {} body {body:?}; server peers {:?}",
         curl.status,
         server.peers()
+    );
+    println!("in-pod rules before:\n{rules_before}after:\n{rules_after}");
+    assert!(
+        rules_before.contains("fwmark 0x111 lookup 133"),
+        "enrollment did not add the upstream rule"
+    );
+    assert!(
+        !rules_after.contains("fwmark 0x111"),
+        "unenroll left the upstream rule"
     );
     assert_eq!(tc_before, vec!["tc_ingress".to_owned()]);
     assert!(tc_after.is_empty(), "the TC program is still attached");
@@ -88,4 +99,43 @@ fn a_second_daemon_on_the_same_run_dir_is_refused() -> anyhow::Result<()> {
     );
     first.stop()?;
     Ok(())
+}
+
+#[test]
+fn a_pod_deleted_without_unenroll_is_forgotten_by_the_running_daemon() -> anyhow::Result<()> {
+    let env = TestEnv::new("pod_deleted_while_running")?;
+    let node = env.node(1)?;
+    let pod = node.pod("ephemeral", 10)?;
+    let daemon = Daemon::start(&env, &[])?;
+    env.enroll(&pod)?;
+    daemon.wait_serving(&pod)?;
+    let netns = pod.netns.clone();
+    drop(pod);
+    let forgotten = daemon.wait_for_log_all(
+        "the daemon to notice the pod's netns is gone",
+        &["netns is gone", "pod=ephemeral"],
+    )?;
+    let closed = daemon.wait_for_log(
+        "the daemon to close the gone pod's listeners",
+        "its listeners are closed",
+    )?;
+    let pods = cli(&env, &["inspect", "pods"])?;
+    println!("deleted netns {netns}\ndaemon: {forgotten}\n{closed}\ninspect pods:\n{pods}");
+    assert!(
+        !pods.contains("default/ephemeral"),
+        "the gone pod is still enrolled"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// `ip rule` (IPv4 and IPv6) inside the pod.
+fn client_rules(pod: &ztunnel_e2e::Pod) -> anyhow::Result<String> {
+    let v4 = ztunnel_e2e::env::checked(
+        std::process::Command::new("ip").args(["-n", &pod.netns, "rule"]),
+    )?;
+    let v6 = ztunnel_e2e::env::checked(
+        std::process::Command::new("ip").args(["-6", "-n", &pod.netns, "rule"]),
+    )?;
+    Ok(format!("{v4}{v6}"))
 }

@@ -125,6 +125,30 @@ impl Pod {
         format!("/var/run/netns/{}", self.netns)
     }
 
+    /// Waits until no TCP connection in this pod's netns is between LISTEN and TIME-WAIT, so
+    /// that no late segment of an earlier connection can move [`Pod::tcp_segments_received`].
+    pub fn wait_tcp_quiescent(&self) -> anyhow::Result<()> {
+        crate::wait::wait_until(
+            &format!("the TCP connections in {} to finish closing", self.netns),
+            crate::wait::DEFAULT_TIMEOUT,
+            || {
+                let open = checked(Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &self.netns,
+                    "ss",
+                    "-Htn",
+                    "state",
+                    "connected",
+                    "exclude",
+                    "time-wait",
+                ]))
+                .ok()?;
+                open.trim().is_empty().then_some(())
+            },
+        )
+    }
+
     /// TCP segments received in this pod's netns so far (`Tcp: InSegs` of /proc/net/snmp): a
     /// counter at the destination that moves if any SYN arrives.
     pub fn tcp_segments_received(&self) -> anyhow::Result<u64> {

@@ -78,6 +78,8 @@ impl Daemon {
             "127.0.0.1:0",
             "--readiness-address",
             "127.0.0.1:0",
+            "--kernel-log-level",
+            "debug",
         ];
         argv.extend_from_slice(extra);
         let log = env.scratch.join(format!(

@@ -30,9 +30,9 @@ pub const SOL_IP: i32 = 0;
 pub const SOL_IPV6: i32 = 41;
 /// Default bpffs directory where maps and links are pinned.
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/ztunnel";
-/// Routing table, inside each pod netns, that delivers replies to ztunnel's transparent upstream
-/// sockets locally: replies carrying [`UPSTREAM_MARK`] (inherited through
-/// `net.ipv4.tcp_fwmark_accept`) are routed by an `ip rule` to this table's `local` default route.
+/// Routing table, inside each enrolled pod's netns, that routes everything locally: replies to
+/// sockets marked [`UPSTREAM_MARK`] (ztunnel's connections to the application that keep the
+/// original source address) look it up, so they come back to ztunnel instead of leaving the pod.
 pub const UPSTREAM_ROUTE_TABLE: u32 = 133;
-/// Priority of that `ip rule` (before the `main` table's 32766).
-pub const UPSTREAM_RULE_PRIORITY: u32 = 32_000;
+/// Priority of the `fwmark UPSTREAM_MARK lookup UPSTREAM_ROUTE_TABLE` rule.
+pub const UPSTREAM_RULE_PRIORITY: u32 = 100;

@@ -48,6 +48,10 @@ pub mod programs {
     pub const SOCKOPS: &str = "sockops_rekey";
     /// `cgroup/getsockopt` (`ztunnel-ebpf/src/getsockopt.rs`).
     pub const GETSOCKOPT: &str = "getsockopt";
+    /// `cgroup/getpeername4` (`ztunnel-ebpf/src/getpeername.rs`).
+    pub const GETPEERNAME4: &str = "getpeername4";
+    /// `cgroup/getpeername6` (`ztunnel-ebpf/src/getpeername.rs`).
+    pub const GETPEERNAME6: &str = "getpeername6";
     /// TC ingress classifier (`ztunnel-ebpf/src/tc_ingress.rs`).
     pub const TC_INGRESS: &str = "tc_ingress";
 }

@@ -108,7 +108,8 @@ pub struct ConfigRecord {
     pub padding: u16,
     /// [`FAIL_CLOSED`] (the zero value, so an unwritten config is fail-closed) or [`FAIL_OPEN`].
     pub fail_mode: u32,
-    /// Most verbose kernel log level forwarded (aya-log levels: 1 error … 5 trace).
+    /// Most verbose kernel log record the programs emit: [`LOG_LEVEL_OFF`] (the zero value)
+    /// up to [`LOG_LEVEL_DEBUG`]. Read by every program before logging, so it applies at once.
     pub log_level: u32,
 }
 
@@ -116,6 +117,17 @@ pub struct ConfigRecord {
 pub const FAIL_CLOSED: u32 = 0;
 /// [`ConfigRecord::fail_mode`]: with no ztunnel listener in the pod, traffic goes direct.
 pub const FAIL_OPEN: u32 = 1;
+
+/// [`ConfigRecord::log_level`]: the kernel programs log nothing.
+pub const LOG_LEVEL_OFF: u32 = 0;
+/// [`ConfigRecord::log_level`]: errors only.
+pub const LOG_LEVEL_ERROR: u32 = 1;
+/// [`ConfigRecord::log_level`]: warnings and errors (e.g. a full original-destination map).
+pub const LOG_LEVEL_WARN: u32 = 2;
+/// [`ConfigRecord::log_level`]: also informational records.
+pub const LOG_LEVEL_INFO: u32 = 3;
+/// [`ConfigRecord::log_level`]: also one record per redirected or refused connection.
+pub const LOG_LEVEL_DEBUG: u32 = 4;
 
 /// Value of `stats` (per CPU, per pod index). Written by the kernel; summed by userspace.
 /// Outbound counts connects, inbound counts connection-opening SYNs.

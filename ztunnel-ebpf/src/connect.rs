@@ -17,12 +17,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use ztunnel_common::{
-    FAMILY_IPV4, FAMILY_IPV6, OriginalDestination, PodRecord,
+    FAMILY_IPV4, FAMILY_IPV6, LOG_LEVEL_DEBUG, LOG_LEVEL_WARN, OriginalDestination, PodRecord,
     constants::{BYPASS_MARK, OUTBOUND_PORT, UPSTREAM_MARK},
 };
 
 use crate::{
-    helpers::{address_bytes, count, enrolled_pod, fail_open, tcp_listener_exists},
+    helpers::{address_bytes, count, enrolled_pod, fail_open, logging, tcp_listener_exists},
     maps::CONNECT_DESTINATIONS,
 };
 
@@ -167,6 +167,7 @@ fn redirect(
         if CONNECT_DESTINATIONS
             .insert(socket_cookie, original, BPF_ANY as u64)
             .is_err()
+            && logging(LOG_LEVEL_WARN)
         {
             warn!(
                 ctx,
@@ -174,13 +175,17 @@ fn redirect(
             );
         }
         count(pod, |counters| &mut counters.outbound_redirected);
-        debug!(ctx, "connect: redirected to outbound listener");
+        if logging(LOG_LEVEL_DEBUG) {
+            debug!(ctx, "connect: redirected to outbound listener");
+        }
     } else if fail_open() {
         count(pod, |counters| &mut counters.outbound_passed);
         return;
     } else {
         count(pod, |counters| &mut counters.outbound_refused);
-        debug!(ctx, "connect: no outbound listener in pod, fail-closed");
+        if logging(LOG_LEVEL_DEBUG) {
+            debug!(ctx, "connect: no outbound listener in pod, fail-closed");
+        }
     }
     if listener_words[0] == LOOPBACK_V4 {
         sock_addr.user_ip4 = LOOPBACK_V4;

@@ -3,6 +3,10 @@
 //! listener, from the entry `sockops` filed, so an unmodified proxy gets the original
 //! destination the way it would under iptables REDIRECT. Runs after the kernel's own handler
 //! (which fails with `ENOPROTOOPT`/`ENOENT` without conntrack) and overrides its result.
+//!
+//! Every other `getsockopt` is passed through untouched; for option buffers larger than a page
+//! that relies on kernel >= 6.5 ignoring an unmodified program buffer, which the node's TCX
+//! requirement (6.6) already implies.
 
 use core::ptr::read_volatile;
 

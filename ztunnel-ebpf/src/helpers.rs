@@ -26,6 +26,14 @@ pub fn fail_open() -> bool {
         .is_some_and(|config| config.fail_mode == FAIL_OPEN)
 }
 
+/// Whether records at `level` (a `ztunnel_common::LOG_LEVEL_*`) are wanted by the node config.
+#[inline(always)]
+pub fn logging(level: u32) -> bool {
+    CONFIG
+        .get(0)
+        .is_some_and(|config| config.log_level >= level)
+}
+
 /// Adds one to a counter of the pod's per-CPU slot.
 #[inline(always)]
 pub fn count(pod: &PodRecord, counter: fn(&mut PodCounters) -> &mut u64) {

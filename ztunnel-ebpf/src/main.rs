@@ -1,10 +1,12 @@
 //! ztunnel's kernel programs. Read the files in the order the kernel runs them:
-//! outbound `connect.rs` → `sockops.rs` → `getsockopt.rs`; inbound `tc_ingress.rs`.
+//! outbound `connect.rs` → `sockops.rs` → `getsockopt.rs` (the proxy) and `getpeername.rs` (the
+//! application); inbound `tc_ingress.rs`.
 //! `maps.rs` declares every map; `helpers.rs` holds what the hooks share.
 #![no_std]
 #![no_main]
 
 mod connect;
+mod getpeername;
 mod getsockopt;
 mod helpers;
 mod maps;

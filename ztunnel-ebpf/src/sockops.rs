@@ -95,9 +95,14 @@ fn connection_key(ctx: &SockOpsContext) -> ConnectionKey {
         )
     };
     let proxy_port = remote_port(ctx);
-    let ipv4 = family == AF_INET;
-    let (client_words, proxy_words) = if ipv4 {
+    // A dual-stack socket that connected to an IPv4-mapped address reached the IPv4 listener;
+    // the accepted socket is IPv4, so key the connection in IPv4 form.
+    let v4_mapped = is_v4_mapped(&local_ip6) && is_v4_mapped(&remote_ip6);
+    let ipv4 = family == AF_INET || v4_mapped;
+    let (client_words, proxy_words) = if family == AF_INET {
         ([local_ip4, 0, 0, 0], [remote_ip4, 0, 0, 0])
+    } else if v4_mapped {
+        ([local_ip6[3], 0, 0, 0], [remote_ip6[3], 0, 0, 0])
     } else {
         (local_ip6, remote_ip6)
     };
@@ -110,6 +115,12 @@ fn connection_key(ctx: &SockOpsContext) -> ConnectionKey {
         family: if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 },
         padding: 0,
     }
+}
+
+/// Whether an IPv6 address (kernel words) is IPv4-mapped (::ffff:a.b.c.d).
+#[inline(always)]
+fn is_v4_mapped(words: &[u32; 4]) -> bool {
+    words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
 /// The peer port in host order. sockops stores the network-order port in the upper 16 bits of

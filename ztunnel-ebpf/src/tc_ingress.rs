@@ -16,12 +16,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 use ztunnel_common::{
-    FAMILY_IPV4, FAMILY_IPV6, PodRecord, WorkloadKey,
+    FAMILY_IPV4, FAMILY_IPV6, LOG_LEVEL_DEBUG, PodRecord, WorkloadKey,
     constants::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT},
 };
 
 use crate::{
-    helpers::{count, enrolled_pod, fail_open},
+    helpers::{count, enrolled_pod, fail_open, logging},
     maps::WORKLOADS,
 };
 
@@ -110,10 +110,12 @@ fn no_listener(ctx: &TcContext, pod: &PodRecord) -> i32 {
         return NEXT;
     }
     count(pod, |counters| &mut counters.inbound_refused);
-    debug!(
-        ctx,
-        "tc_ingress: no inbound listener in pod, fail-closed drop"
-    );
+    if logging(LOG_LEVEL_DEBUG) {
+        debug!(
+            ctx,
+            "tc_ingress: no inbound listener in pod, fail-closed drop"
+        );
+    }
     TC_ACT_SHOT as i32
 }
 

@@ -9,7 +9,7 @@ use ztunnel_common::maps::WORKLOADS_MAP;
 use crate::{
     ebpf::{
         EbpfError, PinLayout, PinnedMaps,
-        maps::{FailMode, socket_ip},
+        maps::{FailMode, KernelLogLevel, socket_ip},
     },
     inpod::state::read_enrolled,
 };
@@ -76,7 +76,7 @@ struct ConfigView {
     outbound_port: u16,
     inbound_plaintext_port: u16,
     hbone_port: u16,
-    log_level: u32,
+    log_level: String,
 }
 
 /// Renders `view` of the maps pinned under `layout` as a table, or JSON when `json`.
@@ -209,7 +209,7 @@ pub fn render(
                 outbound_port: record.outbound_port,
                 inbound_plaintext_port: record.inbound_plaintext_port,
                 hbone_port: record.hbone_port,
-                log_level: record.log_level,
+                log_level: KernelLogLevel::from_record_value(record.log_level).to_string(),
             };
             if json {
                 return Ok(serde_json::to_string_pretty(&view)?);

@@ -1,5 +1,6 @@
-//! `marked-connect <mark> <ip:port>`: connects with `SO_MARK` set, sends an HTTP/1.0 GET, prints
-//! the response and then `peer=<address the socket is connected to>`.
+//! `marked-connect <mark> <ip:port>`: connects with `SO_MARK` set (none if 0), sends an HTTP/1.0
+//! GET, prints the response and then `peer=<getpeername of the socket>`. An IPv4-mapped IPv6
+//! destination (`[::ffff:a.b.c.d]:port`) makes a dual-stack IPv6 socket, as Java-style apps do.
 
 use std::{
     io::{Read, Write},
@@ -18,7 +19,9 @@ fn main() -> anyhow::Result<()> {
         socket2::Type::STREAM,
         None,
     )?;
-    socket.set_mark(mark)?;
+    if mark != 0 {
+        socket.set_mark(mark)?;
+    }
     socket.connect_timeout(&destination.into(), std::time::Duration::from_secs(5))?;
     let mut stream = std::net::TcpStream::from(socket);
     stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
 
-use crate::{admin::AdminArgs, ebpf::maps::FailMode, identity::DEFAULT_TRUST_DOMAIN, inpod::state::DEFAULT_RUN_DIR};
+use crate::{admin::AdminArgs, ebpf::maps::{FailMode, KernelLogLevel}, identity::DEFAULT_TRUST_DOMAIN, inpod::state::DEFAULT_RUN_DIR};
 
 /// What enrolled pods' traffic does while ztunnel is not serving them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,6 +25,33 @@ impl From<FailModeArg> for FailMode {
     }
 }
 
+/// The most verbose record the kernel programs emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelLogLevelArg {
+    /// Nothing.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational records too.
+    Info,
+    /// Every redirected or refused connection.
+    Debug,
+}
+
+impl From<KernelLogLevelArg> for KernelLogLevel {
+    fn from(level: KernelLogLevelArg) -> Self {
+        match level {
+            KernelLogLevelArg::Off => KernelLogLevel::Off,
+            KernelLogLevelArg::Error => KernelLogLevel::Error,
+            KernelLogLevelArg::Warn => KernelLogLevel::Warn,
+            KernelLogLevelArg::Info => KernelLogLevel::Info,
+            KernelLogLevelArg::Debug => KernelLogLevel::Debug,
+        }
+    }
+}
+
 /// `ztunnel daemon`.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -40,6 +67,10 @@ pub struct DaemonArgs {
     /// What enrolled pods' traffic does while ztunnel is not serving them.
     #[arg(long, value_enum, default_value = "closed")]
     pub fail_mode: FailModeArg,
+    /// Most verbose record the kernel programs emit (tracing target `ztunnel::ebpf`; debug logs
+    /// every redirected or refused connection).
+    #[arg(long, value_enum, default_value = "warn")]
+    pub kernel_log_level: KernelLogLevelArg,
     /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on
     /// change. Without it the mesh is empty: every destination is passed through.
     #[arg(long = "config", value_name = "FILE")]

@@ -109,6 +109,10 @@ pub enum CgroupAttachType {
     Inet6Connect = 11,
     /// `BPF_CGROUP_GETSOCKOPT`.
     GetSockopt = 21,
+    /// `BPF_CGROUP_INET4_GETPEERNAME`.
+    Inet4GetPeerName = 29,
+    /// `BPF_CGROUP_INET6_GETPEERNAME`.
+    Inet6GetPeerName = 30,
 }
 
 /// Attaches a program to a cgroup with a new bpf_link (`BPF_LINK_CREATE`; links on one cgroup

@@ -26,11 +26,13 @@ use super::{
 use crate::inpod::netns::Netns;
 
 /// The cgroup programs, in the order a connection meets them.
-pub const CGROUP_PROGRAMS: [&str; 4] = [
+pub const CGROUP_PROGRAMS: [&str; 6] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SOCKOPS,
     programs::GETSOCKOPT,
+    programs::GETPEERNAME4,
+    programs::GETPEERNAME6,
 ];
 
 /// What happened to a hook when attaching.
@@ -155,6 +157,8 @@ impl LoadedPrograms {
             programs::CONNECT6 => CgroupAttachType::Inet6Connect,
             programs::SOCKOPS => CgroupAttachType::SockOps,
             programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
+            programs::GETPEERNAME4 => CgroupAttachType::Inet4GetPeerName,
+            programs::GETPEERNAME6 => CgroupAttachType::Inet6GetPeerName,
             _ => return Err(EbpfError::MissingProgram(name)),
         };
         let program = self

@@ -260,6 +260,59 @@ impl std::fmt::Display for FailMode {
     }
 }
 
+/// Most verbose record the kernel programs emit (`config.log_level`); they reach `tracing` under
+/// target `ztunnel::ebpf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum KernelLogLevel {
+    /// Nothing.
+    Off,
+    /// Errors.
+    Error,
+    /// Warnings (e.g. a full original-destination map): the default.
+    #[default]
+    Warn,
+    /// Informational records.
+    Info,
+    /// One record per redirected or refused connection (costly; for debugging).
+    Debug,
+}
+
+impl KernelLogLevel {
+    /// The `config.log_level` value.
+    pub fn record_value(self) -> u32 {
+        match self {
+            Self::Off => ztunnel_common::LOG_LEVEL_OFF,
+            Self::Error => ztunnel_common::LOG_LEVEL_ERROR,
+            Self::Warn => ztunnel_common::LOG_LEVEL_WARN,
+            Self::Info => ztunnel_common::LOG_LEVEL_INFO,
+            Self::Debug => ztunnel_common::LOG_LEVEL_DEBUG,
+        }
+    }
+
+    /// The level a `config.log_level` value means (above debug counts as debug).
+    pub fn from_record_value(value: u32) -> Self {
+        match value {
+            ztunnel_common::LOG_LEVEL_OFF => Self::Off,
+            ztunnel_common::LOG_LEVEL_ERROR => Self::Error,
+            ztunnel_common::LOG_LEVEL_WARN => Self::Warn,
+            ztunnel_common::LOG_LEVEL_INFO => Self::Info,
+            _ => Self::Debug,
+        }
+    }
+}
+
+impl std::fmt::Display for KernelLogLevel {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Off => "off",
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+        })
+    }
+}
+
 #[cfg(test)]
 mod fail_mode_tests {
     use super::FailMode;
@@ -274,5 +327,24 @@ mod fail_mode_tests {
             FailMode::Open
         );
         assert_eq!(FailMode::from_record_value(7), FailMode::Closed);
+    }
+
+    #[test]
+    fn kernel_log_levels_round_trip() {
+        use super::KernelLogLevel;
+        for level in [
+            KernelLogLevel::Off,
+            KernelLogLevel::Error,
+            KernelLogLevel::Warn,
+            KernelLogLevel::Info,
+            KernelLogLevel::Debug,
+        ] {
+            assert_eq!(
+                KernelLogLevel::from_record_value(level.record_value()),
+                level
+            );
+        }
+        assert_eq!(KernelLogLevel::from_record_value(99), KernelLogLevel::Debug);
+        assert_eq!(KernelLogLevel::default().to_string(), "warn");
     }
 }

@@ -9,6 +9,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
     enroll::{forget_pod, still_exists},
@@ -18,14 +19,20 @@ use super::{
     socket_factory::PodSocketFactory,
     state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
 };
-use super::enrollment_handler::DaemonEnrollmentHandler;
 use crate::{
-    ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode},
+    ebpf::{
+        LoadedPrograms, PinLayout, PinnedMaps,
+        maps::{FailMode, KernelLogLevel},
+    },
     enrollment::{EnrollmentServer, SOCKET_NAME},
 };
 
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
 const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often the daemon looks for enrolled pods whose netns disappeared without an unenroll
+/// (its own open listeners would otherwise keep such a namespace alive).
+const GONE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The daemon's settings (from the command line).
 #[derive(Debug, Clone)]
@@ -38,6 +45,8 @@ pub struct DaemonConfig {
     pub run_dir: PathBuf,
     /// Behaviour for enrolled pods while ztunnel is not serving them.
     pub fail_mode: FailMode,
+    /// Most verbose record the kernel programs emit.
+    pub kernel_log_level: KernelLogLevel,
 }
 
 /// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
@@ -134,7 +143,10 @@ async fn run_controlled(
     let mut control = control.map(|control| control.requests);
     let mut programs = LoadedPrograms::load(&config.layout)?;
     let mut maps = PinnedMaps::open(&config.layout)?;
-    maps.write_config(config.fail_mode.record_value(), 0)?;
+    maps.write_config(
+        config.fail_mode.record_value(),
+        config.kernel_log_level.record_value(),
+    )?;
     for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
         tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
     }
@@ -154,11 +166,17 @@ async fn run_controlled(
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
+    let mut gone_check = tokio::time::interval(GONE_CHECK_INTERVAL);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = ticker.tick() => reconcile(&config, &handler, &maps, &mut serving),
+            _ = gone_check.tick() => {
+                if let Err(error) = forget_gone_pods(&config) {
+                    tracing::warn!(%error, "cannot check for pods whose netns is gone");
+                }
+            }
             Some(reply) = next_request(&mut control) => {
                 reconcile(&config, &handler, &maps, &mut serving);
                 let _ = reply.send(served(&config, &serving));
@@ -194,11 +212,40 @@ fn adopt_enrolled_pods(
             source,
         })?;
         let (_, outcome) = programs.attach_tc_ingress(&netns, &pod.interface, pod.netns_cookie)?;
+        if let Err(error) = super::routing::install_upstream_routing(&netns) {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot install the in-pod upstream routing; the application will not see client addresses");
+        }
         tracing::info!(pod = %pod.name, namespace = %pod.namespace, tc = ?outcome, "enrolled pod adopted");
         kept.push(pod);
     }
     set.pods = kept;
     remove_orphan_pod_pins(&config.layout, &set.pods)?;
+    lock.save(&set)
+        .map_err(|source| InpodError::state(&config.run_dir, source))
+}
+
+/// Forgets enrolled pods whose netns path no longer opens (or is another namespace now); the
+/// next reconcile closes their listeners.
+fn forget_gone_pods(config: &DaemonConfig) -> Result<(), InpodError> {
+    let lock = StateLock::acquire(&config.run_dir)
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let mut set = lock
+        .load()
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let before = set.pods.len();
+    let mut kept = Vec::with_capacity(before);
+    for pod in set.pods.drain(..) {
+        if still_exists(&pod) {
+            kept.push(pod);
+            continue;
+        }
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns = %pod.netns.display(), "enrolled pod's netns is gone; removing its entries and pins");
+        forget_pod(&config.layout, &pod)?;
+    }
+    if kept.len() == before {
+        return Ok(());
+    }
+    set.pods = kept;
     lock.save(&set)
         .map_err(|source| InpodError::state(&config.run_dir, source))
 }
@@ -288,7 +335,7 @@ fn reconcile(
         if !keep {
             tracing::info!(
                 netns_cookie = cookie,
-                "pod unenrolled; its listeners are closed"
+                "pod no longer enrolled; its listeners are closed"
             );
         }
         keep

@@ -18,6 +18,7 @@ use ztunnel_common::{
 use super::{
     InpodError,
     netns::Netns,
+    routing::{install_upstream_routing, remove_upstream_routing},
     state::{EnrolledPod, StateLock},
 };
 use crate::ebpf::{
@@ -100,8 +101,14 @@ pub fn enroll(
             spec.namespace, spec.name
         )));
     }
-    super::routing::prepare(&netns)?;
     let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
+    install_upstream_routing(&netns).map_err(|source| InpodError::Io {
+        action: format!(
+            "install the upstream routing (fwmark rule, local table) in netns {}",
+            spec.netns.display()
+        ),
+        source,
+    })?;
     let mut maps = PinnedMaps::open(programs.layout())?;
     if existing.is_none() {
         maps.reset_pod_counters(index)?;
@@ -171,6 +178,15 @@ pub fn forget_pod(layout: &PinLayout, pod: &EnrolledPod) -> Result<(), InpodErro
     }
     maps.reset_pod_counters(pod.index)?;
     remove_pod_pins(layout, pod.netns_cookie)?;
+    // Only in the very namespace that was enrolled: a reused path is someone else's netns.
+    if let Ok(netns) = Netns::open(&pod.netns)
+        && netns
+            .cookie()
+            .is_ok_and(|cookie| cookie == pod.netns_cookie)
+        && let Err(error) = remove_upstream_routing(&netns)
+    {
+        tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot remove the in-pod upstream routing");
+    }
     Ok(())
 }
 

@@ -1,10 +1,14 @@
 //! A plain TCP forwarder behind the in-pod listeners: connects to the original destination from
-//! inside the pod's netns (bypass-marked) and copies bytes both ways. Enough to prove capture;
-//! the HBONE proxy replaces it through the same [`PodTrafficHandler`] trait.
+//! inside the pod's netns and copies bytes both ways. Outbound it connects bypass-marked (with
+//! the pod's address); inbound it connects to the application from the client's own address
+//! ([`PodSocketFactory::new_upstream_socket`]), so the application sees its real peer. Enough
+//! to prove capture; the HBONE proxy replaces it through the same [`PodTrafficHandler`] trait.
+//!
+//! [`PodSocketFactory::new_upstream_socket`]: super::socket_factory::PodSocketFactory::new_upstream_socket
 
 use std::{net::SocketAddr, sync::Arc};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::handler::{HandlerFuture, PodContext, PodTrafficHandler};
 use crate::socket::SocketFactory;
@@ -14,13 +18,15 @@ use crate::socket::SocketFactory;
 pub struct TcpForwarder;
 
 impl TcpForwarder {
+    /// Connects `socket` (already made in the pod netns) to `destination` and copies both ways.
     async fn forward(
         pod: Arc<PodContext>,
         mut stream: TcpStream,
+        socket: std::io::Result<TcpSocket>,
         destination: SocketAddr,
         direction: &'static str,
     ) {
-        let socket = match pod.sockets.new_tcp_socket(destination.is_ipv6()) {
+        let socket = match socket {
             Ok(socket) => socket,
             Err(error) => {
                 tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %destination, %error, direction, "cannot make a socket in the pod netns; closing");
@@ -52,7 +58,14 @@ impl PodTrafficHandler for TcpForwarder {
         stream: TcpStream,
         original_destination: SocketAddr,
     ) -> HandlerFuture {
-        Box::pin(Self::forward(pod, stream, original_destination, "outbound"))
+        let socket = pod.sockets.new_tcp_socket(original_destination.is_ipv6());
+        Box::pin(Self::forward(
+            pod,
+            stream,
+            socket,
+            original_destination,
+            "outbound",
+        ))
     }
 
     fn inbound_plaintext(
@@ -61,7 +74,17 @@ impl PodTrafficHandler for TcpForwarder {
         stream: TcpStream,
         original_destination: SocketAddr,
     ) -> HandlerFuture {
-        Box::pin(Self::forward(pod, stream, original_destination, "inbound"))
+        // From the client's own address, so the application sees its real peer.
+        let socket = stream
+            .peer_addr()
+            .and_then(|client| pod.sockets.new_upstream_socket(client.ip()));
+        Box::pin(Self::forward(
+            pod,
+            stream,
+            socket,
+            original_destination,
+            "inbound",
+        ))
     }
 
     fn inbound_hbone(&self, pod: Arc<PodContext>, stream: TcpStream) -> HandlerFuture {

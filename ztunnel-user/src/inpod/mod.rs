@@ -4,7 +4,9 @@
 //! - [`enroll`]: the enroll/unenroll library API; [`state`]: the durable enrolled set.
 //! - [`listeners`]: the in-pod listeners 15001/15006/15008 and their accept loops, which hand
 //!   connections to a [`handler::PodTrafficHandler`] ([`forwarder::TcpForwarder`] for now).
-//! - [`socket_factory`]: [`crate::socket::SocketFactory`] for a pod's netns.
+//! - [`socket_factory`]: [`crate::socket::SocketFactory`] for a pod's netns, plus upstream
+//!   sockets that keep the client's address; [`routing`]: the in-pod rule that brings the
+//!   application's replies to those back to ztunnel.
 //! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
 //!   plugin on the enrollment socket.
 

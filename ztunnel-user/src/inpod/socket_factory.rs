@@ -5,7 +5,7 @@ use std::{io, sync::Arc};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpSocket;
-use ztunnel_common::constants::BYPASS_MARK;
+use ztunnel_common::constants::{BYPASS_MARK, UPSTREAM_MARK};
 
 use super::netns::Netns;
 use crate::socket::SocketFactory;
@@ -20,6 +20,34 @@ impl PodSocketFactory {
     /// A factory for the pod whose namespace is `netns`.
     pub fn new(netns: Arc<Netns>) -> Self {
         Self { netns }
+    }
+
+    /// A socket to the pod's own application that keeps `source` (the remote client) as its
+    /// address: `IP_TRANSPARENT`, bound to `source`'s IP (port chosen at connect time, so it
+    /// cannot collide with the client's own connection) and marked [`UPSTREAM_MARK`] so that
+    /// [`super::routing`] brings the application's replies back to it. Needs `CAP_NET_ADMIN`.
+    pub fn new_upstream_socket(&self, source: std::net::IpAddr) -> io::Result<TcpSocket> {
+        let socket = self.netns.run(move || {
+            let domain = if source.is_ipv6() {
+                Domain::IPV6
+            } else {
+                Domain::IPV4
+            };
+            let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_mark(UPSTREAM_MARK)?;
+            if source.is_ipv6() {
+                socket.set_ip_transparent_v6(true)?;
+            } else {
+                socket.set_ip_transparent_v4(true)?;
+            }
+            set_bind_address_no_port(&socket)?;
+            socket.bind(&std::net::SocketAddr::new(source, 0).into())?;
+            socket.set_nonblocking(true)?;
+            Ok(socket)
+        })?;
+        Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(
+            socket,
+        )))
     }
 }
 
@@ -70,4 +98,26 @@ pub fn listen_in(
         Ok(socket)
     })?;
     Ok(socket.into())
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: defer the local port choice to `connect()`, which checks the whole
+/// 4-tuple. Minimum kernel 4.2.
+fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
+    const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
+    let enable: libc::c_int = 1;
+    // SAFETY: valid socket fd; the option value is a live c_int whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_IP,
+            IP_BIND_ADDRESS_NO_PORT,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
