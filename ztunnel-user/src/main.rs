@@ -51,6 +51,11 @@ enum Command {
         #[command(flatten)]
         paths: Paths,
     },
+    /// The built-in certificate authority (single-machine meshes).
+    Ca {
+        #[command(subcommand)]
+        action: CaCommand,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -144,6 +149,31 @@ enum ViewArg {
     Workloads,
     Stats,
     Config,
+
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Write a new root (root-cert.pem, root-key.pem) into DIR; never overwrites.
+    Init {
+        /// Where to write the root.
+        dir: PathBuf,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = ztunnel::identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+    },
+    /// Issue a workload certificate from the root in ROOT_DIR into OUT_DIR/<ns>/<sa>/.
+    Issue {
+        /// Directory holding root-cert.pem and root-key.pem.
+        root_dir: PathBuf,
+        /// The SPIFFE id, e.g. spiffe://cluster.local/ns/default/sa/sleep.
+        identity: String,
+        /// Certificate directory (the layout a file-backed certificate store reads).
+        out_dir: PathBuf,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +292,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Config { action: ConfigCommand::Check { file } } => {
             print!("{}", ztunnel::config::check(&file)?);
+        }
+        Command::Ca { action: CaCommand::Init { dir, trust_domain } } => {
+            let authority = ztunnel::identity::CertificateAuthority::generate(&trust_domain)?;
+            let (cert, key) = authority.write(&dir)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        Command::Ca { action: CaCommand::Issue { root_dir, identity, out_dir, hours } } => {
+            use ztunnel::identity::ca;
+            let authority = ca::CertificateAuthority::load(
+                &root_dir.join(ca::ROOT_CERT_FILE),
+                &root_dir.join(ca::ROOT_KEY_FILE),
+            )?;
+            let identity = identity.parse()?;
+            let lifetime = std::time::Duration::from_secs(hours * 3600);
+            let chain = ca::issue_to_directory(&authority, &identity, &out_dir, lifetime)?;
+            println!("wrote {} for {identity}", chain.display());
         }
     }
     Ok(())

@@ -1,0 +1,125 @@
+//! HBONE: HTTP/2 `CONNECT` streams over mutual TLS on port 15008 (DESIGN §5).
+//!
+//! - [`server`]: accepts a TLS connection, serves its `CONNECT` streams and lets a handler answer
+//!   each one (`200` then raw bytes, or `400`/`401`/`503`).
+//! - [`pool`]: the client side, one pool of TLS+h2 connections per (source identity,
+//!   destination identities, destination address), a new connection past 100 streams.
+//! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
+
+pub mod pool;
+pub mod server;
+pub mod stream;
+
+pub use pool::{HbonePool, TunnelRequest};
+pub use server::{Answer, ConnectHandler, HboneRequest, PeerInfo};
+pub use stream::{H2Stream, Transferred};
+
+use crate::identity::IdentityError;
+
+/// HTTP/2 stream flow-control window (DESIGN §5).
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 connection flow-control window (DESIGN §5).
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 maximum frame size (DESIGN §5).
+pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
+/// Streams a server accepts on one connection (DESIGN §5).
+pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
+pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Bytes h2 may buffer per stream before the copy loop waits for the peer.
+pub const SEND_BUFFER: usize = 1024 * 1024;
+
+/// What went wrong on an HBONE connection or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    /// TCP connect to the peer's HBONE port failed.
+    #[error("cannot connect to HBONE peer {address}: {source}")]
+    Connect {
+        /// The peer.
+        address: std::net::SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed (identity refused, protocol mismatch, ...).
+    #[error("TLS handshake with {peer} failed ({reason}): {detail}")]
+    Handshake {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// A short label, as counted in metrics (see [`crate::identity::verify::failure_reason`]).
+        reason: &'static str,
+        /// What the TLS layer or our verifier said.
+        detail: String,
+    },
+    /// The TLS handshake did not finish in time.
+    #[error("TLS handshake with {peer} did not finish within {timeout:?}")]
+    HandshakeTimeout {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// The limit.
+        timeout: std::time::Duration,
+    },
+    /// TLS completed without ALPN `h2`.
+    #[error("peer {peer} did not negotiate ALPN h2")]
+    NoAlpn {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+    },
+    /// Our certificate or the peer's could not be used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// An HTTP/2 protocol error.
+    #[error("HTTP/2 error with {peer}: {source}")]
+    H2 {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// h2's error.
+        source: h2::Error,
+    },
+    /// The peer answered the CONNECT with something other than 200.
+    #[error("HBONE peer {peer} answered CONNECT {authority} with {status}")]
+    Refused {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// The requested authority.
+        authority: std::net::SocketAddr,
+        /// The status received.
+        status: http::StatusCode,
+    },
+    /// A request could not be built.
+    #[error("cannot build CONNECT request for {authority}: {detail}")]
+    Request {
+        /// The authority.
+        authority: std::net::SocketAddr,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl HboneError {
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect_failed",
+            Self::Handshake { reason, .. } => reason,
+            Self::HandshakeTimeout { .. } => "handshake_timeout",
+            Self::NoAlpn { .. } => "no_alpn_h2",
+            Self::Identity(_) => "no_certificate",
+            Self::H2 { .. } => "http2_error",
+            Self::Refused { .. } => "refused",
+            Self::Request { .. } => "bad_request",
+        }
+    }
+}
+
+/// Turns a tokio-rustls handshake error into an [`HboneError::Handshake`] with its reason.
+pub(crate) fn handshake_error(peer: std::net::SocketAddr, error: std::io::Error) -> HboneError {
+    let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return HboneError::Handshake { peer, reason: "tls_io_error", detail: error.to_string() };
+    };
+    let reason = crate::identity::verify::failure_reason(tls_error);
+    let detail = crate::identity::verify::failure_detail(tls_error);
+    HboneError::Handshake { peer, reason, detail }
+}

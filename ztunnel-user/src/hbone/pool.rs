@@ -1,0 +1,229 @@
+//! The HBONE client: pooled TLS+h2 connections and one `CONNECT` stream per tunnel.
+//!
+//! Connections are pooled per (source identity, destination identities, destination address)
+//! as DESIGN §5 says; a connection carries at most [`CLIENT_STREAMS_PER_CONNECTION`] open
+//! tunnels, past that a new one is opened. A connection made with a certificate that has since
+//! been rotated keeps its open tunnels but gets no new ones, so new tunnels use the new
+//! certificate.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE,
+    SEND_BUFFER, STREAM_WINDOW, handshake_error,
+};
+use crate::{
+    identity::{CertificateStore, SpiffeId, tls},
+    socket::SocketFactory,
+};
+
+/// What a tunnel is for.
+#[derive(Clone, Copy)]
+pub struct TunnelRequest<'a> {
+    /// The source workload's identity: its certificate is presented.
+    pub source: &'a SpiffeId,
+    /// Identities the server may prove (destination workload, service SANs or waypoint).
+    pub expected: &'a [SpiffeId],
+    /// Where the HBONE server listens (`dst_ip:15008` or the waypoint's).
+    pub hbone_address: SocketAddr,
+    /// The `:authority`: the original destination.
+    pub authority: SocketAddr,
+    /// The original source, sent as `forwarded: for="..."`.
+    pub forwarded_for: SocketAddr,
+    /// Makes the TCP socket (inside the source pod's netns in production).
+    pub sockets: &'a dyn SocketFactory,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    source: SpiffeId,
+    expected: Vec<SpiffeId>,
+    address: SocketAddr,
+}
+
+#[derive(Debug)]
+struct PooledConnection {
+    sender: h2::client::SendRequest<Bytes>,
+    open_streams: AtomicUsize,
+    closed: Arc<AtomicBool>,
+    certificate_serial: String,
+}
+
+/// Gives a pool slot back when a tunnel ends.
+#[derive(Debug)]
+struct StreamSlot(Arc<PooledConnection>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type ConnectionList = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
+
+/// The pool of outgoing HBONE connections.
+#[derive(Debug)]
+pub struct HbonePool {
+    store: Arc<CertificateStore>,
+    pools: Mutex<HashMap<PoolKey, ConnectionList>>,
+    next_id: AtomicU64,
+    connections_opened: AtomicU64,
+}
+
+impl HbonePool {
+    /// A pool presenting certificates from `store`.
+    pub fn new(store: Arc<CertificateStore>) -> Self {
+        Self {
+            store,
+            pools: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            connections_opened: AtomicU64::new(0),
+        }
+    }
+
+    /// How many TLS connections this pool has opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// Opens a tunnel: a `CONNECT` stream on a pooled (or new) connection, answered `200`.
+    pub async fn connect(&self, request: TunnelRequest<'_>) -> Result<H2Stream, HboneError> {
+        let slot = self.reserve(&request).await?;
+        let mut sender = slot.0.sender.clone().ready().await.map_err(|source| HboneError::H2 {
+            peer: request.hbone_address,
+            source,
+        })?;
+        let connect = Request::builder()
+            .method(Method::CONNECT)
+            .uri(request.authority.to_string())
+            .header("forwarded", format!("for=\"{}\"", request.forwarded_for))
+            .header("traceparent", new_traceparent())
+            .body(())
+            .map_err(|error| HboneError::Request {
+                authority: request.authority,
+                detail: error.to_string(),
+            })?;
+        let (response, send) = sender
+            .send_request(connect, false)
+            .map_err(|source| HboneError::H2 { peer: request.hbone_address, source })?;
+        let response = response
+            .await
+            .map_err(|source| HboneError::H2 { peer: request.hbone_address, source })?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused {
+                peer: request.hbone_address,
+                authority: request.authority,
+                status: response.status(),
+            });
+        }
+        Ok(H2Stream::new(send, response.into_body()).with_guard(slot))
+    }
+
+    /// Takes a stream slot on a usable connection, opening one if none has room.
+    async fn reserve(&self, request: &TunnelRequest<'_>) -> Result<StreamSlot, HboneError> {
+        let certificate = self.store.certificate(request.source)?;
+        let mut expected = request.expected.to_vec();
+        expected.sort();
+        let key = PoolKey {
+            source: request.source.clone(),
+            expected: expected.clone(),
+            address: request.hbone_address,
+        };
+        let list = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let mut connections = list.lock().await;
+        // Closed connections go; those made with a rotated certificate keep their open tunnels
+        // (the h2 task owns them) but take no new ones.
+        connections.retain(|connection| {
+            !connection.closed.load(Ordering::Acquire)
+                && connection.certificate_serial == certificate.serial
+        });
+        for connection in connections.iter() {
+            let open = connection.open_streams.load(Ordering::Acquire);
+            if open < CLIENT_STREAMS_PER_CONNECTION {
+                connection.open_streams.fetch_add(1, Ordering::AcqRel);
+                return Ok(StreamSlot(connection.clone()));
+            }
+        }
+        let connection = Arc::new(self.open_connection(request, &certificate, expected).await?);
+        connection.open_streams.fetch_add(1, Ordering::AcqRel);
+        connections.push(connection.clone());
+        Ok(StreamSlot(connection))
+    }
+
+    async fn open_connection(
+        &self,
+        request: &TunnelRequest<'_>,
+        certificate: &crate::identity::WorkloadCertificate,
+        expected: Vec<SpiffeId>,
+    ) -> Result<PooledConnection, HboneError> {
+        let address = request.hbone_address;
+        let connect_error = |source| HboneError::Connect { address, source };
+        let socket = request.sockets.new_tcp_socket(address.is_ipv6()).map_err(connect_error)?;
+        let tcp = socket.connect(address).await.map_err(connect_error)?;
+        let _ = tcp.set_nodelay(true);
+        let config = tls::client_config(&self.store, certificate, expected)?;
+        let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp);
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| HboneError::HandshakeTimeout { peer: address, timeout: HANDSHAKE_TIMEOUT })?
+            .map_err(|error| handshake_error(address, error))?;
+        if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+            return Err(HboneError::NoAlpn { peer: address });
+        }
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(SEND_BUFFER)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|source| HboneError::H2 { peer: address, source })?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.connections_opened.fetch_add(1, Ordering::Relaxed);
+        let closed = Arc::new(AtomicBool::new(false));
+        let closed_by_task = closed.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(connection = id, peer = %address, %error, "HBONE client connection ended with an error");
+            }
+            closed_by_task.store(true, Ordering::Release);
+        });
+        tracing::debug!(connection = id, peer = %address, source = %request.source,
+            serial = %certificate.serial, "HBONE client connection opened");
+        Ok(PooledConnection {
+            sender,
+            open_streams: AtomicUsize::new(0),
+            closed,
+            certificate_serial: certificate.serial.clone(),
+        })
+    }
+}
+
+/// A new W3C `traceparent` (version 00, random trace and span ids, sampled).
+fn new_traceparent() -> String {
+    let mut random = [0u8; 24];
+    if tls::provider().secure_random.fill(&mut random).is_err() {
+        // Only tracing suffers; keep the tunnel.
+        random = [1; 24];
+    }
+    let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("00-{}-{}-01", &hex[..32], &hex[32..])
+}

@@ -1,0 +1,147 @@
+//! One HBONE tunnel (an HTTP/2 stream) and the copy loop between it and a TCP socket.
+//!
+//! The copy loop reads from TCP into one buffer per tunnel and hands h2 frozen slices of it;
+//! once h2 has written the earlier slices, `reserve` reclaims the same allocation, so forwarding
+//! a chunk allocates nothing. Half-close is propagated both ways: TCP EOF becomes `END_STREAM`,
+//! and `END_STREAM` becomes a TCP write shutdown.
+
+use std::{
+    future::poll_fn,
+    io,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use bytes::{Bytes, BytesMut};
+use h2::{RecvStream, SendStream};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Size of the per-tunnel read buffer.
+const BUFFER_SIZE: usize = 256 * 1024;
+/// Reclaim or grow the buffer when less than this is free.
+const MIN_READ: usize = 16 * 1024;
+
+/// Bytes moved by a finished tunnel.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// From the local TCP socket into the tunnel.
+    pub sent: u64,
+    /// From the tunnel to the local TCP socket.
+    pub received: u64,
+}
+
+/// One established tunnel: the two halves of an HTTP/2 stream.
+#[derive(Debug)]
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Released when the tunnel ends (a pool slot, for instance).
+    _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl H2Stream {
+    pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv, _guard: None }
+    }
+
+    pub(crate) fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self._guard = Some(Box::new(guard));
+        self
+    }
+
+    /// Copies between `tcp` and the tunnel until both directions have ended, or one failed (then
+    /// the other is abandoned and the stream reset).
+    pub async fn copy_with(mut self, tcp: &mut TcpStream) -> (Transferred, io::Result<()>) {
+        let (mut read, mut write) = tcp.split();
+        let sent = AtomicU64::new(0);
+        let received = AtomicU64::new(0);
+        let result = {
+            let outgoing = tcp_to_h2(&mut read, &mut self.send, &sent);
+            let incoming = h2_to_tcp(&mut self.recv, &mut write, &received);
+            first_error(outgoing, incoming).await
+        };
+        if result.is_err() {
+            // Tell the peer the tunnel failed rather than leaving it half open.
+            self.send.send_reset(h2::Reason::CANCEL);
+        }
+        let transferred = Transferred {
+            sent: sent.load(Ordering::Relaxed),
+            received: received.load(Ordering::Relaxed),
+        };
+        (transferred, result)
+    }
+}
+
+/// Runs both directions; returns when both succeeded or as soon as one failed.
+pub(crate) async fn first_error(
+    first: impl Future<Output = io::Result<()>>,
+    second: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::pin!(first, second);
+    let (mut first_done, mut second_done) = (false, false);
+    while !(first_done && second_done) {
+        tokio::select! {
+            result = &mut first, if !first_done => { result?; first_done = true; }
+            result = &mut second, if !second_done => { result?; second_done = true; }
+        }
+    }
+    Ok(())
+}
+
+async fn tcp_to_h2(
+    read: &mut (impl AsyncRead + Unpin),
+    send: &mut SendStream<Bytes>,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
+    loop {
+        if buffer.capacity() < MIN_READ {
+            // Reuses the original allocation once h2 has dropped every slice handed to it.
+            buffer.reserve(BUFFER_SIZE);
+        }
+        let count = read.read_buf(&mut buffer).await?;
+        if count == 0 {
+            return send.send_data(Bytes::new(), true).map_err(h2_to_io);
+        }
+        total.fetch_add(count as u64, Ordering::Relaxed);
+        let mut chunk = buffer.split().freeze();
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let capacity = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(capacity) => capacity.map_err(h2_to_io)?,
+                None => {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"));
+                }
+            };
+            if capacity == 0 {
+                continue;
+            }
+            let part = chunk.split_to(capacity.min(chunk.len()));
+            send.send_data(part, false).map_err(h2_to_io)?;
+        }
+    }
+}
+
+async fn h2_to_tcp(
+    recv: &mut RecvStream,
+    write: &mut (impl AsyncWrite + Unpin),
+    total: &AtomicU64,
+) -> io::Result<()> {
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(h2_to_io)?;
+        write.write_all(&data).await?;
+        total.fetch_add(data.len() as u64, Ordering::Relaxed);
+        recv.flow_control().release_capacity(data.len()).map_err(h2_to_io)?;
+    }
+    write.shutdown().await
+}
+
+fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_io() {
+        error.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+    } else {
+        io::Error::other(error)
+    }
+}

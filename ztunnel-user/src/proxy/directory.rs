@@ -1,0 +1,153 @@
+//! What the proxy asks about workloads, services and policy, per connection.
+//!
+//! The proxy depends on this small trait rather than on the store directly: the daemon
+//! implements it over `state::StateHandle` + `authz` (each call reads the current snapshot, so
+//! a config reload applies to the next connection), tests over a fixed table.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use ztunnel_common::constants::HBONE_PORT;
+
+use crate::identity::SpiffeId;
+
+/// The facts about a workload the proxy logs and checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadInfo {
+    /// Stable id (`uid` in the config).
+    pub uid: String,
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// SPIFFE identity (trust domain, namespace, service account).
+    pub identity: SpiffeId,
+    /// The pod's addresses.
+    pub ips: Vec<IpAddr>,
+}
+
+impl WorkloadInfo {
+    /// A workload with one address, named after its service account.
+    pub fn new(identity: SpiffeId, ip: IpAddr) -> Self {
+        Self {
+            uid: format!("{}/{}/{}", identity.namespace, identity.service_account, ip),
+            name: identity.service_account.clone(),
+            namespace: identity.namespace.clone(),
+            identity,
+            ips: vec![ip],
+        }
+    }
+}
+
+/// Where an outbound connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundRoute {
+    /// Through an HBONE tunnel.
+    Hbone {
+        /// The HBONE server (`pod_ip:15008`, or a waypoint's).
+        hbone_address: SocketAddr,
+        /// The `:authority` (the chosen endpoint `ip:port`).
+        authority: SocketAddr,
+        /// The identities the server may prove.
+        expected: Vec<SpiffeId>,
+        /// The destination workload, for logs and metrics.
+        destination: Option<WorkloadInfo>,
+    },
+    /// Plain TCP to `address` (a destination outside the mesh).
+    Passthrough {
+        /// Where to connect.
+        address: SocketAddr,
+    },
+    /// Refuse the connection (e.g. a service without a healthy endpoint).
+    Refuse {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// An inbound connection as policy sees it.
+#[derive(Debug, Clone)]
+pub struct InboundConnection<'a> {
+    /// The peer's proven identity (none for plaintext).
+    pub source_identity: Option<&'a SpiffeId>,
+    /// The original source address.
+    pub source: SocketAddr,
+    /// The original destination.
+    pub destination: SocketAddr,
+    /// The destination workload.
+    pub destination_workload: &'a WorkloadInfo,
+}
+
+/// The proxy's view of the mesh configuration.
+pub trait Directory: Send + Sync + 'static {
+    /// Where a connection from `source` to `original_destination` should go.
+    fn route_outbound(&self, source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute;
+    /// The workload that owns `ip`, if it is known.
+    fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo>;
+    /// Whether policy allows an inbound connection.
+    fn authorize(&self, connection: &InboundConnection<'_>) -> bool;
+    /// Tells the balancer `address` refused a connection, so it is skipped for a while.
+    fn report_refused(&self, _address: SocketAddr) {}
+}
+
+/// How a [`StaticDirectory`] workload is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticWorkload {
+    /// The workload.
+    pub info: WorkloadInfo,
+    /// HBONE capable (`protocol: HBONE`) or not.
+    pub hbone: bool,
+}
+
+/// A fixed directory for tests, benchmarks and single-machine use: workloads by address,
+/// and a list of denied source identities.
+#[derive(Debug, Default, Clone)]
+pub struct StaticDirectory {
+    workloads: HashMap<IpAddr, StaticWorkload>,
+    denied: Vec<SpiffeId>,
+}
+
+impl StaticDirectory {
+    /// An empty directory: everything is passthrough.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a workload; `hbone` says whether it speaks HBONE.
+    pub fn with_workload(mut self, info: WorkloadInfo, hbone: bool) -> Self {
+        for ip in &info.ips {
+            self.workloads.insert(*ip, StaticWorkload { info: info.clone(), hbone });
+        }
+        self
+    }
+
+    /// Denies inbound connections from `identity` (answered 401).
+    pub fn deny(mut self, identity: SpiffeId) -> Self {
+        self.denied.push(identity);
+        self
+    }
+}
+
+impl Directory for StaticDirectory {
+    fn route_outbound(&self, _source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute {
+        match self.workloads.get(&original_destination.ip()) {
+            Some(workload) if workload.hbone => OutboundRoute::Hbone {
+                hbone_address: SocketAddr::new(original_destination.ip(), HBONE_PORT),
+                authority: original_destination,
+                expected: vec![workload.info.identity.clone()],
+                destination: Some(workload.info.clone()),
+            },
+            _ => OutboundRoute::Passthrough { address: original_destination },
+        }
+    }
+
+    fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo> {
+        self.workloads.get(&ip).map(|workload| workload.info.clone())
+    }
+
+    fn authorize(&self, connection: &InboundConnection<'_>) -> bool {
+        !connection.source_identity.is_some_and(|identity| self.denied.contains(identity))
+    }
+}

@@ -1,0 +1,88 @@
+//! Exports connection events as Istio's `istio_tcp_*` metrics with Istio's labels, looking the
+//! workloads up in the current state snapshot.
+
+use std::net::SocketAddr;
+
+use super::{
+    access_log::ConnectionRecord,
+    metrics::HandshakeSide,
+    observer::{ConnectionObserver, FailureKind},
+};
+use crate::{
+    admin::metrics::{ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy},
+    hbone::Transferred,
+    state::StateHandle,
+};
+
+/// A [`ConnectionObserver`] counting into the admin module's [`Metrics`].
+#[derive(Debug, Clone)]
+pub struct IstioMetrics {
+    metrics: Metrics,
+    state: StateHandle,
+}
+
+impl IstioMetrics {
+    /// Counts into `metrics`, labelling from `state`.
+    pub fn new(metrics: Metrics, state: StateHandle) -> Self {
+        Self { metrics, state }
+    }
+
+    fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
+        let reporter = if record.direction == "outbound" { Reporter::Source } else { Reporter::Destination };
+        let state = self.state.snapshot();
+        let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
+        let mut labels = ConnectionLabels::new(reporter);
+        labels = match workload_at(record.source) {
+            Some(source) => labels.with_source(&source, record.source_identity.as_ref()),
+            None => labels.with_source_principal(record.source_identity.as_ref()),
+        };
+        if let Some(destination) = workload_at(record.destination) {
+            labels = labels.with_destination(&destination);
+        }
+        if let Some(service) = state.service_by_vip(record.destination) {
+            labels = labels.with_service(&service);
+        }
+        let security = if record.mutual_tls { SecurityPolicy::MutualTls } else { SecurityPolicy::Unknown };
+        labels.with_security(security)
+    }
+}
+
+impl ConnectionObserver for IstioMetrics {
+    fn opened(&self, record: &ConnectionRecord) {
+        self.metrics.connection_opened(&self.labels(record));
+    }
+
+    fn closed(&self, record: &ConnectionRecord, transferred: Transferred) {
+        // Istio: "received" is the request direction (from the client), "sent" the response.
+        self.metrics.connection_closed(&self.labels(record), transferred.received, transferred.sent);
+    }
+
+    fn failed(&self, record: &ConnectionRecord, kind: FailureKind) {
+        let labels = self.labels(record);
+        match kind {
+            FailureKind::Denied => self.metrics.denied(&labels),
+            FailureKind::Tls => self.metrics.connection_failed(&labels.with_response_flags(ResponseFlags::TlsFailure)),
+            FailureKind::Connect => {
+                self.metrics.connection_failed(&labels.with_response_flags(ResponseFlags::ConnectionFailure))
+            }
+        }
+    }
+
+    fn identity_failure(&self, side: HandshakeSide, reason: &'static str) {
+        let reporter = match side {
+            HandshakeSide::Outbound => Reporter::Source,
+            HandshakeSide::Inbound => Reporter::Destination,
+        };
+        let reason = match reason {
+            "wrong_trust_domain" => IdentityFailureReason::WrongTrustDomain,
+            "unexpected_identity" => IdentityFailureReason::UnexpectedServerSan,
+            "expired" | "not_yet_valid" => IdentityFailureReason::ExpiredCertificate,
+            "unknown_issuer" => IdentityFailureReason::UnknownIssuer,
+            "no_client_certificate" => IdentityFailureReason::NoClientCertificate,
+            "tls_version_not_1_3" => IdentityFailureReason::TlsVersion,
+            "bad_identity" => IdentityFailureReason::BadSan,
+            _ => IdentityFailureReason::Other,
+        };
+        self.metrics.identity_failure(reporter, reason);
+    }
+}

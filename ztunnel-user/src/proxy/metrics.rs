@@ -1,0 +1,80 @@
+//! Counters the proxy keeps. The admin module exports them (with Istio's names and labels);
+//! tests read them directly.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Which side of a TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HandshakeSide {
+    /// Our HBONE server refused (or was refused by) a client.
+    Inbound,
+    /// Our HBONE client refused (or was refused by) a server.
+    Outbound,
+}
+
+/// Proxy counters.
+#[derive(Debug, Default)]
+pub struct ProxyMetrics {
+    /// Connections accepted and being proxied, all directions.
+    pub connections_opened: AtomicU64,
+    /// Connections that ended.
+    pub connections_closed: AtomicU64,
+    /// Bytes from the accepted socket's peer towards the destination.
+    pub bytes_sent: AtomicU64,
+    /// Bytes from the destination back to the accepted socket's peer.
+    pub bytes_received: AtomicU64,
+    /// TLS connections accepted by HBONE listeners (handshake completed).
+    pub hbone_connections_accepted: AtomicU64,
+    /// HBONE streams answered, by status code.
+    answers: Mutex<BTreeMap<u16, u64>>,
+    /// Failed TLS handshakes, by side and reason.
+    handshake_failures: Mutex<BTreeMap<(HandshakeSide, &'static str), u64>>,
+}
+
+impl ProxyMetrics {
+    /// Counts a failed handshake.
+    pub fn handshake_failed(&self, side: HandshakeSide, reason: &'static str) {
+        *self.lock_failures().entry((side, reason)).or_default() += 1;
+    }
+
+    /// Failed handshakes so far for `side` and `reason`.
+    pub fn handshake_failures(&self, side: HandshakeSide, reason: &str) -> u64 {
+        self.lock_failures()
+            .iter()
+            .filter(|((s, r), _)| *s == side && *r == reason)
+            .map(|(_, count)| *count)
+            .sum()
+    }
+
+    /// Every failure counter, for export.
+    pub fn all_handshake_failures(&self) -> Vec<((HandshakeSide, &'static str), u64)> {
+        self.lock_failures().iter().map(|(key, count)| (*key, *count)).collect()
+    }
+
+    /// Counts an HBONE answer.
+    pub fn answered(&self, status: http::StatusCode) {
+        *self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(status.as_u16()).or_default() += 1;
+    }
+
+    /// HBONE answers so far with `status`.
+    pub fn answers(&self, status: u16) -> u64 {
+        self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&status).copied().unwrap_or(0)
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn lock_failures(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(HandshakeSide, &'static str), u64>> {
+        self.handshake_failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

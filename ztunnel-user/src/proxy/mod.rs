@@ -1,0 +1,152 @@
+//! The proxy: what happens to each connection a listener accepts.
+//!
+//! - [`outbound`]: a pod's outgoing connection (listener 15001) → HBONE tunnel or passthrough.
+//! - [`inbound`]: HBONE from other nodes (listener 15008) → the local application.
+//! - [`passthrough`]: plaintext to a pod (listener 15006) → policy → the local application.
+//! - [`copy`]: the TCP↔TCP copy loop; the TCP↔tunnel one is in [`crate::hbone::stream`].
+//! - [`directory`]: what the proxy needs to know about workloads and policy.
+//! - [`access_log`], [`metrics`], [`drain`]: one log line per closed connection, counters,
+//!   and SIGTERM draining.
+//! - [`listeners`]: accept loops on ordinary listeners (tests, benchmarks, the in-pod ones).
+//!
+//! Each entry point takes the shared [`ProxyContext`], the [`PodContext`] of the pod whose
+//! listener accepted the connection, and the accepted socket.
+
+pub mod access_log;
+pub mod copy;
+pub mod directory;
+pub mod drain;
+pub mod inbound;
+pub mod istio_metrics;
+pub mod listeners;
+pub mod metrics;
+pub mod observer;
+pub mod outbound;
+pub mod passthrough;
+pub mod state_directory;
+pub mod upstream;
+
+use std::{net::IpAddr, sync::Arc};
+
+use tokio_rustls::TlsAcceptor;
+
+pub use directory::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
+pub use drain::{Drain, DrainWatch};
+pub use metrics::ProxyMetrics;
+pub use observer::ConnectionObserver;
+
+use crate::{
+    hbone::{HboneError, HbonePool},
+    identity::{CertificateStore, IdentityError, tls},
+    socket::SocketFactory,
+};
+
+/// State shared by every connection of the node.
+pub struct ProxyContext {
+    /// Workloads, services and policy, read per connection.
+    pub directory: Arc<dyn Directory>,
+    /// Workload certificates.
+    pub certificates: Arc<CertificateStore>,
+    /// Outgoing HBONE connections.
+    pub pool: Arc<HbonePool>,
+    /// Counters.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Tells listeners and connections to wind down.
+    pub drain: DrainWatch,
+    /// Where connection events are exported (Istio metrics in the daemon).
+    pub observer: Arc<dyn ConnectionObserver>,
+}
+
+impl ProxyContext {
+    /// A context with a fresh pool and counters over `directory` and `certificates`.
+    pub fn new(
+        directory: Arc<dyn Directory>,
+        certificates: Arc<CertificateStore>,
+        drain: DrainWatch,
+    ) -> Arc<Self> {
+        Self::with_observer(directory, certificates, drain, Arc::new(observer::NoObserver))
+    }
+
+    /// Like [`new`](Self::new), exporting connection events to `observer`.
+    pub fn with_observer(
+        directory: Arc<dyn Directory>,
+        certificates: Arc<CertificateStore>,
+        drain: DrainWatch,
+        observer: Arc<dyn ConnectionObserver>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            directory,
+            pool: Arc::new(HbonePool::new(certificates.clone())),
+            certificates,
+            metrics: Arc::new(ProxyMetrics::default()),
+            drain,
+            observer,
+        })
+    }
+
+    /// A connection is established end to end.
+    pub(crate) fn opened(&self, record: &access_log::ConnectionRecord) {
+        self.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.observer.opened(record);
+    }
+
+    /// A handshake failed for `reason`: counted here and exported.
+    pub(crate) fn identity_failure(&self, side: metrics::HandshakeSide, reason: &'static str) {
+        self.metrics.handshake_failed(side, reason);
+        self.observer.identity_failure(side, reason);
+    }
+}
+
+/// The pod whose listener accepted a connection: who it is, and where its sockets are made.
+pub struct PodContext {
+    /// The pod's workload.
+    pub workload: WorkloadInfo,
+    /// Makes sockets inside the pod's netns (so they leave with the pod's address).
+    pub sockets: Arc<dyn SocketFactory>,
+    /// TLS server side of the pod's HBONE listener, presenting the pod's identity.
+    pub acceptor: TlsAcceptor,
+}
+
+impl PodContext {
+    /// A pod context; its HBONE listener presents `workload`'s current certificate.
+    pub fn new(
+        workload: WorkloadInfo,
+        sockets: Arc<dyn SocketFactory>,
+        certificates: &Arc<CertificateStore>,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let config = tls::server_config(certificates.clone(), workload.identity.clone())?;
+        Ok(Arc::new(Self { workload, sockets, acceptor: TlsAcceptor::from(config) }))
+    }
+
+    /// Whether `ip` is one of the pod's addresses.
+    pub fn owns(&self, ip: IpAddr) -> bool {
+        self.workload.ips.contains(&ip)
+    }
+}
+
+/// Why a proxied connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The HBONE side failed.
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    /// A plain TCP connection to the destination failed.
+    #[error("cannot connect to {address}: {source}")]
+    Upstream {
+        /// The destination.
+        address: std::net::SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The accepted socket could not be inspected.
+    #[error("cannot read the addresses of an accepted socket: {0}")]
+    Socket(std::io::Error),
+    /// The destination is known but cannot be reached (e.g. a service without endpoints).
+    #[error("no route to {destination}: {reason}")]
+    NoRoute {
+        /// The original destination.
+        destination: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
+}

@@ -1,0 +1,34 @@
+//! Hooks through which connection events reach an exporter (Istio-named Prometheus metrics in
+//! the daemon, see [`super::istio_metrics`]); the proxy's own counters are in [`super::metrics`].
+
+use super::{access_log::ConnectionRecord, metrics::HandshakeSide};
+use crate::hbone::Transferred;
+
+/// Why a connection never carried bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Denied by authorization policy.
+    Denied,
+    /// The HBONE peer's or our certificate was refused, or TLS failed.
+    Tls,
+    /// The destination (or HBONE server) could not be reached or refused.
+    Connect,
+}
+
+/// Receives connection events.
+pub trait ConnectionObserver: Send + Sync + 'static {
+    /// The connection is established end to end and carries bytes.
+    fn opened(&self, _record: &ConnectionRecord) {}
+    /// An opened connection ended.
+    fn closed(&self, _record: &ConnectionRecord, _transferred: Transferred) {}
+    /// The connection was never established.
+    fn failed(&self, _record: &ConnectionRecord, _kind: FailureKind) {}
+    /// A TLS handshake failed because of identity or protocol.
+    fn identity_failure(&self, _side: HandshakeSide, _reason: &'static str) {}
+}
+
+/// Observes nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl ConnectionObserver for NoObserver {}

@@ -1,0 +1,142 @@
+//! Outbound: a pod's connection, captured to its 15001 listener, goes through an HBONE tunnel
+//! to the destination (or its waypoint), or as plain TCP to a destination outside the mesh.
+
+use std::{net::SocketAddr, time::Instant};
+
+use tokio::net::TcpStream;
+
+use super::{
+    OutboundRoute, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord, copy,
+    metrics::HandshakeSide, observer::FailureKind,
+};
+use crate::hbone::{HboneError, Transferred, TunnelRequest};
+
+/// Proxies one accepted outbound connection to `original_destination`.
+pub async fn handle(
+    context: &ProxyContext,
+    pod: &PodContext,
+    mut client: TcpStream,
+    original_destination: SocketAddr,
+) -> Result<(), ProxyError> {
+    let _guard = context.drain.track();
+    let _ = client.set_nodelay(true);
+    let source = original_source(pod, &client)?;
+    let route = context.directory.route_outbound(&pod.workload, original_destination);
+    let mut record = ConnectionRecord {
+        direction: "outbound",
+        source,
+        destination: original_destination,
+        source_identity: Some(pod.workload.identity.clone()),
+        destination_identity: None,
+        mutual_tls: false,
+        via: None,
+        started: Instant::now(),
+    };
+    let outcome = match route {
+        OutboundRoute::Hbone { hbone_address, authority, expected, destination: _ } => {
+            record.via = Some(hbone_address);
+            record.mutual_tls = true;
+            record.destination_identity = expected.first().cloned();
+            let request = TunnelRequest {
+                source: &pod.workload.identity,
+                expected: &expected,
+                hbone_address,
+                authority,
+                forwarded_for: source,
+                sockets: &*pod.sockets,
+            };
+            match context.pool.connect(request).await {
+                Ok(tunnel) => {
+                    context.opened(&record);
+                    let (transferred, result) = tunnel.copy_with(&mut client).await;
+                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: hbone_address, source }))
+                }
+                Err(error) => Outcome::Failed(tunnel_failure(context, pod, hbone_address, &error), ProxyError::Hbone(error)),
+            }
+        }
+        OutboundRoute::Passthrough { address } => {
+            record.via = Some(address);
+            match connect_plain(pod, address).await {
+                Ok(mut upstream) => {
+                    context.opened(&record);
+                    let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
+                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address, source }))
+                }
+                Err(error) => Outcome::Failed(FailureKind::Connect, error),
+            }
+        }
+        OutboundRoute::Refuse { reason } => {
+            Outcome::Failed(FailureKind::Connect, ProxyError::NoRoute { destination: original_destination, reason })
+        }
+    };
+    finish(context, &record, outcome)
+}
+
+/// How a proxied connection ended.
+pub(crate) enum Outcome {
+    /// It was established and carried `Transferred` bytes; then ended cleanly or not.
+    Closed(Transferred, Result<(), ProxyError>),
+    /// It was never established.
+    Failed(FailureKind, ProxyError),
+}
+
+/// Counts, exports and logs the end of a connection, and passes its result on.
+pub(crate) fn finish(context: &ProxyContext, record: &ConnectionRecord, outcome: Outcome) -> Result<(), ProxyError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (transferred, result) = match outcome {
+        Outcome::Closed(transferred, result) => {
+            context.metrics.connections_closed.fetch_add(1, Relaxed);
+            context.metrics.bytes_sent.fetch_add(transferred.sent, Relaxed);
+            context.metrics.bytes_received.fetch_add(transferred.received, Relaxed);
+            context.observer.closed(record, transferred);
+            (transferred, result)
+        }
+        Outcome::Failed(kind, error) => {
+            context.observer.failed(record, kind);
+            (Transferred::default(), Err(error))
+        }
+    };
+    match &result {
+        Ok(()) => record.log(transferred, "ok"),
+        Err(error) => record.log(transferred, &error.to_string()),
+    }
+    result
+}
+
+/// Counts and logs why a tunnel could not be opened; tells the balancer about refusals.
+fn tunnel_failure(context: &ProxyContext, pod: &PodContext, hbone_address: SocketAddr, error: &HboneError) -> FailureKind {
+    match error {
+        HboneError::Handshake { reason, .. } => {
+            context.identity_failure(HandshakeSide::Outbound, reason);
+            tracing::warn!(source = %pod.workload.identity, %hbone_address, reason, %error,
+                "HBONE server refused; connection closed");
+            FailureKind::Tls
+        }
+        HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => FailureKind::Denied,
+        HboneError::Connect { .. } | HboneError::Refused { .. } => {
+            context.directory.report_refused(hbone_address);
+            FailureKind::Connect
+        }
+        _ => FailureKind::Connect,
+    }
+}
+
+/// The pod-side source of an outbound connection. The connect hook sends the pod's traffic to
+/// its own loopback, so a loopback peer means "this pod, that port".
+fn original_source(pod: &PodContext, client: &TcpStream) -> Result<SocketAddr, ProxyError> {
+    let peer = client.peer_addr().map_err(ProxyError::Socket)?;
+    if peer.ip().is_loopback() {
+        if let Some(pod_ip) = pod.workload.ips.iter().find(|ip| ip.is_ipv6() == peer.is_ipv6()) {
+            return Ok(SocketAddr::new(*pod_ip, peer.port()));
+        }
+    }
+    Ok(peer)
+}
+
+async fn connect_plain(pod: &PodContext, address: SocketAddr) -> Result<TcpStream, ProxyError> {
+    let upstream_error = |source| ProxyError::Upstream { address, source };
+    let socket = pod.sockets.new_tcp_socket(address.is_ipv6()).map_err(upstream_error)?;
+    let stream = socket.connect(address).await.map_err(upstream_error)?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

@@ -1,0 +1,49 @@
+//! Inbound plaintext (listener 15006): a connection to a pod that did not come through HBONE.
+//! Policy applies with no peer identity, then the connection goes to its original destination
+//! (the accepted socket's local address: TPROXY semantics).
+
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use super::{
+    InboundConnection, PodContext, ProxyContext, ProxyError,
+    access_log::ConnectionRecord,
+    copy,
+    observer::FailureKind,
+    outbound::{Outcome, finish},
+    upstream,
+};
+
+/// Proxies one plaintext connection accepted on a pod's inbound listener.
+pub async fn handle(context: &ProxyContext, pod: &PodContext, mut client: TcpStream) -> Result<(), ProxyError> {
+    let _guard = context.drain.track();
+    let source = client.peer_addr().map_err(ProxyError::Socket)?;
+    let destination = client.local_addr().map_err(ProxyError::Socket)?;
+    let record = ConnectionRecord {
+        direction: "passthrough",
+        source,
+        destination,
+        source_identity: None,
+        destination_identity: Some(pod.workload.identity.clone()),
+        mutual_tls: false,
+        via: Some(destination),
+        started: Instant::now(),
+    };
+    let workload = context.directory.workload(destination.ip()).unwrap_or_else(|| pod.workload.clone());
+    let connection = InboundConnection { source_identity: None, source, destination, destination_workload: &workload };
+    let outcome = if !context.directory.authorize(&connection) {
+        let reason = "denied by policy (no peer identity)".to_owned();
+        Outcome::Failed(FailureKind::Denied, ProxyError::NoRoute { destination, reason })
+    } else {
+        match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
+            Ok(mut upstream) => {
+                context.opened(&record);
+                let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
+                Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: destination, source }))
+            }
+            Err(source) => Outcome::Failed(FailureKind::Connect, ProxyError::Upstream { address: destination, source }),
+        }
+    };
+    finish(context, &record, outcome)
+}

@@ -1,0 +1,113 @@
+//! The daemon's [`Directory`]: the workload/service store and L4 authorization. Every call
+//! reads the current snapshot, so a configuration reload applies to the next connection.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use ztunnel_common::constants::HBONE_PORT;
+
+use super::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
+use crate::{
+    authz::{Authorizer, ConnectionAttributes},
+    identity::SpiffeId,
+    state::{GatewayAddress, Protocol, State, StateHandle, Workload},
+};
+
+/// A [`Directory`] over the store and the authorizer.
+#[derive(Clone)]
+pub struct StateDirectory {
+    state: StateHandle,
+    authorizer: Authorizer,
+}
+
+impl StateDirectory {
+    /// Reads `state` for routing and `authorizer` for policy.
+    pub fn new(state: StateHandle) -> Self {
+        Self { authorizer: Authorizer::new(state.clone()), state }
+    }
+}
+
+/// The proxy's view of a configured workload.
+pub fn workload_info(workload: &Workload) -> WorkloadInfo {
+    WorkloadInfo {
+        uid: workload.uid.clone(),
+        name: workload.name.clone(),
+        namespace: workload.namespace.clone(),
+        identity: workload.identity(),
+        ips: workload.workload_ips.clone(),
+    }
+}
+
+impl Directory for StateDirectory {
+    fn route_outbound(&self, _source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute {
+        let state = self.state.snapshot();
+        if let Some(service) = state.service_by_vip(original_destination) {
+            if let Some(waypoint) = &service.waypoint {
+                return via_waypoint(&state, waypoint, original_destination);
+            }
+            let Some(picked) = state.pick_endpoint(&service, original_destination.port()) else {
+                return OutboundRoute::Refuse {
+                    reason: format!("service {} has no healthy endpoint for port {}", service.hostname, original_destination.port()),
+                };
+            };
+            let mut expected = vec![picked.workload.identity()];
+            expected.extend(service.subject_alt_names.iter().filter_map(|san| san.parse::<SpiffeId>().ok()));
+            return to_workload(&picked.workload, picked.address, expected);
+        }
+        match state.workload_by_ip(original_destination.ip()) {
+            Some(workload) => match &workload.waypoint {
+                Some(waypoint) => via_waypoint(&state, waypoint, original_destination),
+                None => to_workload(&workload, original_destination, vec![workload.identity()]),
+            },
+            None => OutboundRoute::Passthrough { address: original_destination },
+        }
+    }
+
+    fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo> {
+        self.state.snapshot().workload_by_ip(ip).map(|workload| workload_info(&workload))
+    }
+
+    fn authorize(&self, connection: &InboundConnection<'_>) -> bool {
+        let Some(destination_workload) = self.state.snapshot().workload_by_ip(connection.destination.ip()) else {
+            return false;
+        };
+        self.authorizer
+            .evaluate(&ConnectionAttributes {
+                source_identity: connection.source_identity.cloned(),
+                source: connection.source,
+                destination_workload,
+                destination: connection.destination,
+            })
+            .is_allowed()
+    }
+
+    fn report_refused(&self, address: SocketAddr) {
+        self.state.mark_refused(address);
+    }
+}
+
+fn to_workload(workload: &Arc<Workload>, address: SocketAddr, expected: Vec<SpiffeId>) -> OutboundRoute {
+    match workload.protocol {
+        Protocol::Hbone => OutboundRoute::Hbone {
+            hbone_address: SocketAddr::new(address.ip(), HBONE_PORT),
+            authority: address,
+            expected,
+            destination: Some(workload_info(workload)),
+        },
+        Protocol::Tcp => OutboundRoute::Passthrough { address },
+    }
+}
+
+fn via_waypoint(state: &State, waypoint: &GatewayAddress, original_destination: SocketAddr) -> OutboundRoute {
+    match state.resolve_waypoint(waypoint) {
+        Some(picked) => OutboundRoute::Hbone {
+            hbone_address: picked.address,
+            authority: original_destination,
+            expected: vec![picked.workload.identity()],
+            destination: Some(workload_info(&picked.workload)),
+        },
+        None => OutboundRoute::Refuse { reason: "no healthy waypoint replica".to_owned() },
+    }
+}
