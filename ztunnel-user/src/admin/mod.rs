@@ -7,6 +7,7 @@
 pub mod config_dump;
 mod http;
 pub mod metrics;
+pub mod operations;
 pub mod readiness;
 
 use std::{
@@ -22,6 +23,7 @@ pub use config_dump::{CertificateDetails, CertificateInfo, CertificateSummary, n
 pub use metrics::{
     ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
 };
+pub use operations::{Operations, OperationsError};
 pub use readiness::{Readiness, ReadinessBlocker};
 
 use self::http::{Route, respond, serve, text};
