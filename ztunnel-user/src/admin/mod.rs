@@ -4,6 +4,7 @@
 //! The three servers run on a thread and runtime of their own, so a saturated data path can
 //! neither starve the readiness probe nor be slowed by a scrape.
 
+mod certificates;
 pub mod config_dump;
 mod http;
 pub mod metrics;
