@@ -4,9 +4,11 @@
 //! The three servers run on a thread and runtime of their own, so a saturated data path can
 //! neither starve the readiness probe nor be slowed by a scrape.
 
+mod certificates;
 pub mod config_dump;
 mod http;
 pub mod metrics;
+pub mod operations;
 pub mod readiness;
 
 use std::{
@@ -22,6 +24,7 @@ pub use config_dump::{CertificateDetails, CertificateInfo, CertificateSummary, n
 pub use metrics::{
     ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
 };
+pub use operations::{Operations, OperationsError};
 pub use readiness::{Readiness, ReadinessBlocker};
 
 use self::http::{Route, respond, serve, text};
