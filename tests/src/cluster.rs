@@ -59,6 +59,10 @@ pub struct ClusterNode {
     pub run_dir: PathBuf,
     /// Where its ztunnel writes its log.
     pub log: PathBuf,
+    /// The mesh root every node's ztunnel issues workload certificates from.
+    pub ca_dir: PathBuf,
+    /// The workload config (shared by the cluster).
+    pub mesh_config: PathBuf,
     cni: CniRuntime,
 }
 
@@ -199,6 +203,8 @@ impl Cluster {
             bpffs_root,
             run_dir,
             log: node_dir.join("ztunnel.log"),
+            ca_dir: crate::ztunnel::mesh_root(&self.env.scratch)?,
+            mesh_config: self.mesh_config.clone(),
             cni,
         })
     }
@@ -313,6 +319,10 @@ impl ClusterNode {
             self.run_dir.display().to_string(),
             "--cgroup".into(),
             self.cgroup.display().to_string(),
+            "--ca-dir".into(),
+            self.ca_dir.display().to_string(),
+            "--config".into(),
+            self.mesh_config.display().to_string(),
         ];
         argv.extend(extra.iter().map(|arg| arg.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

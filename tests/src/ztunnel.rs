@@ -54,6 +54,26 @@ pub struct Daemon {
     process: Process,
 }
 
+/// The mesh root for daemons of this scratch dir (`<scratch>/ca`), made with `ztunnel ca init`
+/// the first time it is asked for, so every daemon of a test trusts the same root.
+pub fn mesh_root(scratch: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let directory = scratch.join("ca");
+    if !directory.join("root-cert.pem").exists() {
+        let output = std::process::Command::new(binary()?)
+            .args(["ca", "init"])
+            .arg(&directory)
+            .output()
+            .context("cannot run ztunnel ca init")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "ztunnel ca init {} failed: {}",
+            directory.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(directory)
+}
+
 impl Daemon {
     /// Starts the daemon (extra flags appended) and waits until it says it is ready.
     pub fn start(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
@@ -62,9 +82,13 @@ impl Daemon {
         let root = env.bpffs_root();
         let run_dir = env.run_dir();
         let cgroup = env.cgroup.to_string_lossy().into_owned();
+        let ca_dir = mesh_root(&env.scratch)?;
+        let ca_dir = ca_dir.to_string_lossy();
         let mut argv = vec![
             binary.as_ref(),
             "daemon",
+            "--ca-dir",
+            ca_dir.as_ref(),
             "--bpffs-root",
             root.to_str().unwrap_or_default(),
             "--run-dir",

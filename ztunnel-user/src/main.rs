@@ -298,7 +298,7 @@ mod tests {
         assert_eq!(args.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(args.fail_mode, FailModeArg::Closed));
-        assert!(matches!(args.kernel_log_level, KernelLogLevelArg::Warn));
+        assert!(matches!(args.kernel_log_level, ztunnel::app::args::KernelLogLevelArg::Warn));
         assert!(parse(&["daemon", "--kernel-log-level", "loud"]).is_err());
         assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
     }

@@ -90,7 +90,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
             state: state.clone(),
             metrics,
             readiness: readiness.clone(),
-            certificates: Arc::new(certificates::Summaries(certificates.clone())),
+            certificates: certificates.clone(),
             reload,
         },
     )?;
