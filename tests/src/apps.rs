@@ -29,8 +29,9 @@ impl Nginx {
         std::fs::create_dir_all(dir.join("html"))?;
         std::fs::write(dir.join("html/index.html"), page)?;
         let access_log = dir.join("access.log");
+        // One process (no master/worker split), so killing it by PID leaves nothing behind.
         let config = format!(
-            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n  access_log {log} combined;\n  client_body_temp_path {dir}/tmp;\n  proxy_temp_path {dir}/tmp;\n  \
              fastcgi_temp_path {dir}/tmp;\n  uwsgi_temp_path {dir}/tmp;\n  scgi_temp_path {dir}/tmp;\n  \
@@ -45,9 +46,11 @@ impl Nginx {
         let config_arg = config_path.display().to_string();
         let process = cluster.spawn_in_pod(pod, "nginx", &["nginx", "-c", &config_arg])?;
         let address = format!("{}:80", pod.ip);
-        wait_until(&format!("nginx to listen on {address}"), DEFAULT_TIMEOUT, || {
-            listening(pod.netns(), &address).then_some(())
-        })?;
+        wait_until(
+            &format!("nginx to listen on {address}"),
+            DEFAULT_TIMEOUT,
+            || listening(pod.netns(), &address).then_some(()),
+        )?;
         Ok(Self {
             access_log,
             page: page.to_owned(),
@@ -95,11 +98,14 @@ impl Iperf3Server {
     /// Starts an iperf3 server in `pod` on port 5201.
     pub fn start(cluster: &Cluster, pod: &ClusterPod) -> anyhow::Result<Self> {
         let bind = pod.ip.to_string();
-        let process = cluster.spawn_in_pod(pod, "iperf3-server", &["iperf3", "-s", "-B", &bind, "-1"])?;
+        let process =
+            cluster.spawn_in_pod(pod, "iperf3-server", &["iperf3", "-s", "-B", &bind, "-1"])?;
         let address = format!("{bind}:5201");
-        wait_until(&format!("iperf3 to listen on {address}"), DEFAULT_TIMEOUT, || {
-            listening(pod.netns(), &address).then_some(())
-        })?;
+        wait_until(
+            &format!("iperf3 to listen on {address}"),
+            DEFAULT_TIMEOUT,
+            || listening(pod.netns(), &address).then_some(()),
+        )?;
         Ok(Self {
             _process: process,
             address: pod.ip,
@@ -115,13 +121,27 @@ pub struct UnderlayCapture {
 }
 
 impl UnderlayCapture {
-    /// Starts `tcpdump` on the underlay bridge for TCP; waits until it is capturing.
+    /// Starts `tcpdump` on every interface of the underlay (the bridge's ports: a bridge's own
+    /// interface does not see frames it forwards between ports) for TCP; waits until it is
+    /// capturing.
     pub fn start(cluster: &Cluster) -> anyhow::Result<Self> {
         let pcap = cluster.env.scratch.join("underlay.pcap");
         let file = pcap.display().to_string();
         let process = cluster.spawn_on_underlay(
             "tcpdump",
-            &["tcpdump", "-i", "br0", "-U", "-n", "-s", "0", "-w", &file, "tcp"],
+            &[
+                "tcpdump",
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+                &file,
+                "tcp",
+            ],
         )?;
         let log = cluster.env.scratch.join("underlay-tcpdump.log");
         wait_until("tcpdump to start capturing", DEFAULT_TIMEOUT, || {
@@ -137,12 +157,21 @@ impl UnderlayCapture {
     pub fn finish(mut self) -> anyhow::Result<Vec<u8>> {
         self.process.signal(libc::SIGINT)?;
         self.process.wait_exit(DEFAULT_TIMEOUT)?;
+        println!(
+            "tcpdump on the underlay: {}",
+            self.process.log_text().trim().replace('\n', "; ")
+        );
         std::fs::read(&self.pcap).with_context(|| format!("cannot read {}", self.pcap.display()))
     }
 
     /// `tcpdump -r` of the capture with a filter: one line per matching packet.
     pub fn read(pcap: &std::path::Path, filter: &str) -> anyhow::Result<Vec<String>> {
-        let text = checked(Command::new("tcpdump").args(["-n", "-r"]).arg(pcap).arg(filter))?;
+        let text = checked(
+            Command::new("tcpdump")
+                .args(["-n", "-r"])
+                .arg(pcap)
+                .arg(filter),
+        )?;
         Ok(text.lines().map(str::to_owned).collect())
     }
 }

@@ -453,7 +453,10 @@ impl Drop for ClusterPod {
         if !self.deleted
             && let Err(error) = self.cni.del(&self.sandbox, Some(&self.cni_result))
         {
-            eprintln!("CNI DEL of {}/{} failed during teardown: {error:#}", self.namespace, self.name);
+            eprintln!(
+                "CNI DEL of {}/{} failed during teardown: {error:#}",
+                self.namespace, self.name
+            );
         }
     }
 }

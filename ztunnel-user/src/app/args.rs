@@ -5,7 +5,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, ValueEnum};
 use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
 
-use crate::{admin::AdminArgs, ebpf::maps::{FailMode, KernelLogLevel}, identity::DEFAULT_TRUST_DOMAIN, inpod::state::DEFAULT_RUN_DIR};
+use crate::{
+    admin::AdminArgs,
+    ebpf::maps::{FailMode, KernelLogLevel},
+    identity::DEFAULT_TRUST_DOMAIN,
+    inpod::state::DEFAULT_RUN_DIR,
+};
 
 /// What enrolled pods' traffic does while ztunnel is not serving them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

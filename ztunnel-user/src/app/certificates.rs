@@ -2,13 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-
 use super::IdentityArgs;
-use crate::{
-    identity::{
-        CertificateStore, IdentityError,
-        ca::{CertificateAuthority, ROOT_CERT_FILE, ROOT_KEY_FILE},
-    },
+use crate::identity::{
+    CertificateStore, IdentityError,
+    ca::{CertificateAuthority, ROOT_CERT_FILE, ROOT_KEY_FILE},
 };
 
 /// The store `args` describe: the built-in CA from `--ca-dir`, files from `--cert-dir`, or,
@@ -20,7 +17,10 @@ pub fn store(args: &IdentityArgs) -> Result<Arc<CertificateStore>, IdentityError
         CertificateStore::from_files(directory, &args.trust_domain)?
     } else {
         let authority = match &args.ca_dir {
-            Some(directory) => CertificateAuthority::load(&directory.join(ROOT_CERT_FILE), &directory.join(ROOT_KEY_FILE))?,
+            Some(directory) => CertificateAuthority::load(
+                &directory.join(ROOT_CERT_FILE),
+                &directory.join(ROOT_KEY_FILE),
+            )?,
             None => {
                 tracing::warn!(
                     "neither --ca-dir nor --cert-dir given: using a root generated for this process only; \

@@ -63,14 +63,16 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
             (state, Some(outcomes))
         }
         None => {
-            tracing::info!("no --config: the mesh is empty and every destination is passed through");
+            tracing::info!(
+                "no --config: the mesh is empty and every destination is passed through"
+            );
             (StateHandle::default(), None)
         }
     };
     let certificates = certificates::store(&args.identity)?;
-    let _refresh = certificates
-        .clone()
-        .spawn_refresh(Duration::from_secs(args.identity.cert_refresh_seconds.max(1)));
+    let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
+        args.identity.cert_refresh_seconds.max(1),
+    ));
 
     let (drain, drain_watch) = Drain::new();
     let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));

@@ -31,7 +31,11 @@ pub struct MeshHandler {
 
 impl MeshHandler {
     /// A handler proxying with `context`, naming pods from `state`.
-    pub fn new(context: Arc<ProxyContext>, state: StateHandle, certificates: Arc<CertificateStore>) -> Self {
+    pub fn new(
+        context: Arc<ProxyContext>,
+        state: StateHandle,
+        certificates: Arc<CertificateStore>,
+    ) -> Self {
         Self {
             context,
             state,
@@ -47,8 +51,18 @@ impl MeshHandler {
         if let Some(workload) = pod.ips.iter().find_map(|ip| state.workload_by_ip(*ip)) {
             return workload_info(&workload);
         }
-        let identity = SpiffeId::new(self.certificates.trust_domain(), &pod.namespace, UNLISTED_SERVICE_ACCOUNT);
-        let mut info = WorkloadInfo::new(identity, pod.ips.first().copied().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()));
+        let identity = SpiffeId::new(
+            self.certificates.trust_domain(),
+            &pod.namespace,
+            UNLISTED_SERVICE_ACCOUNT,
+        );
+        let mut info = WorkloadInfo::new(
+            identity,
+            pod.ips
+                .first()
+                .copied()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        );
         info.name = pod.name.clone();
         info.namespace = pod.namespace.clone();
         info.ips = pod.ips.clone();
@@ -58,7 +72,10 @@ impl MeshHandler {
     /// The proxy's context for `pod`, rebuilt when the pod's identity changed with the config.
     fn pod_context(&self, pod: &ListenerPod) -> Option<Arc<PodContext>> {
         let workload = self.workload(pod);
-        let mut pods = self.pods.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pods = self
+            .pods
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(known) = pods.get(&pod.netns_cookie)
             && known.workload == workload
         {
@@ -79,22 +96,38 @@ impl MeshHandler {
 }
 
 impl PodTrafficHandler for MeshHandler {
-    fn outbound(&self, pod: Arc<ListenerPod>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+    fn outbound(
+        &self,
+        pod: Arc<ListenerPod>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture {
         let context = self.context.clone();
         let pod_context = self.pod_context(&pod);
         Box::pin(async move {
-            let Some(pod_context) = pod_context else { return };
-            if let Err(error) = proxy::outbound::handle(&context, &pod_context, stream, original_destination).await {
+            let Some(pod_context) = pod_context else {
+                return;
+            };
+            if let Err(error) =
+                proxy::outbound::handle(&context, &pod_context, stream, original_destination).await
+            {
                 tracing::debug!(pod = %pod.name, destination = %original_destination, %error, "outbound connection failed");
             }
         })
     }
 
-    fn inbound_plaintext(&self, pod: Arc<ListenerPod>, stream: TcpStream, _original_destination: SocketAddr) -> HandlerFuture {
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<ListenerPod>,
+        stream: TcpStream,
+        _original_destination: SocketAddr,
+    ) -> HandlerFuture {
         let context = self.context.clone();
         let pod_context = self.pod_context(&pod);
         Box::pin(async move {
-            let Some(pod_context) = pod_context else { return };
+            let Some(pod_context) = pod_context else {
+                return;
+            };
             if let Err(error) = proxy::passthrough::handle(&context, &pod_context, stream).await {
                 tracing::debug!(pod = %pod.name, %error, "inbound plaintext connection failed");
             }
@@ -105,8 +138,12 @@ impl PodTrafficHandler for MeshHandler {
         let context = self.context.clone();
         let pod_context = self.pod_context(&pod);
         Box::pin(async move {
-            let Some(pod_context) = pod_context else { return };
-            if let Err(error) = proxy::inbound::serve_hbone_connection(context, pod_context, stream).await {
+            let Some(pod_context) = pod_context else {
+                return;
+            };
+            if let Err(error) =
+                proxy::inbound::serve_hbone_connection(context, pod_context, stream).await
+            {
                 tracing::debug!(pod = %pod.name, %error, "inbound HBONE connection failed");
             }
         })
