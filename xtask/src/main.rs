@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's developer workflows.
 
+mod bench_hbone;
 mod command;
 mod setup;
 mod test;
@@ -20,11 +21,26 @@ enum Task {
     Setup,
     /// Run setup, the unit tests and the privileged end-to-end suite.
     Test(test::TestArgs),
+    /// Benchmarks (figures, never pass/fail).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// One-stream throughput and round-trip latency through outbound → HBONE → inbound on
+    /// loopback against direct loopback TCP; writes target/bench/hbone.json.
+    Hbone(bench_hbone::BenchHboneArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
+        Task::Bench {
+            bench: Bench::Hbone(args),
+        } => bench_hbone::run(&args),
     }
 }
