@@ -23,7 +23,9 @@ pub enum SpiffeIdError {
     #[error("SPIFFE id {0:?} does not start with spiffe://")]
     Scheme(String),
     /// The path is not `/ns/<namespace>/sa/<service-account>`.
-    #[error("SPIFFE id {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    #[error(
+        "SPIFFE id {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
     Shape(String),
 }
 
@@ -52,7 +54,9 @@ impl FromStr for SpiffeId {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             [trust_domain, "ns", namespace, "sa", service_account]
-                if [trust_domain, namespace, service_account].iter().all(|part| !part.is_empty()) =>
+                if [trust_domain, namespace, service_account]
+                    .iter()
+                    .all(|part| !part.is_empty()) =>
             {
                 Ok(Self::new(*trust_domain, *namespace, *service_account))
             }
@@ -77,7 +81,9 @@ mod tests {
 
     #[test]
     fn parses_and_prints_istio_ids() {
-        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep".parse().unwrap();
+        let id: SpiffeId = "spiffe://cluster.local/ns/default/sa/sleep"
+            .parse()
+            .unwrap();
         assert_eq!(id, SpiffeId::new("cluster.local", "default", "sleep"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/sleep");
     }
