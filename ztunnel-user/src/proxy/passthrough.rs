@@ -15,15 +15,27 @@ use super::{
     upstream,
 };
 
-/// Proxies one plaintext connection accepted on a pod's inbound listener.
+/// Proxies one plaintext connection accepted on a pod's inbound listener; the original
+/// destination is the accepted socket's local address.
 pub async fn handle(
     context: &ProxyContext,
     pod: &PodContext,
+    client: TcpStream,
+) -> Result<(), ProxyError> {
+    let destination = client.local_addr().map_err(ProxyError::Socket)?;
+    handle_to(context, pod, client, destination).await
+}
+
+/// Like [`handle`] with the original destination given (tests, and listeners that learn it
+/// some other way).
+pub async fn handle_to(
+    context: &ProxyContext,
+    pod: &PodContext,
     mut client: TcpStream,
+    destination: std::net::SocketAddr,
 ) -> Result<(), ProxyError> {
     let _guard = context.drain.track();
     let source = client.peer_addr().map_err(ProxyError::Socket)?;
-    let destination = client.local_addr().map_err(ProxyError::Socket)?;
     let record = ConnectionRecord {
         direction: "passthrough",
         source,
