@@ -22,7 +22,6 @@ use ztunnel::{
     proxy::{PodContext, WorkloadInfo, inbound, listeners, metrics::HandshakeSide},
     socket::HostSocketFactory,
 };
-use ztunnel_common::constants::HBONE_PORT;
 
 /// A client certificate to offer, or none.
 type ClientCert = Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>;
@@ -130,8 +129,12 @@ async fn attempt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_failures_are_refused_logged_counted_and_serving_continues() {
     let expected = WorkloadInfo::new(id("default", "expected"), loopback(31, 3));
+    let impostor_listener = TcpListener::bind(SocketAddr::new(loopback(31, 3), 0))
+        .await
+        .expect("bind impostor");
+    let impostor_port = impostor_listener.local_addr().unwrap().port();
     let node = Node::start_with(31, |directory| {
-        directory.with_workload(expected.clone(), true)
+        directory.with_hbone_workload_on_port(expected.clone(), impostor_port)
     })
     .await;
     let app = node.app_listener().await;
@@ -217,13 +220,10 @@ async fn identity_failures_are_refused_logged_counted_and_serving_continues() {
         &node.store,
     )
     .expect("impostor pod");
-    let listener = TcpListener::bind(SocketAddr::new(loopback(31, 3), HBONE_PORT))
-        .await
-        .expect("bind impostor");
     tokio::spawn(listeners::serve_inbound_hbone(
         node.context.clone(),
         impostor,
-        listener,
+        impostor_listener,
     ));
     let outbound_address = node
         .outbound_to(SocketAddr::new(loopback(31, 3), 8080))

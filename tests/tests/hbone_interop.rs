@@ -10,7 +10,7 @@ use std::{
     process::Stdio,
 };
 
-use hbone_support::{Node, id, loopback, scratch_dir, within, write_workload_pem};
+use hbone_support::{Node, free_port, id, loopback, scratch_dir, within, write_workload_pem};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -18,7 +18,6 @@ use tokio::{
     process::Command,
 };
 use ztunnel::proxy::{WorkloadInfo, directory::StaticDirectory, metrics::HandshakeSide};
-use ztunnel_common::constants::HBONE_PORT;
 
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("interop")
@@ -191,6 +190,7 @@ async fn python_h2_client_against_our_inbound() {
         "a client from another trust domain must be refused"
     );
     assert_eq!(tls12["handshake"], "failed", "TLS 1.2 must be refused");
+    let _ = std::fs::remove_dir_all(&dir);
     let metrics = &node.context.metrics;
     hbone_support::wait_until(
         "inbound failure counters for other.domain and TLS 1.2",
@@ -276,10 +276,13 @@ async fn our_outbound_against_python_h2_server() {
     let py_server = id("default", "py-server");
     let good = WorkloadInfo::new(py_server.clone(), loopback(22, 3));
     let impostor = WorkloadInfo::new(py_server.clone(), loopback(22, 4));
+    // Ports chosen free on the spot: 15008 on the host may be taken by another suite.
+    let good_address = SocketAddr::new(loopback(22, 3), free_port(loopback(22, 3)));
+    let impostor_address = SocketAddr::new(loopback(22, 4), free_port(loopback(22, 4)));
     let node = Node::start_with(22, |directory: StaticDirectory| {
         directory
-            .with_workload(good.clone(), true)
-            .with_workload(impostor.clone(), true)
+            .with_hbone_workload_on_port(good.clone(), good_address.port())
+            .with_hbone_workload_on_port(impostor.clone(), impostor_address.port())
     })
     .await;
     let dir = scratch_dir("interop-outbound");
@@ -292,20 +295,10 @@ async fn our_outbound_against_python_h2_server() {
         &id("default", "impostor"),
     );
     let mut reports = LINES.subscribe();
-    let _good = python_server(
-        SocketAddr::new(loopback(22, 3), HBONE_PORT),
-        &dir,
-        "py-server",
-    )
-    .await;
-    let _bad = python_server(
-        SocketAddr::new(loopback(22, 4), HBONE_PORT),
-        &dir,
-        "impostor",
-    )
-    .await;
+    let _good = python_server(good_address, &dir, "py-server").await;
+    let _bad = python_server(impostor_address, &dir, "impostor").await;
     println!(
-        "set up: python HBONE servers on 127.0.22.3:15008 ({py_server}) and 127.0.22.4:15008 (presenting default/impostor, expected {py_server})"
+        "set up: python HBONE servers on {good_address} ({py_server}) and {impostor_address} (presenting default/impostor, expected {py_server})"
     );
 
     let echoed = through(&node, "127.0.22.3:8080".parse().unwrap(), b"hello interop").await;
@@ -333,6 +326,7 @@ async fn our_outbound_against_python_h2_server() {
         impostor_answer.len()
     );
 
+    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(echoed, b"hello interop");
     assert_eq!(stream["tls_version"], "TLSv1.3");
     assert_eq!(stream["alpn"], "h2");

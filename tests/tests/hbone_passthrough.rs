@@ -46,7 +46,11 @@ fn state(text: &str) -> State {
     State::from_config(config::parse(text, "test.yaml").expect("config")).expect("state")
 }
 
-async fn plaintext_through(context: &Arc<ProxyContext>, pod: &Arc<PodContext>, app: SocketAddr) -> Vec<u8> {
+async fn plaintext_through(
+    context: &Arc<ProxyContext>,
+    pod: &Arc<PodContext>,
+    app: SocketAddr,
+) -> Vec<u8> {
     let listener = TcpListener::bind("127.0.81.2:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (context, pod) = (context.clone(), pod.clone());
@@ -58,7 +62,11 @@ async fn plaintext_through(context: &Arc<ProxyContext>, pod: &Arc<PodContext>, a
     client.write_all(b"plain").await.unwrap();
     client.shutdown().await.unwrap();
     let mut answer = Vec::new();
-    let _ = within("plaintext connection to end", client.read_to_end(&mut answer)).await;
+    let _ = within(
+        "plaintext connection to end",
+        client.read_to_end(&mut answer),
+    )
+    .await;
     answer
 }
 
@@ -68,11 +76,21 @@ async fn plaintext_is_forwarded_unless_policy_needs_an_identity() {
     let handle = StateHandle::new(state(ECHO));
     let authority = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
     let store = Arc::new(
-        CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600)).unwrap(),
+        CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600))
+            .unwrap(),
     );
     let (_drain, watch) = Drain::new();
-    let context = ProxyContext::new(Arc::new(StateDirectory::new(handle.clone())), store.clone(), watch);
-    let echo = workload_info(&handle.snapshot().workload_by_ip("127.0.81.2".parse().unwrap()).unwrap());
+    let context = ProxyContext::new(
+        Arc::new(StateDirectory::new(handle.clone())),
+        store.clone(),
+        watch,
+    );
+    let echo = workload_info(
+        &handle
+            .snapshot()
+            .workload_by_ip("127.0.81.2".parse().unwrap())
+            .unwrap(),
+    );
     let pod = PodContext::new(echo, Arc::new(HostSocketFactory), &store).unwrap();
     let app = TcpListener::bind("127.0.81.2:0").await.unwrap();
     let app_address = app.local_addr().unwrap();
@@ -86,7 +104,9 @@ async fn plaintext_is_forwarded_unless_policy_needs_an_identity() {
             });
         }
     });
-    println!("set up: workload echo 127.0.81.2, app {app_address}, plaintext listener handing to passthrough");
+    println!(
+        "set up: workload echo 127.0.81.2, app {app_address}, plaintext listener handing to passthrough"
+    );
 
     let open = plaintext_through(&context, &pod, app_address).await;
     handle.replace(state(&format!("{ECHO}{ALLOW_SLEEP_ONLY}")));
@@ -96,6 +116,12 @@ async fn plaintext_is_forwarded_unless_policy_needs_an_identity() {
         String::from_utf8_lossy(&open),
         String::from_utf8_lossy(&with_policy)
     );
-    assert_eq!(open, b"plain from 127.0.0.1", "forwarded, from the original source address");
-    assert!(with_policy.is_empty(), "plaintext has no principal, so the ALLOW cannot match");
+    assert_eq!(
+        open, b"plain from 127.0.0.1",
+        "forwarded, from the original source address"
+    );
+    assert!(
+        with_policy.is_empty(),
+        "plaintext has no principal, so the ALLOW cannot match"
+    );
 }

@@ -19,7 +19,6 @@ use ztunnel::{
     identity::tls,
     proxy::WorkloadInfo,
 };
-use ztunnel_common::constants::HBONE_PORT;
 
 /// An HBONE server that records each stream's client-certificate serial and joins the stream
 /// to an echo application.
@@ -55,8 +54,12 @@ async fn roundtrip(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_open_tunnels_and_new_tunnels_use_the_new_certificate() {
     let server_info = WorkloadInfo::new(id("default", "recorder"), loopback(51, 3));
+    let hbone = TcpListener::bind(SocketAddr::new(loopback(51, 3), 0))
+        .await
+        .unwrap();
+    let hbone_port = hbone.local_addr().unwrap().port();
     let node = Node::start_with(51, |directory| {
-        directory.with_workload(server_info.clone(), true)
+        directory.with_hbone_workload_on_port(server_info.clone(), hbone_port)
     })
     .await;
     let app = TcpListener::bind(SocketAddr::new(loopback(51, 3), 0))
@@ -78,9 +81,6 @@ async fn rotation_keeps_open_tunnels_and_new_tunnels_use_the_new_certificate() {
     let acceptor = TlsAcceptor::from(
         tls::server_config(node.store.clone(), server_info.identity.clone()).unwrap(),
     );
-    let hbone = TcpListener::bind(SocketAddr::new(loopback(51, 3), HBONE_PORT))
-        .await
-        .unwrap();
     let handler = recorder.clone();
     tokio::spawn(async move {
         while let Ok((tcp, peer)) = hbone.accept().await {

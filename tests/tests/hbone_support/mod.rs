@@ -23,7 +23,6 @@ use ztunnel::{
     },
     socket::HostSocketFactory,
 };
-use ztunnel_common::constants::HBONE_PORT;
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -69,7 +68,8 @@ pub fn loopback(net: u8, host: u8) -> IpAddr {
 }
 
 /// One node's ztunnel on loopback with a client pod (`.1`, sa `sleep`) and a server pod
-/// (`.2`, sa `echo`) whose HBONE listener is on `127.0.<net>.2:15008`.
+/// (`.2`, sa `echo`) whose HBONE listener is on `127.0.<net>.2`, on an ephemeral port that the
+/// directory knows.
 pub struct Node {
     pub authority: Arc<CertificateAuthority>,
     pub store: Arc<CertificateStore>,
@@ -103,10 +103,15 @@ impl Node {
         );
         let client_info = WorkloadInfo::new(id("default", "sleep"), loopback(net, 1));
         let server_info = WorkloadInfo::new(id("default", "echo"), loopback(net, 2));
+        // An ephemeral HBONE port: 15008 on the host may be taken by another test suite.
+        let listener = TcpListener::bind(SocketAddr::new(loopback(net, 2), 0))
+            .await
+            .expect("bind HBONE listener");
+        let hbone_address = listener.local_addr().expect("HBONE address");
         let directory = customize(
             StaticDirectory::new()
                 .with_workload(client_info.clone(), true)
-                .with_workload(server_info.clone(), true),
+                .with_hbone_workload_on_port(server_info.clone(), hbone_address.port()),
         );
         let (drain, watch) = Drain::new();
         let context = ProxyContext::new(Arc::new(directory), store.clone(), watch);
@@ -114,10 +119,6 @@ impl Node {
             PodContext::new(client_info, Arc::new(HostSocketFactory), &store).expect("client pod");
         let server =
             PodContext::new(server_info, Arc::new(HostSocketFactory), &store).expect("server pod");
-        let hbone_address = SocketAddr::new(loopback(net, 2), HBONE_PORT);
-        let listener = TcpListener::bind(hbone_address)
-            .await
-            .expect("bind HBONE listener");
         tokio::spawn(listeners::serve_inbound_hbone(
             context.clone(),
             server.clone(),
@@ -244,4 +245,12 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// A free port on `ip` (bound and released; for servers this test does not bind itself).
+pub fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
 }

@@ -101,6 +101,8 @@ pub struct StaticWorkload {
     pub info: WorkloadInfo,
     /// HBONE capable (`protocol: HBONE`) or not.
     pub hbone: bool,
+    /// Port of its HBONE listener (15008 unless a test moved it).
+    pub hbone_port: u16,
 }
 
 /// A fixed directory for tests, benchmarks and single-machine use: workloads by address,
@@ -118,15 +120,27 @@ impl StaticDirectory {
     }
 
     /// Adds a workload; `hbone` says whether it speaks HBONE.
-    pub fn with_workload(mut self, info: WorkloadInfo, hbone: bool) -> Self {
-        for ip in &info.ips {
-            self.workloads.insert(
-                *ip,
-                StaticWorkload {
-                    info: info.clone(),
-                    hbone,
-                },
-            );
+    pub fn with_workload(self, info: WorkloadInfo, hbone: bool) -> Self {
+        self.insert(StaticWorkload {
+            info,
+            hbone,
+            hbone_port: HBONE_PORT,
+        })
+    }
+
+    /// Adds an HBONE workload whose HBONE listener is on `hbone_port` instead of 15008 (tests
+    /// on a shared host, where 15008 may be taken).
+    pub fn with_hbone_workload_on_port(self, info: WorkloadInfo, hbone_port: u16) -> Self {
+        self.insert(StaticWorkload {
+            info,
+            hbone: true,
+            hbone_port,
+        })
+    }
+
+    fn insert(mut self, workload: StaticWorkload) -> Self {
+        for ip in &workload.info.ips {
+            self.workloads.insert(*ip, workload.clone());
         }
         self
     }
@@ -146,7 +160,7 @@ impl Directory for StaticDirectory {
     ) -> OutboundRoute {
         match self.workloads.get(&original_destination.ip()) {
             Some(workload) if workload.hbone => OutboundRoute::Hbone {
-                hbone_address: SocketAddr::new(original_destination.ip(), HBONE_PORT),
+                hbone_address: SocketAddr::new(original_destination.ip(), workload.hbone_port),
                 authority: original_destination,
                 expected: vec![workload.info.identity.clone()],
             },
