@@ -25,6 +25,12 @@ fn interop_dir() -> PathBuf {
 
 /// A Python with `h2` installed: a venv under target/, created on first use.
 fn python() -> PathBuf {
+    // Both tests of this file run in parallel: create the venv once.
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(prepare_python).clone()
+}
+
+fn prepare_python() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/interop-venv");
     let python = venv.join("bin/python");
     let ready = std::process::Command::new(&python)
