@@ -1,1 +1,30 @@
-fn main() {}
+//! `cargo xtask`: the project's developer workflows.
+
+mod command;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+/// Developer workflows for ztunnel.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install everything that build, tests and demo need (idempotent; needs root).
+    Setup,
+    /// Run setup, the unit tests and the privileged end-to-end suite.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test(args) => test::run(&args),
+    }
+}

@@ -19,3 +19,14 @@ pub const BYPASS_MARK: u32 = 0x539;
 /// `SO_MARK` of ztunnel's upstream sockets to the local application that keep the original
 /// source address (`IP_TRANSPARENT`); replies with this mark are routed to the pod's local table.
 pub const UPSTREAM_MARK: u32 = 0x111;
+
+/// `optname` of `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (netfilter's, answered by our hook).
+pub const SO_ORIGINAL_DST: i32 = 80;
+/// `optname` of `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`.
+pub const IP6T_SO_ORIGINAL_DST: i32 = 80;
+/// `SOL_IP` socket option level.
+pub const SOL_IP: i32 = 0;
+/// `SOL_IPV6` socket option level.
+pub const SOL_IPV6: i32 = 41;
+/// Default bpffs directory where maps and links are pinned.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/ztunnel";

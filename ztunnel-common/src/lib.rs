@@ -6,3 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod constants;
+pub mod maps;
+pub mod types;
+
+pub use types::*;

@@ -1,14 +1,15 @@
-//! ztunnel's kernel programs. Read the files in the order the kernel runs them.
+//! ztunnel's kernel programs. Read the files in the order the kernel runs them:
+//! outbound `connect.rs` → `sockops.rs` → `getsockopt.rs`; inbound `tc_ingress.rs`.
+//! `maps.rs` declares every map; `helpers.rs` holds what the hooks share.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-
-/// Placeholder outbound hook: lets every connect through. Replaced by `connect.rs`.
-#[cgroup_sock_addr(connect4)]
-pub fn connect4(_ctx: SockAddrContext) -> i32 {
-    1
-}
+mod connect;
+mod getsockopt;
+mod helpers;
+mod maps;
+mod sockops;
+mod tc_ingress;
 
 #[cfg(not(test))]
 #[panic_handler]

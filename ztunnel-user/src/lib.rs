@@ -4,10 +4,14 @@
 
 pub mod admin;
 pub mod authz;
+pub mod cni;
 pub mod config;
 pub mod ebpf;
+pub mod enrollment;
 pub mod hbone;
 pub mod identity;
+pub mod inpod;
+pub mod inspect;
 pub mod proxy;
 pub mod socket;
 pub mod state;

@@ -1,8 +1,20 @@
 //! The `ztunnel` command: parses the command line and dispatches.
 
-use std::path::PathBuf;
+use std::{io::IsTerminal, net::IpAddr, path::PathBuf, sync::Arc};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ztunnel::{
+    ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode},
+    inpod::{
+        daemon::{self, DaemonConfig},
+        enroll::{self, PodSelector, PodSpec},
+        forwarder::TcpForwarder,
+        state::DEFAULT_RUN_DIR,
+    },
+    inspect,
+};
+use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
 
 /// A per-node ambient-mesh dataplane whose traffic capture is eBPF.
 #[derive(Debug, Parser)]
@@ -16,16 +28,128 @@ struct Cli {
 enum Command {
     /// Print the size of the embedded kernel programs.
     Version,
+    /// Install the CNI plugin on this node (binary + chained conflist entry), or remove it.
+    InstallCni(ztunnel::cni::install::InstallArgs),
     /// Work with the workloads/services/policies file.
     Config {
         #[command(subcommand)]
         action: ConfigCommand,
+    },
+    /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
+    Daemon(DaemonArgs),
+    /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
+    Enroll(EnrollArgs),
+    /// Unenroll a pod by netns path or by namespace and name.
+    Unenroll(UnenrollArgs),
+    /// Show the pinned maps (works with the daemon stopped).
+    Inspect(InspectArgs),
+    /// Set the node's fail mode in the pinned config map (takes effect at once).
+    SetFailMode {
+        /// closed: refuse captured traffic while ztunnel is not serving; open: let it go direct.
+        #[arg(value_enum)]
+        mode: FailModeArg,
+        #[command(flatten)]
+        paths: Paths,
     },
     /// The built-in certificate authority (single-machine meshes).
     Ca {
         #[command(subcommand)]
         action: CaCommand,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+struct Paths {
+    /// bpffs directory where maps and links are pinned.
+    #[arg(long, default_value = DEFAULT_BPFFS_ROOT)]
+    bpffs_root: PathBuf,
+    /// Directory holding the durable enrolled set.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FailModeArg {
+    Closed,
+    Open,
+}
+
+impl From<FailModeArg> for FailMode {
+    fn from(mode: FailModeArg) -> Self {
+        match mode {
+            FailModeArg::Closed => FailMode::Closed,
+            FailModeArg::Open => FailMode::Open,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    #[command(flatten)]
+    paths: Paths,
+    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    cgroup: PathBuf,
+    /// What enrolled pods' traffic does while ztunnel is not serving them.
+    #[arg(long, value_enum, default_value = "closed")]
+    fail_mode: FailModeArg,
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    paths: Paths,
+    /// The pod's netns file, e.g. /var/run/netns/<name> or /proc/<pid>/ns/net.
+    #[arg(long)]
+    netns: PathBuf,
+    /// A pod IP (repeat for several).
+    #[arg(long = "ip", required = true)]
+    ips: Vec<IpAddr>,
+    /// Pod name.
+    #[arg(long)]
+    name: String,
+    /// Kubernetes namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The pod's interface inside its netns.
+    #[arg(long, default_value = "eth0")]
+    interface: String,
+}
+
+#[derive(Debug, Args)]
+struct UnenrollArgs {
+    #[command(flatten)]
+    paths: Paths,
+    /// The pod's netns file.
+    #[arg(long, conflicts_with = "name")]
+    netns: Option<PathBuf>,
+    /// Pod name (with --namespace).
+    #[arg(long, required_unless_present = "netns")]
+    name: Option<String>,
+    /// Kubernetes namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// Which map to show.
+    #[arg(value_enum)]
+    view: ViewArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    paths: Paths,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ViewArg {
+    Pods,
+    Workloads,
+    Stats,
+    Config,
+
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,15 +185,110 @@ enum ConfigCommand {
     },
 }
 
+/// Whether this process was started under the CNI plugin's name.
+fn invoked_as_cni_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|argv0| {
+            std::path::Path::new(&argv0)
+                .file_name()
+                .map(|name| name == ztunnel::cni::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as_cni_plugin() {
+        std::process::exit(i32::from(ztunnel::cni::main()));
+    }
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match cli.command {
+        Command::InstallCni(args) => {
+            for line in ztunnel::cni::install::run(&args)? {
+                println!("{line}");
+            }
+        }
         Command::Version => {
             println!(
                 "ztunnel {} ({} bytes of kernel programs embedded)",
                 env!("CARGO_PKG_VERSION"),
                 ztunnel::ebpf::EBPF_OBJECT.len()
             );
+        }
+        Command::Daemon(args) => {
+            let config = DaemonConfig {
+                layout: PinLayout::new(args.paths.bpffs_root),
+                cgroup: args.cgroup,
+                run_dir: args.paths.run_dir,
+                fail_mode: args.fail_mode.into(),
+            };
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(daemon::run(config, Arc::new(TcpForwarder)))?;
+        }
+        Command::Enroll(args) => {
+            let layout = PinLayout::new(args.paths.bpffs_root);
+            let mut programs = LoadedPrograms::load(&layout)?;
+            let spec = PodSpec {
+                name: args.name,
+                namespace: args.namespace,
+                netns: args.netns,
+                ips: args.ips,
+                interface: args.interface,
+            };
+            let pod = enroll::enroll(&mut programs, &args.paths.run_dir, &spec)?;
+            println!(
+                "enrolled {}/{} (netns cookie {}, index {})",
+                pod.namespace, pod.name, pod.netns_cookie, pod.index
+            );
+        }
+        Command::Unenroll(args) => {
+            let layout = PinLayout::new(args.paths.bpffs_root);
+            let selector = match (args.netns, args.name) {
+                (Some(netns), _) => PodSelector::Netns(netns),
+                (None, Some(name)) => PodSelector::Name {
+                    namespace: args.namespace,
+                    name,
+                },
+                (None, None) => anyhow::bail!("pass --netns or --name"),
+            };
+            match enroll::unenroll(&layout, &args.paths.run_dir, &selector)? {
+                Some(pod) => println!("unenrolled {}/{}", pod.namespace, pod.name),
+                None => anyhow::bail!(
+                    "no enrolled pod matches {selector:?} (see `ztunnel inspect pods`)"
+                ),
+            }
+        }
+        Command::Inspect(args) => {
+            let view = match args.view {
+                ViewArg::Pods => inspect::View::Pods,
+                ViewArg::Workloads => inspect::View::Workloads,
+                ViewArg::Stats => inspect::View::Stats,
+                ViewArg::Config => inspect::View::Config,
+            };
+            let layout = PinLayout::new(args.paths.bpffs_root);
+            print!(
+                "{}",
+                inspect::render(&layout, &args.paths.run_dir, view, args.json)?
+            );
+            if args.json {
+                println!();
+            }
+        }
+        Command::SetFailMode { mode, paths } => {
+            let mut maps = PinnedMaps::open(&PinLayout::new(paths.bpffs_root))?;
+            let mode = FailMode::from(mode);
+            let log_level = maps.config()?.log_level;
+            maps.write_config(mode.record_value(), log_level)?;
+            println!("fail mode set to {mode}");
         }
         Command::Config { action: ConfigCommand::Check { file } } => {
             print!("{}", ztunnel::config::check(&file)?);
@@ -92,4 +311,98 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ztunnel").chain(arguments.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn daemon_defaults() {
+        let Command::Daemon(args) = parse(&["daemon"]).unwrap().command else {
+            panic!("not daemon")
+        };
+        assert_eq!(args.paths.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
+        assert_eq!(args.paths.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
+        assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert!(matches!(args.fail_mode, FailModeArg::Closed));
+        assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn enroll_needs_netns_name_and_valid_ips() {
+        let Command::Enroll(args) = parse(&[
+            "enroll",
+            "--netns",
+            "/var/run/netns/a",
+            "--ip",
+            "198.18.0.10",
+            "--ip",
+            "2001:db8::10",
+            "--name",
+            "a",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not enroll")
+        };
+        assert_eq!(args.ips.len(), 2);
+        assert_eq!(args.namespace, "default");
+        assert_eq!(args.interface, "eth0");
+        assert!(
+            parse(&["enroll", "--netns", "/x", "--name", "a"]).is_err(),
+            "no --ip accepted"
+        );
+        assert!(
+            parse(&[
+                "enroll",
+                "--netns",
+                "/x",
+                "--ip",
+                "198.18.0.300",
+                "--name",
+                "a"
+            ])
+            .is_err(),
+            "bad IP accepted"
+        );
+        assert!(
+            parse(&["enroll", "--ip", "198.18.0.10", "--name", "a"]).is_err(),
+            "no --netns accepted"
+        );
+    }
+
+    #[test]
+    fn unenroll_by_netns_or_name() {
+        assert!(parse(&["unenroll", "--netns", "/x"]).is_ok());
+        assert!(parse(&["unenroll", "--name", "a", "--namespace", "ns"]).is_ok());
+        assert!(
+            parse(&["unenroll"]).is_err(),
+            "neither --netns nor --name accepted"
+        );
+        assert!(
+            parse(&["unenroll", "--netns", "/x", "--name", "a"]).is_err(),
+            "both accepted"
+        );
+    }
+
+    #[test]
+    fn inspect_and_fail_mode_values() {
+        assert!(parse(&["inspect", "pods", "--json"]).is_ok());
+        assert!(parse(&["inspect", "links"]).is_err());
+        assert!(parse(&["set-fail-mode", "open"]).is_ok());
+        assert!(parse(&["set-fail-mode", "ajar"]).is_err());
+    }
 }

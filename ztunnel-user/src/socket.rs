@@ -23,7 +23,11 @@ pub struct HostSocketFactory;
 
 impl SocketFactory for HostSocketFactory {
     fn new_tcp_socket(&self, ipv6: bool) -> io::Result<TcpSocket> {
-        let socket = if ipv6 { TcpSocket::new_v6()? } else { TcpSocket::new_v4()? };
+        let socket = if ipv6 {
+            TcpSocket::new_v6()?
+        } else {
+            TcpSocket::new_v4()?
+        };
         set_mark(&socket, BYPASS_MARK)?;
         Ok(socket)
     }
@@ -42,5 +46,9 @@ pub fn set_mark(socket: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()>
             std::mem::size_of::<u32>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -219,42 +219,47 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused.
+/// Why a peer's identity was refused. [`Metrics::identity_failure`] also takes any other
+/// `&'static str` reason word (e.g. the identity module's own), used as the label as is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityFailureReason {
-    /// The peer's trust domain is not ours.
+    /// The peer's trust domain is not ours (`wrong_trust_domain`).
     WrongTrustDomain,
-    /// The server's SAN is not the identity expected for the destination.
+    /// The server's SAN is not the identity expected for the destination (`unexpected_server_san`).
     UnexpectedServerSan,
-    /// The certificate is expired or not yet valid.
+    /// The certificate is expired or not yet valid (`expired_certificate`).
     ExpiredCertificate,
-    /// The certificate does not chain to our trust bundle.
+    /// The certificate does not chain to our trust bundle (`unknown_issuer`).
     UnknownIssuer,
-    /// The client presented no certificate.
+    /// The client presented no certificate (`no_client_certificate`).
     NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3.
+    /// The peer offered a TLS version other than 1.3 (`tls_version`).
     TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN.
+    /// The certificate has no usable SPIFFE URI SAN (`bad_san`).
     BadSan,
-    /// Anything else in the handshake.
+    /// Anything else in the handshake (`other`).
     Other,
 }
 
-label_values!(IdentityFailureReason {
-    WrongTrustDomain => "wrong_trust_domain",
-    UnexpectedServerSan => "unexpected_server_san",
-    ExpiredCertificate => "expired_certificate",
-    UnknownIssuer => "unknown_issuer",
-    NoClientCertificate => "no_client_certificate",
-    TlsVersion => "tls_version",
-    BadSan => "bad_san",
-    Other => "other",
-});
+impl From<IdentityFailureReason> for &'static str {
+    fn from(reason: IdentityFailureReason) -> Self {
+        match reason {
+            IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
+            IdentityFailureReason::UnexpectedServerSan => "unexpected_server_san",
+            IdentityFailureReason::ExpiredCertificate => "expired_certificate",
+            IdentityFailureReason::UnknownIssuer => "unknown_issuer",
+            IdentityFailureReason::NoClientCertificate => "no_client_certificate",
+            IdentityFailureReason::TlsVersion => "tls_version",
+            IdentityFailureReason::BadSan => "bad_san",
+            IdentityFailureReason::Other => "other",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityFailureLabels {
     reporter: Reporter,
-    reason: IdentityFailureReason,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -391,7 +396,8 @@ impl Metrics {
     }
 
     /// A handshake was refused because of the peer's identity or TLS version.
-    pub fn identity_failure(&self, reporter: Reporter, reason: IdentityFailureReason) {
+    pub fn identity_failure(&self, reporter: Reporter, reason: impl Into<&'static str>) {
+        let reason = reason.into();
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
@@ -418,98 +424,4 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workload(name: &str, namespace: &str) -> Workload {
-        serde_norway::from_str(&format!(
-            "name: {name}\nnamespace: {namespace}\nserviceAccount: {name}\ncanonicalName: {name}-app\ncanonicalRevision: v1\nclusterId: Kubernetes\n"
-        ))
-        .unwrap()
-    }
-
-    #[test]
-    fn exposition_has_istio_names_and_labels() {
-        let metrics = Metrics::new();
-        let client = workload("sleep", "ns1");
-        let server = workload("echo", "ns2");
-        let labels = ConnectionLabels::new(Reporter::Destination)
-            .with_source(&client, Some(&client.identity()))
-            .with_destination(&server)
-            .with_security(SecurityPolicy::MutualTls);
-        metrics.connection_opened(&labels);
-        metrics.connection_closed(&labels, 10, 20);
-        let text = metrics.encode().unwrap();
-        for name in [
-            "istio_tcp_connections_opened_total",
-            "istio_tcp_connections_closed_total",
-            "istio_tcp_sent_bytes_total",
-            "istio_tcp_received_bytes_total",
-        ] {
-            assert!(
-                text.contains(&format!("{name}{{")),
-                "{name} missing from:\n{text}"
-            );
-        }
-        for label in [
-            "reporter=\"destination\"",
-            "source_workload=\"sleep\"",
-            "source_workload_namespace=\"ns1\"",
-            "source_principal=\"spiffe://cluster.local/ns/ns1/sa/sleep\"",
-            "source_app=\"sleep-app\"",
-            "source_version=\"v1\"",
-            "source_cluster=\"Kubernetes\"",
-            "destination_workload=\"echo\"",
-            "destination_workload_namespace=\"ns2\"",
-            "destination_principal=\"spiffe://cluster.local/ns/ns2/sa/echo\"",
-            "destination_app=\"echo-app\"",
-            "destination_version=\"v1\"",
-            "destination_cluster=\"Kubernetes\"",
-            "destination_service=\"unknown\"",
-            "destination_service_namespace=\"unknown\"",
-            "destination_service_name=\"unknown\"",
-            "request_protocol=\"tcp\"",
-            "response_flags=\"-\"",
-            "connection_security_policy=\"mutual_tls\"",
-        ] {
-            assert!(text.contains(label), "{label} missing from:\n{text}");
-        }
-        assert!(
-            text.contains("istio_tcp_sent_bytes_total{") && text.contains("} 10\n"),
-            "{text}"
-        );
-        assert!(text.contains("} 20\n"), "{text}");
-    }
-
-    #[test]
-    fn denials_and_identity_failures_are_counted() {
-        let metrics = Metrics::new();
-        metrics.denied(&ConnectionLabels::new(Reporter::Destination));
-        metrics.identity_failure(
-            Reporter::Destination,
-            IdentityFailureReason::WrongTrustDomain,
-        );
-        metrics.identity_failure(
-            Reporter::Destination,
-            IdentityFailureReason::WrongTrustDomain,
-        );
-        metrics.config_reload(false);
-        let text = metrics.encode().unwrap();
-        assert!(text.contains("ztunnel_connections_denied_total{"), "{text}");
-        assert!(text.contains("response_flags=\"DENY\""), "{text}");
-        assert!(
-            text.contains("istio_tcp_connections_failed_total{"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"wrong_trust_domain\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("ztunnel_config_reloads_total{result=\"rejected\"} 1"),
-            "{text}"
-        );
-    }
-}
+mod tests;

@@ -4,9 +4,11 @@
 //! The three servers run on a thread and runtime of their own, so a saturated data path can
 //! neither starve the readiness probe nor be slowed by a scrape.
 
+mod certificates;
 pub mod config_dump;
 mod http;
 pub mod metrics;
+pub mod operations;
 pub mod readiness;
 
 use std::{
@@ -22,6 +24,7 @@ pub use config_dump::{CertificateDetails, CertificateInfo, CertificateSummary, n
 pub use metrics::{
     ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
 };
+pub use operations::{Operations, OperationsError};
 pub use readiness::{Readiness, ReadinessBlocker};
 
 use self::http::{Route, respond, serve, text};
@@ -70,6 +73,30 @@ impl Default for AdminConfig {
             admin_address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ADMIN_PORT),
             metrics_address: SocketAddr::new(any, METRICS_PORT),
             readiness_address: SocketAddr::new(any, READINESS_PORT),
+        }
+    }
+}
+
+/// The command-line flags for the three servers; flatten into the daemon's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Where the admin server (`/config_dump`) listens; must be a loopback address.
+    #[arg(long, default_value_t = AdminConfig::default().admin_address)]
+    pub admin_address: SocketAddr,
+    /// Where Prometheus `/metrics` is served.
+    #[arg(long, default_value_t = AdminConfig::default().metrics_address)]
+    pub metrics_address: SocketAddr,
+    /// Where `/healthz/ready` is served.
+    #[arg(long, default_value_t = AdminConfig::default().readiness_address)]
+    pub readiness_address: SocketAddr,
+}
+
+impl From<&AdminArgs> for AdminConfig {
+    fn from(args: &AdminArgs) -> Self {
+        Self {
+            admin_address: args.admin_address,
+            metrics_address: args.metrics_address,
+            readiness_address: args.readiness_address,
         }
     }
 }

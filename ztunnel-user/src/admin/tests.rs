@@ -185,3 +185,27 @@ fn stopping_releases_the_ports() {
     };
     assert!(AdminServers::start(&again, sources()).is_ok());
 }
+
+#[test]
+fn flags_default_to_istio_ports() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: AdminArgs,
+    }
+    let defaults = Cli::try_parse_from(["ztunnel"]).unwrap();
+    let config = AdminConfig::from(&defaults.admin);
+    assert_eq!(config, AdminConfig::default());
+    assert_eq!(
+        config.admin_address,
+        SocketAddr::from(([127, 0, 0, 1], 15000))
+    );
+    assert_eq!(config.metrics_address.port(), 15020);
+    assert_eq!(config.readiness_address.port(), 15021);
+    let custom = Cli::try_parse_from(["ztunnel", "--metrics-address", "127.0.0.1:0"]).unwrap();
+    assert_eq!(
+        AdminConfig::from(&custom.admin).metrics_address,
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    );
+}

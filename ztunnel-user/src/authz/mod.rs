@@ -28,6 +28,16 @@ pub struct ConnectionAttributes {
     pub destination: SocketAddr,
 }
 
+impl<'a> From<&'a ConnectionAttributes> for Peer<'a> {
+    fn from(connection: &'a ConnectionAttributes) -> Self {
+        Peer::new(
+            connection.source_identity.as_ref(),
+            connection.source.ip(),
+            connection.destination,
+        )
+    }
+}
+
 /// Why a connection was denied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
@@ -70,12 +80,7 @@ pub fn evaluate<'a>(
     policies: impl IntoIterator<Item = &'a Policy>,
     connection: &ConnectionAttributes,
 ) -> Decision {
-    let peer = Peer {
-        identity: connection.source_identity.as_ref(),
-        source_ip: connection.source.ip(),
-        destination_ip: connection.destination.ip(),
-        destination_port: connection.destination.port(),
-    };
+    let peer = Peer::from(connection);
     let (enforced, dry_run): (Vec<&Policy>, Vec<&Policy>) =
         policies.into_iter().partition(|policy| !policy.dry_run);
     for policy in dry_run.iter().filter(|policy| policy.matches(&peer)) {

@@ -5,7 +5,7 @@
 //! matches when every field it sets matches, a field matching when any of its values does and
 //! none of the values of its `not` form does. A policy with no rules matches nothing.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use serde::{
@@ -186,16 +186,31 @@ pub struct Match {
 }
 
 /// What a policy is matched against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer<'a> {
-    /// The verified peer identity; `None` for plaintext.
-    pub identity: Option<&'a SpiffeId>,
-    /// The source address.
-    pub source_ip: IpAddr,
-    /// The destination address.
-    pub destination_ip: IpAddr,
-    /// The destination port.
-    pub destination_port: u16,
+    identity: Option<&'a SpiffeId>,
+    /// The identity as Istio matches principals: without the `spiffe://` scheme.
+    principal: Option<String>,
+    source_ip: IpAddr,
+    destination: SocketAddr,
+}
+
+impl<'a> Peer<'a> {
+    /// A connection from `identity` (`None` for plaintext) at `source_ip` to `destination`.
+    pub fn new(identity: Option<&'a SpiffeId>, source_ip: IpAddr, destination: SocketAddr) -> Self {
+        let principal = identity.map(|identity| {
+            format!(
+                "{}/ns/{}/sa/{}",
+                identity.trust_domain, identity.namespace, identity.service_account
+            )
+        });
+        Self {
+            identity,
+            principal,
+            source_ip,
+            destination,
+        }
+    }
 }
 
 impl StringMatch {
@@ -226,15 +241,8 @@ fn field_matches<T>(positive: &[T], negative: &[T], holds: impl Fn(&T) -> bool) 
 impl Match {
     /// Whether every condition this match sets holds for `peer`.
     pub fn matches(&self, peer: &Peer<'_>) -> bool {
-        // Istio matches principals without the scheme; no identity matches no principal
-        // (so only a `notPrincipals` condition can hold for plaintext), while the namespace
-        // of no identity is "".
-        let principal = peer.identity.map(|identity| {
-            format!(
-                "{}/ns/{}/sa/{}",
-                identity.trust_domain, identity.namespace, identity.service_account
-            )
-        });
+        // No identity matches no principal (so only a `notPrincipals` condition can hold for
+        // plaintext), while the namespace of no identity is "", as in Istio.
         let namespace = peer
             .identity
             .map_or("", |identity| identity.namespace.as_str());
@@ -243,17 +251,17 @@ impl Match {
         }) && field_matches(&self.service_accounts, &self.not_service_accounts, |m| {
             m.matches(peer.identity)
         }) && field_matches(&self.principals, &self.not_principals, |m| {
-            principal
+            peer.principal
                 .as_deref()
                 .is_some_and(|principal| m.matches(principal))
         }) && field_matches(&self.source_ips, &self.not_source_ips, |net| {
             net.contains(&peer.source_ip)
         }) && field_matches(&self.destination_ips, &self.not_destination_ips, |net| {
-            net.contains(&peer.destination_ip)
+            net.contains(&peer.destination.ip())
         }) && field_matches(
             &self.destination_ports,
             &self.not_destination_ports,
-            |port| *port == peer.destination_port,
+            |port| *port == peer.destination.port(),
         )
     }
 

@@ -173,12 +173,7 @@ fn each_match_field_and_its_not_form() {
         ),
     ];
     for (condition, connection, expected) in rows {
-        let peer = Peer {
-            identity: connection.source_identity.as_ref(),
-            source_ip: connection.source.ip(),
-            destination_ip: connection.destination.ip(),
-            destination_port: connection.destination.port(),
-        };
+        let peer = Peer::from(*connection);
         let matched = one_match("Allow", condition).matches(&peer);
         assert_eq!(
             matched,
@@ -209,12 +204,7 @@ fn rules_clauses_and_matches_combine_as_istio_defines() {
         (format!("[[[{{}}, {yes}]]]"), true), // an empty match is skipped
     ];
     let peer_connection = mtls();
-    let peer = Peer {
-        identity: peer_connection.source_identity.as_ref(),
-        source_ip: peer_connection.source.ip(),
-        destination_ip: peer_connection.destination.ip(),
-        destination_port: peer_connection.destination.port(),
-    };
+    let peer = Peer::from(&peer_connection);
     for (rules, expected) in rows {
         let policy = policy("Allow", "Global", "istio-system", "p", &rules);
         assert_eq!(policy.matches(&peer), expected, "rules {rules}");

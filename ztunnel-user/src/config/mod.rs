@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use check::{check, describe};
-pub use reload::{ReloadOutcome, Reloader};
+pub use reload::{ConfigArgs, ReloadOutcome, Reloader};
 
 use crate::{
     authz::Policy,
+    state::compat::UNSUPPORTED_VALUE,
     state::{Service, State, StateError, Workload},
 };
 
@@ -36,18 +37,12 @@ pub struct LocalConfig {
 }
 
 /// Fields of Istio ztunnel's local configuration that this proxy does not implement.
+/// (Fields Istio always writes are accepted at their default value: see `state::compat`.)
 const ISTIO_FIELDS_NOT_IMPLEMENTED: &[&str] = &[
     "networkGateway",
-    "nativeTunnel",
     "applicationTunnel",
-    "networkMode",
-    "locality",
-    "capacity",
-    "cidrVips",
-    "weightedWaypoints",
     "loadBalancer",
     "ipFamilies",
-    "visibility",
 ];
 
 /// Why a configuration file cannot be used.
@@ -75,6 +70,19 @@ pub enum ConfigError {
         /// What to do about it.
         hint: &'static str,
     },
+    /// A field Istio always writes, with a value other than the default we implement.
+    #[error("{origin}: line {line}: {message}")]
+    UnsupportedValue {
+        /// The file (or `<input>`).
+        origin: String,
+        /// The field name.
+        field: String,
+        /// 1-based line of the field (best effort: the first line naming it from where the
+        /// parser stopped).
+        line: usize,
+        /// What is unsupported and what to do.
+        message: String,
+    },
     /// Not YAML, or YAML of the wrong shape.
     #[error("{origin}: {location}{message}")]
     Syntax {
@@ -99,7 +107,9 @@ impl ConfigError {
     /// The 1-based line the error is on, when known.
     pub fn line(&self) -> Option<usize> {
         match self {
-            Self::UnsupportedField { line, .. } => Some(*line),
+            Self::UnsupportedField { line, .. } | Self::UnsupportedValue { line, .. } => {
+                Some(*line)
+            }
             _ => None,
         }
     }
@@ -114,7 +124,7 @@ pub fn parse(text: &str, origin: &str) -> Result<LocalConfig, ConfigError> {
     {
         return Ok(LocalConfig::default());
     }
-    serde_norway::from_str(text).map_err(|error| describe_yaml_error(&error, origin))
+    serde_norway::from_str(text).map_err(|error| describe_yaml_error(&error, text, origin))
 }
 
 /// Reads and parses the file at `path`.
@@ -135,7 +145,7 @@ pub fn load_state(path: &Path) -> Result<State, ConfigError> {
     })
 }
 
-fn describe_yaml_error(error: &serde_norway::Error, origin: &str) -> ConfigError {
+fn describe_yaml_error(error: &serde_norway::Error, text: &str, origin: &str) -> ConfigError {
     let location = error.location();
     let full = error.to_string();
     // The parser appends " at line L column C"; we say where first, in our own words.
@@ -157,6 +167,22 @@ fn describe_yaml_error(error: &serde_norway::Error, origin: &str) -> ConfigError
             hint,
         };
     }
+    if let (Some(field), Some(location)) = (unsupported_value_field(&message), &location) {
+        // The parser points at the enclosing entry; the field is on that line or below it.
+        let line = text
+            .lines()
+            .enumerate()
+            .skip(location.line().saturating_sub(1))
+            .find(|(_, line)| line.contains(&format!("{field}:")))
+            .map_or(location.line(), |(index, _)| index + 1);
+        let message = message[message.find(UNSUPPORTED_VALUE).unwrap_or(0)..].to_owned();
+        return ConfigError::UnsupportedValue {
+            origin: origin.to_owned(),
+            field,
+            line,
+            message,
+        };
+    }
     ConfigError::Syntax {
         origin: origin.to_owned(),
         location: location
@@ -164,6 +190,13 @@ fn describe_yaml_error(error: &serde_norway::Error, origin: &str) -> ConfigError
             .unwrap_or_default(),
         message,
     }
+}
+
+/// The field name in a `state::compat` "unsupported value for `name`: ..." message.
+fn unsupported_value_field(message: &str) -> Option<String> {
+    let rest = &message[message.find(UNSUPPORTED_VALUE)? + UNSUPPORTED_VALUE.len()..];
+    let rest = rest.strip_prefix('`')?;
+    Some(rest[..rest.find('`')?].to_owned())
 }
 
 /// The field name in serde's "unknown field `name`, expected ..." message.

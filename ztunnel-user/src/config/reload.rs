@@ -21,6 +21,24 @@ use crate::{
 /// How often the file is checked by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The command-line flags for the configuration file; flatten into the daemon's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on change.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: PathBuf,
+    /// How often the file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64)]
+    pub config_poll_ms: u64,
+}
+
+impl ConfigArgs {
+    /// The polling interval as a duration.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.config_poll_ms.max(1))
+    }
+}
+
 /// The result of the latest reload attempt, for whoever waits on one (tests, the admin page).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadOutcome {
@@ -180,7 +198,8 @@ mod tests {
 
     const ONE: &str = "workloads:\n- {name: a, namespace: ns, workloadIps: [198.18.0.1]}\n";
     const TWO: &str = "workloads:\n- {name: b, namespace: ns, workloadIps: [198.18.0.2]}\n";
-    const UNSUPPORTED: &str = "workloads:\n- name: c\n  namespace: ns\n  nativeTunnel: true\n";
+    const UNSUPPORTED: &str =
+        "workloads:\n- name: c\n  namespace: ns\n  applicationTunnel: {protocol: PROXY}\n";
 
     struct ConfigFile {
         _dir: tempfile::TempDir,
@@ -277,17 +296,17 @@ mod tests {
         file.write(UNSUPPORTED);
         let error = reloader.check_for_change().unwrap().unwrap_err();
         assert!(
-            matches!(&error, ConfigError::UnsupportedField { field, line: 4, .. } if field == "nativeTunnel"),
+            matches!(&error, ConfigError::UnsupportedField { field, line: 4, .. } if field == "applicationTunnel"),
             "{error:?}"
         );
-        assert!(error.to_string().contains("`nativeTunnel`"), "{error}");
+        assert!(error.to_string().contains("`applicationTunnel`"), "{error}");
     }
 
     #[test]
     fn a_bad_file_at_start_is_an_error() {
         let file = ConfigFile::new(UNSUPPORTED);
         let error = Reloader::start(&file.path).unwrap_err();
-        assert!(error.to_string().contains("nativeTunnel"), "{error}");
+        assert!(error.to_string().contains("applicationTunnel"), "{error}");
     }
 
     /// Waits until the reloader has published attempt number `attempt`.
@@ -314,7 +333,7 @@ mod tests {
         file.write(UNSUPPORTED);
         let rejected = outcome(&mut updates, 2).await.result.unwrap_err();
         assert!(
-            rejected.contains("nativeTunnel") && rejected.contains("line 4"),
+            rejected.contains("applicationTunnel") && rejected.contains("line 4"),
             "{rejected}"
         );
         assert!(

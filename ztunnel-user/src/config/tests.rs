@@ -217,6 +217,80 @@ fn missing_file_names_the_path() {
 fn what_we_write_we_read_back() {
     let config = parse(ISTIO_LOCAL, "istio-local.yaml").unwrap();
     let written = serde_norway::to_string(&config).unwrap();
-    assert!(written.contains("!Exact example.org/ns/ns1/sa/sleep"), "Istio's tag form:\n{written}");
-    assert_eq!(parse(&written, "written.yaml").unwrap(), config, "{written}");
+    assert!(
+        written.contains("!Exact example.org/ns/ns1/sa/sleep"),
+        "Istio's tag form:\n{written}"
+    );
+    assert_eq!(
+        parse(&written, "written.yaml").unwrap(),
+        config,
+        "{written}"
+    );
+}
+
+#[test]
+fn fields_istio_always_writes_load_at_their_default() {
+    let text = "workloads:
+- uid: a
+  name: a
+  namespace: ns
+  networkMode: Standard
+  capacity: 1
+  nativeTunnel: false
+  locality: {region: r1, zone: z1, subzone: \"\"}
+services:
+- name: s
+  namespace: ns
+  hostname: s.ns.svc.cluster.local
+  vips: []
+  ports: {}
+  visibility: Public
+  cidrVips: []
+  weightedWaypoints: []
+";
+    let config = parse(text, "istio-written.yaml").unwrap();
+    assert_eq!(config.workloads[0].locality.zone, "z1");
+}
+
+#[test]
+fn other_values_of_those_fields_are_refused_at_their_line() {
+    let workload = |field: &str| format!("workloads:\n- name: a\n  namespace: ns\n  {field}\n");
+    let service =
+        |field: &str| format!("services:\n- name: s\n  namespace: ns\n  hostname: h\n  {field}\n");
+    for (text, field, line) in [
+        (workload("capacity: 3"), "capacity", 4),
+        (workload("nativeTunnel: true"), "nativeTunnel", 4),
+        (service("cidrVips: [\"/198.19.0.0/16\"]"), "cidrVips", 5),
+        (
+            service("weightedWaypoints: [{weight: 1}]"),
+            "weightedWaypoints",
+            5,
+        ),
+    ] {
+        let error = parse(&text, "t.yaml").unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::UnsupportedValue { field: f, line: l, .. } if f == field && *l == line),
+            "{field}: {error:?}"
+        );
+        assert!(
+            error.to_string().contains(&format!("line {line}")),
+            "{error}"
+        );
+    }
+    for (text, expected) in [
+        (
+            workload("networkMode: HostNetwork"),
+            "networkMode: unknown variant `HostNetwork`",
+        ),
+        (
+            service("visibility: Namespace"),
+            "visibility: unknown variant `Namespace`",
+        ),
+    ] {
+        let error = parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(
+            error.contains(expected) && error.contains("line "),
+            "{error}"
+        );
+    }
 }

@@ -6,11 +6,12 @@
 
 pub mod address;
 pub mod balancer;
+pub mod compat;
 pub mod service;
 pub mod workload;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -27,6 +28,7 @@ pub use workload::{HealthStatus, Protocol, Workload};
 use crate::{
     authz::{Policy, Scope},
     config::LocalConfig,
+    identity::spiffe::DEFAULT_TRUST_DOMAIN,
 };
 
 /// Why a configuration cannot become the state.
@@ -64,6 +66,14 @@ pub enum StateError {
         /// The second service.
         second: String,
     },
+    /// A policy that is not global has no namespace.
+    #[error("policy {name:?} has scope {scope:?} but no namespace")]
+    PolicyWithoutNamespace {
+        /// The policy name.
+        name: String,
+        /// Its scope.
+        scope: Scope,
+    },
     /// Two policies share a `namespace/name`.
     #[error("policy {key} is defined twice")]
     DuplicatePolicy {
@@ -71,6 +81,9 @@ pub enum StateError {
         key: String,
     },
 }
+
+/// The index key of global policies (no namespace is empty).
+const GLOBAL_POLICIES: &str = "";
 
 /// One endpoint chosen for a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +102,8 @@ pub struct State {
     services: BTreeMap<String, Arc<Service>>,
     services_by_vip: HashMap<IpAddr, Arc<Service>>,
     policies: BTreeMap<String, Arc<Policy>>,
+    /// Global policies under [`GLOBAL_POLICIES`], namespace-scoped ones under their namespace.
+    policies_by_namespace: HashMap<String, Vec<Arc<Policy>>>,
     balancer: Arc<EndpointBalancer>,
 }
 
@@ -115,20 +130,20 @@ impl State {
         }
         state.add_endpoints_named_by_workloads();
         for policy in config.policies {
-            let key = policy.key();
-            if state
-                .policies
-                .insert(key.clone(), Arc::new(policy))
-                .is_some()
-            {
-                return Err(StateError::DuplicatePolicy { key });
-            }
+            state.insert_policy(policy)?;
         }
         state.warn_about_dangling_references();
         Ok(state)
     }
 
-    fn insert_workload(&mut self, workload: Workload) -> Result<(), StateError> {
+    fn insert_workload(&mut self, mut workload: Workload) -> Result<(), StateError> {
+        // An explicitly empty value means the same as a missing one.
+        if workload.trust_domain.is_empty() {
+            workload.trust_domain = DEFAULT_TRUST_DOMAIN.to_owned();
+        }
+        if workload.service_account.is_empty() {
+            workload.service_account = workload::DEFAULT_SERVICE_ACCOUNT.to_owned();
+        }
         let workload = Arc::new(workload);
         let key = workload_key(&workload);
         if self
@@ -147,6 +162,30 @@ impl State {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn insert_policy(&mut self, policy: Policy) -> Result<(), StateError> {
+        if policy.namespace.is_empty() && policy.scope != Scope::Global {
+            return Err(StateError::PolicyWithoutNamespace {
+                name: policy.name,
+                scope: policy.scope,
+            });
+        }
+        let policy = Arc::new(policy);
+        let key = policy.key();
+        if self.policies.insert(key.clone(), policy.clone()).is_some() {
+            return Err(StateError::DuplicatePolicy { key });
+        }
+        let index = match policy.scope {
+            Scope::Global => GLOBAL_POLICIES,
+            Scope::Namespace => policy.namespace.as_str(),
+            Scope::WorkloadSelector => return Ok(()),
+        };
+        self.policies_by_namespace
+            .entry(index.to_owned())
+            .or_default()
+            .push(policy);
         Ok(())
     }
 
@@ -261,25 +300,35 @@ impl State {
         self.policies.values()
     }
 
-    /// The policies that apply to `workload`: global ones, those of its namespace and the
-    /// workload-scoped ones it names.
+    /// The policies that apply to `workload`: global ones, those of its namespace and the ones
+    /// it names in `authorizationPolicies` (as Istio does, whatever their scope; each once).
     pub fn policies_for<'a>(
         &'a self,
         workload: &'a Workload,
     ) -> impl Iterator<Item = &'a Policy> + 'a {
-        let named: BTreeSet<&str> = workload
+        let scoped = |namespace: &str| {
+            self.policies_by_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+        };
+        let own_namespace = (!workload.namespace.is_empty())
+            .then(|| scoped(&workload.namespace))
+            .into_iter()
+            .flatten();
+        let named = workload
             .authorization_policies
             .iter()
-            .map(String::as_str)
-            .collect();
-        self.policies.iter().filter_map(move |(key, policy)| {
-            let applies = match policy.scope {
-                Scope::Global => true,
-                Scope::Namespace => policy.namespace == workload.namespace,
-                Scope::WorkloadSelector => named.contains(key.as_str()),
-            };
-            applies.then_some(policy.as_ref())
-        })
+            .filter_map(|key| self.policies.get(key))
+            .filter(|policy| match policy.scope {
+                Scope::Global => false,
+                Scope::Namespace => policy.namespace != workload.namespace,
+                Scope::WorkloadSelector => true,
+            });
+        scoped(GLOBAL_POLICIES)
+            .chain(own_namespace)
+            .chain(named)
+            .map(Arc::as_ref)
     }
 
     /// One healthy endpoint of `service` for `service_port`, round robin, skipping endpoints

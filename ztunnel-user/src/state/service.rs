@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{GatewayAddress, HealthStatus, NetworkAddress};
+use super::{GatewayAddress, HealthStatus, NetworkAddress, compat};
 
 /// One service. Field names and spellings are those of Istio ztunnel's local configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,19 @@ pub struct Service {
     /// Whether this is the canonical definition of the hostname (informational).
     #[serde(default)]
     pub canonical: bool,
+    /// Accepted for files Istio wrote; only `Public`.
+    #[serde(default, skip_serializing_if = "compat::is_default")]
+    pub visibility: compat::Visibility,
+    /// Accepted for files Istio wrote; only empty.
+    #[serde(default, deserialize_with = "compat::no_cidr_vips", skip_serializing)]
+    pub cidr_vips: Vec<()>,
+    /// Accepted for files Istio wrote; only empty.
+    #[serde(
+        default,
+        deserialize_with = "compat::no_weighted_waypoints",
+        skip_serializing
+    )]
+    pub weighted_waypoints: Vec<()>,
 }
 
 /// A workload behind a service.

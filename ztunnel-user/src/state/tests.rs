@@ -232,6 +232,10 @@ fn duplicates_are_refused() {
             "policies:\n- {name: p, namespace: ns, scope: Global, action: Allow}\n- {name: p, namespace: ns, scope: Namespace, action: Deny}\n".to_owned(),
             "policy ns/p is defined twice",
         ),
+        (
+            "policies:\n- {name: p, namespace: \"\", scope: Namespace, action: Deny}\n".to_owned(),
+            "policy \"p\" has scope Namespace but no namespace",
+        ),
     ];
     for (text, expected) in cases {
         let error = State::from_config(parse(&text, "t").unwrap())
@@ -239,4 +243,37 @@ fn duplicates_are_refused() {
             .to_string();
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
     }
+}
+
+#[test]
+fn empty_trust_domain_and_service_account_mean_the_defaults() {
+    let state = state(
+        "workloads:\n- {name: a, namespace: ns, trustDomain: \"\", serviceAccount: \"\", workloadIps: [198.18.0.1]}\n",
+    );
+    let workload = state.workload_by_ip("198.18.0.1".parse().unwrap()).unwrap();
+    assert_eq!(
+        workload.identity().to_string(),
+        "spiffe://cluster.local/ns/ns/sa/default"
+    );
+}
+
+#[test]
+fn a_workload_gets_every_policy_it_names_once() {
+    let state = state(
+        "workloads:
+- {name: a, namespace: ns, workloadIps: [198.18.0.1], authorizationPolicies: [ns/own, other/theirs, ns/mine, root/everyone]}
+policies:
+- {name: everyone, namespace: root, scope: Global, action: Allow}
+- {name: own, namespace: ns, scope: Namespace, action: Allow}
+- {name: theirs, namespace: other, scope: Namespace, action: Allow}
+- {name: mine, namespace: ns, scope: WorkloadSelector, action: Allow}
+- {name: not-mine, namespace: ns, scope: WorkloadSelector, action: Allow}
+",
+    );
+    let workload = state.workload_by_ip("198.18.0.1".parse().unwrap()).unwrap();
+    let names: Vec<String> = state.policies_for(&workload).map(Policy::key).collect();
+    assert_eq!(
+        names,
+        ["root/everyone", "ns/own", "other/theirs", "ns/mine"]
+    );
 }

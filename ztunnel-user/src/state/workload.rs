@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::GatewayAddress;
+use super::{GatewayAddress, compat};
 use crate::identity::{SpiffeId, spiffe::DEFAULT_TRUST_DOMAIN};
 
 /// The service account a workload runs as when the file does not name one (Kubernetes' default).
@@ -98,6 +98,25 @@ pub struct Workload {
     /// Readiness; an unhealthy workload is never picked as a service endpoint.
     #[serde(default)]
     pub status: HealthStatus,
+    /// Accepted for files Istio wrote; only `Standard`.
+    #[serde(default, skip_serializing_if = "compat::is_default")]
+    pub network_mode: compat::NetworkMode,
+    /// Accepted for files Istio wrote; only 1.
+    #[serde(
+        default = "compat::default_capacity",
+        deserialize_with = "compat::capacity"
+    )]
+    pub capacity: u32,
+    /// Accepted for files Istio wrote; only false.
+    #[serde(
+        default,
+        deserialize_with = "compat::no_native_tunnel",
+        skip_serializing_if = "compat::is_default"
+    )]
+    pub native_tunnel: bool,
+    /// Where it runs (informational).
+    #[serde(default, skip_serializing_if = "compat::is_default")]
+    pub locality: compat::Locality,
     /// The services this workload is an endpoint of: `namespace/hostname` → service port → target port.
     #[serde(default)]
     pub services: BTreeMap<String, BTreeMap<u16, u16>>,

@@ -1,0 +1,217 @@
+//! The plugin's real seams: enrollment on this node, and the workload configuration file.
+//!
+//! ADD enrolls the pod durably itself (map entries, the pinned TC link, the enrolled-set record,
+//! through the same library the daemon uses), so a pod created while ztunnel is down is captured
+//! and fail-closed at once. It then hands ztunnel the pod's netns over the enrollment socket and
+//! waits until ztunnel says the pod's in-pod listeners are open. If ztunnel refuses, the
+//! enrollment is rolled back, so nothing half-enrolled is left behind.
+
+use std::{fs::File, net::IpAddr, os::fd::AsFd, path::Path, time::Duration};
+
+use tracing::{info, warn};
+
+use super::{
+    plugin::{Enroller, WorkloadDirectory},
+    spec::{CniError, NetworkConfig, codes},
+};
+use crate::{
+    ebpf::{LoadedPrograms, PinLayout},
+    enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME},
+    inpod::{
+        InpodError,
+        enroll::{self, PodSelector, PodSpec},
+        state::read_enrolled,
+    },
+    state::Protocol,
+};
+
+/// The pod's interface inside its netns, as the runtime names it (`CNI_IFNAME`).
+const DEFAULT_INTERFACE: &str = "eth0";
+
+/// Enrolls pods on this node.
+#[derive(Debug, Default)]
+pub struct NodeEnroller {
+    /// `CNI_IFNAME`; empty means `eth0`.
+    pub interface: String,
+}
+
+fn client(config: &NetworkConfig) -> EnrollmentClient {
+    EnrollmentClient::new(
+        config.run_dir.join(SOCKET_NAME),
+        Duration::from_secs(config.timeout_seconds),
+    )
+}
+
+fn enrollment_failed(doing: &str, error: impl std::fmt::Display) -> CniError {
+    CniError::new(
+        codes::ENROLLMENT_FAILED,
+        format!("cannot {doing}"),
+        error.to_string(),
+    )
+}
+
+fn kernel_error(doing: &str, error: InpodError) -> CniError {
+    enrollment_failed(doing, error)
+}
+
+impl Enroller for NodeEnroller {
+    fn enroll(
+        &self,
+        config: &NetworkConfig,
+        pod: &PodRef,
+        ips: &[IpAddr],
+        netns: &Path,
+    ) -> Result<(), CniError> {
+        let netns_file = File::open(netns).map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                "cannot open the pod's netns",
+                format!("{}: {error}", netns.display()),
+            )
+        })?;
+        let layout = PinLayout::new(&config.bpffs_root);
+        let mut programs = LoadedPrograms::load(&layout)
+            .map_err(|error| enrollment_failed("load the kernel programs", error))?;
+        let interface = if self.interface.is_empty() {
+            DEFAULT_INTERFACE
+        } else {
+            &self.interface
+        };
+        let spec = PodSpec {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            netns: netns.to_owned(),
+            ips: ips.to_vec(),
+            interface: interface.to_owned(),
+        };
+        enroll::enroll(&mut programs, &config.run_dir, &spec)
+            .map_err(|error| kernel_error("enroll the pod", error))?;
+
+        let request = Request::Enroll {
+            pod: pod.clone(),
+            ips: ips.to_vec(),
+            netns_path: netns.display().to_string(),
+        };
+        match client(config).send(&request, Some(netns_file.as_fd())) {
+            Ok(()) => Ok(()),
+            Err(EnrollmentError::Connect { path, source }) => {
+                // ztunnel is down (crashed, restarting): the pod stays enrolled and fail-closed,
+                // and ztunnel opens its listeners when it starts.
+                warn!(socket = %path.display(), %source, pod = %pod.name, "ztunnel is not running; the pod is enrolled and will be served when it starts");
+                Ok(())
+            }
+            Err(error) => {
+                let selector = PodSelector::Name {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                };
+                if let Err(rollback) = enroll::unenroll(&layout, &config.run_dir, &selector) {
+                    warn!(%rollback, pod = %pod.name, "rolling back the enrollment failed");
+                }
+                Err(enrollment_failed("have ztunnel serve the pod", error))
+            }
+        }
+    }
+
+    fn unenroll(&self, config: &NetworkConfig, pod: &PodRef) -> Result<(), CniError> {
+        let layout = PinLayout::new(&config.bpffs_root);
+        let selector = PodSelector::Name {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+        };
+        if !config.run_dir.exists() {
+            // ztunnel never ran here: nothing of this pod can exist on this node.
+            return Ok(());
+        }
+        match enroll::unenroll(&layout, &config.run_dir, &selector) {
+            Ok(Some(_)) => info!(pod = %pod.name, namespace = %pod.namespace, "pod unenrolled"),
+            Ok(None) => info!(pod = %pod.name, namespace = %pod.namespace, "pod was not enrolled"),
+            Err(error) => return Err(kernel_error("unenroll the pod", error)),
+        }
+        // Tell a running ztunnel at once (it would notice within its reconcile interval anyway).
+        match client(config).send(&Request::Unenroll { pod: pod.clone() }, None) {
+            Ok(()) | Err(EnrollmentError::Connect { .. }) => Ok(()),
+            Err(error) => Err(enrollment_failed("tell ztunnel the pod is gone", error)),
+        }
+    }
+
+    fn check(&self, config: &NetworkConfig, pod: &PodRef, ips: &[IpAddr]) -> Result<(), CniError> {
+        let set = read_enrolled(&config.run_dir).map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                "cannot read the enrolled set",
+                error.to_string(),
+            )
+        })?;
+        let enrolled = set
+            .pods
+            .iter()
+            .find(|known| known.name == pod.name && known.namespace == pod.namespace)
+            .ok_or_else(|| {
+                CniError::new(
+                    codes::NOT_ENROLLED,
+                    "pod is not enrolled",
+                    format!("{}/{} is not in the enrolled set", pod.namespace, pod.name),
+                )
+            })?;
+        if ips.iter().any(|ip| !enrolled.ips.contains(ip)) {
+            return Err(CniError::new(
+                codes::NOT_ENROLLED,
+                "pod is enrolled with other addresses",
+                format!("enrolled with {:?}, prevResult has {ips:?}", enrolled.ips),
+            ));
+        }
+        let request = Request::Check {
+            pod: pod.clone(),
+            ips: ips.to_vec(),
+        };
+        client(config)
+            .send(&request, None)
+            .map_err(|error| match error {
+                EnrollmentError::Refused(message) => CniError::new(
+                    codes::NOT_ENROLLED,
+                    "ztunnel is not serving the pod",
+                    message,
+                ),
+                other => CniError::new(
+                    codes::TRY_AGAIN_LATER,
+                    "cannot ask ztunnel",
+                    other.to_string(),
+                ),
+            })
+    }
+}
+
+/// A pod is a mesh workload when the workload config lists an HBONE workload with its namespace
+/// and one of its addresses (`protocol: TCP` workloads are outside the mesh and never captured);
+/// without a `workloadConfig` in the plugin's section, every pod is.
+#[derive(Debug, Default)]
+pub struct ConfigDirectory;
+
+impl WorkloadDirectory for ConfigDirectory {
+    fn is_mesh_workload(
+        &self,
+        config: &NetworkConfig,
+        name: &str,
+        namespace: &str,
+        ips: &[IpAddr],
+    ) -> Result<bool, CniError> {
+        let Some(path) = &config.workload_config else {
+            return Ok(true);
+        };
+        let state = crate::config::load_state(path).map_err(|error| {
+            CniError::new(
+                codes::IO_FAILURE,
+                "cannot read the workload config",
+                error.to_string(),
+            )
+        })?;
+        Ok(ips.iter().any(|ip| {
+            state.workload_by_ip(*ip).is_some_and(|workload| {
+                workload.protocol == Protocol::Hbone
+                    && workload.namespace == namespace
+                    && (workload.name.is_empty() || workload.name == name)
+            })
+        }))
+    }
+}

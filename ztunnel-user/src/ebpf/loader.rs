@@ -1,0 +1,334 @@
+//! Loading the kernel programs against the pinned maps, and attaching or adopting their links.
+//!
+//! Adoption: a hook whose link is already pinned is not attached again; instead the pinned
+//! link's program is swapped in place for the freshly loaded one (`BPF_LINK_UPDATE`). So a
+//! restart never leaves two copies of a program on a hook and never leaves a hook empty. A
+//! pinned link whose target is gone (cgroup or interface deleted) or that points at another
+//! cgroup is unpinned (it is ours: it lives under our root) and attached afresh.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
+};
+use ztunnel_common::maps::{ALL_MAPS, LOG_RING_BUFFER_MAP, programs};
+
+use super::{
+    EBPF_OBJECT, EbpfError, PinLayout,
+    bpf_syscall::{self, CgroupAttachType, LINK_TYPE_CGROUP, LINK_TYPE_TCX},
+    logs::TracingLog,
+};
+use crate::inpod::netns::Netns;
+
+/// The cgroup programs, in the order a connection meets them.
+pub const CGROUP_PROGRAMS: [&str; 4] = [
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SOCKOPS,
+    programs::GETSOCKOPT,
+];
+
+/// What happened to a hook when attaching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// No pinned link existed: a new link was attached and pinned.
+    Attached,
+    /// The pinned link was kept and now runs the newly loaded program.
+    Adopted,
+    /// A pinned link was stale (target gone or different); it was removed and replaced.
+    Replaced,
+}
+
+/// The kernel programs loaded against the maps pinned under one root.
+pub struct LoadedPrograms {
+    ebpf: Ebpf,
+    layout: PinLayout,
+}
+
+impl LoadedPrograms {
+    /// Creates the pin directories, loads the object (creating and pinning any map that is not
+    /// pinned yet, reusing those that are) and loads every program into the kernel.
+    /// Minimum kernel 6.6 (TCX; the other hooks need 5.15).
+    pub fn load(layout: &PinLayout) -> Result<Self, EbpfError> {
+        layout.create().map_err(|source| EbpfError::Io {
+            action: format!("create pin directories under {}", layout.root().display()),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
+            .iter()
+            .chain([LOG_RING_BUFFER_MAP].iter())
+            .map(|name| (*name, layout.map(name)))
+            .collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| EbpfError::Load {
+            root: layout.root().to_owned(),
+            source: Box::new(source),
+        })?;
+        for name in CGROUP_PROGRAMS.iter().chain([programs::TC_INGRESS].iter()) {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
+            let result = match program {
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::SockOps(p) => p.load(),
+                aya::programs::Program::CgroupSockopt(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => return Err(EbpfError::MissingProgram(name)),
+            };
+            result.map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            layout: layout.clone(),
+        })
+    }
+
+    /// The pin layout these programs were loaded for.
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Starts forwarding kernel log records into `tracing`; call once, from the daemon.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<TracingLog>> {
+        match aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, TracingLog) {
+            Ok(logger) => Some(logger),
+            Err(error) => {
+                tracing::warn!(%error, "kernel log forwarding unavailable");
+                None
+            }
+        }
+    }
+
+    /// Attaches (or adopts) the connect4/connect6/sockops/getsockopt links on the cgroup-v2
+    /// directory `cgroup`. Minimum kernel 5.15.
+    pub fn attach_cgroup_programs(
+        &mut self,
+        cgroup: &Path,
+    ) -> Result<Vec<(&'static str, AttachOutcome)>, EbpfError> {
+        let cgroup_file = File::open(cgroup).map_err(|source| EbpfError::Cgroup {
+            cgroup: cgroup.to_owned(),
+            source,
+        })?;
+        let cgroup_id = cgroup_id(cgroup)?;
+        let mut outcomes = Vec::new();
+        for name in CGROUP_PROGRAMS {
+            let pin = self.layout.cgroup_link(name);
+            let mut outcome = AttachOutcome::Attached;
+            if pin.exists() {
+                match self.adopt(&pin, name, LINK_TYPE_CGROUP, cgroup_id)? {
+                    true => {
+                        outcomes.push((name, AttachOutcome::Adopted));
+                        continue;
+                    }
+                    false => outcome = AttachOutcome::Replaced,
+                }
+            }
+            let link = self.attach_cgroup_program(name, &cgroup_file, cgroup)?;
+            bpf_syscall::pin(&link, &pin).map_err(|source| EbpfError::Io {
+                action: format!("pin the {name} link at {}", pin.display()),
+                source,
+            })?;
+            outcomes.push((name, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    fn attach_cgroup_program(
+        &mut self,
+        name: &'static str,
+        cgroup_file: &File,
+        cgroup: &Path,
+    ) -> Result<OwnedFd, EbpfError> {
+        let attach_type = match name {
+            programs::CONNECT4 => CgroupAttachType::Inet4Connect,
+            programs::CONNECT6 => CgroupAttachType::Inet6Connect,
+            programs::SOCKOPS => CgroupAttachType::SockOps,
+            programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
+            _ => return Err(EbpfError::MissingProgram(name)),
+        };
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(EbpfError::MissingProgram(name))?;
+        let program_fd = program.fd().map_err(|source| EbpfError::LoadProgram {
+            program: name,
+            source: Box::new(source),
+        })?;
+        bpf_syscall::create_cgroup_link(&program_fd.as_fd(), cgroup_file, attach_type).map_err(
+            |source| EbpfError::Io {
+                action: format!("attach {name} to cgroup {}", cgroup.display()),
+                source,
+            },
+        )
+    }
+
+    /// Swaps the program of the link pinned at `pin` if it still targets `target`; otherwise
+    /// removes the stale pin. Returns whether the link was adopted.
+    fn adopt(
+        &self,
+        pin: &Path,
+        name: &'static str,
+        link_type: u32,
+        target: u64,
+    ) -> Result<bool, EbpfError> {
+        let io_error = |action: &str, source| EbpfError::Io {
+            action: format!("{action} {}", pin.display()),
+            source,
+        };
+        let link = bpf_syscall::open_pin(pin).map_err(|e| io_error("open pinned link", e))?;
+        let info = bpf_syscall::link_info(&link).map_err(|e| io_error("read pinned link", e))?;
+        if info.link_type == link_type && info.target == target && target != 0 {
+            let program = self
+                .ebpf
+                .program(name)
+                .ok_or(EbpfError::MissingProgram(name))?;
+            let program_fd = program.fd().map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
+            bpf_syscall::replace_link_program(&link, &program_fd.as_fd())
+                .map_err(|e| io_error("replace the program of pinned link", e))?;
+            return Ok(true);
+        }
+        tracing::info!(pin = %pin.display(), ?info, expected_target = target, "removing stale pinned link");
+        std::fs::remove_file(pin).map_err(|e| io_error("remove stale pinned link", e))?;
+        Ok(false)
+    }
+
+    /// Attaches (or adopts) the TC ingress program on `interface` inside `netns` with TCX and
+    /// pins the link for the pod `netns_cookie`. Returns the interface index. Minimum kernel 6.6.
+    pub fn attach_tc_ingress(
+        &mut self,
+        netns: &Netns,
+        interface: &str,
+        netns_cookie: u64,
+    ) -> Result<(u32, AttachOutcome), EbpfError> {
+        let pin_dir = self.layout.pod_dir(netns_cookie);
+        std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::Io {
+            action: format!("create {}", pin_dir.display()),
+            source,
+        })?;
+        let pin = self.layout.pod_tc_link(netns_cookie);
+        let interface_owned = interface.to_owned();
+        let ifindex = netns
+            .run(move || interface_index(&interface_owned))
+            .map_err(|source| EbpfError::Io {
+                action: format!(
+                    "find interface {interface} in netns {}",
+                    netns.path().display()
+                ),
+                source,
+            })?;
+        let mut outcome = AttachOutcome::Attached;
+        if pin.exists() {
+            if self.adopt(
+                &pin,
+                programs::TC_INGRESS,
+                LINK_TYPE_TCX,
+                u64::from(ifindex),
+            )? {
+                return Ok((ifindex, AttachOutcome::Adopted));
+            }
+            outcome = AttachOutcome::Replaced;
+        }
+        let name = programs::TC_INGRESS;
+        let target = format!("{interface} in netns {}", netns.path().display());
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(EbpfError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| EbpfError::LoadProgram {
+                program: name,
+                source: Box::new(source),
+            })?;
+        let interface_owned = interface.to_owned();
+        let link: FdLink = netns
+            .run(move || {
+                let id = program
+                    .attach_with_options(
+                        &interface_owned,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(std::io::Error::other)?;
+                let link = program.take_link(id).map_err(std::io::Error::other)?;
+                FdLink::try_from(link).map_err(std::io::Error::other)
+            })
+            .map_err(|source| EbpfError::Io {
+                action: format!("attach {name} to {target}"),
+                source,
+            })?;
+        link.pin(&pin).map_err(|source| EbpfError::Pin {
+            path: pin.clone(),
+            source: Box::new(source),
+        })?;
+        Ok((ifindex, outcome))
+    }
+}
+
+/// Removes a pod's pinned links (detaching them) and its pin directory.
+pub fn remove_pod_pins(layout: &PinLayout, netns_cookie: u64) -> Result<(), EbpfError> {
+    let dir = layout.pod_dir(netns_cookie);
+    let pin = layout.pod_tc_link(netns_cookie);
+    for (path, is_dir) in [(pin, false), (dir, true)] {
+        let result = if is_dir {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(EbpfError::Io {
+                    action: format!("remove {}", path.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cgroup-v2 id of a directory (its inode number), as cgroup links report it.
+fn cgroup_id(cgroup: &Path) -> Result<u64, EbpfError> {
+    use std::os::unix::fs::MetadataExt;
+    let error = |source| EbpfError::Cgroup {
+        cgroup: cgroup.to_owned(),
+        source,
+    };
+    let mut path = cgroup.join("cgroup.procs");
+    if !path.exists() {
+        path = cgroup.to_owned();
+        return Err(error(std::io::Error::other(format!(
+            "{} has no cgroup.procs: not a cgroup-v2 directory (mount cgroup2 or pass --cgroup)",
+            path.display()
+        ))));
+    }
+    Ok(std::fs::metadata(cgroup).map_err(error)?.ino())
+}
+
+/// The index of `interface` in the calling thread's netns.
+fn interface_index(interface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(index)
+    }
+}

@@ -1,0 +1,329 @@
+//! `ztunnel daemon`: load or adopt the kernel programs, keep every enrolled pod's listeners
+//! open, and follow the enrolled set as pods come and go. SIGTERM/SIGINT close the listeners
+//! (the kernel then applies the fail mode) and keep every pin, so capture survives.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+};
+
+use super::{
+    InpodError,
+    enroll::{forget_pod, still_exists},
+    handler::{PodContext, PodTrafficHandler},
+    listeners::PodListeners,
+    netns::Netns,
+    socket_factory::PodSocketFactory,
+    state::{DaemonLock, EnrolledPod, StateLock, read_enrolled},
+};
+use super::enrollment_handler::DaemonEnrollmentHandler;
+use crate::{
+    ebpf::{LoadedPrograms, PinLayout, PinnedMaps, maps::FailMode},
+    enrollment::{EnrollmentServer, SOCKET_NAME},
+};
+
+/// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The daemon's settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where maps and links are pinned.
+    pub layout: PinLayout,
+    /// cgroup-v2 directory the cgroup programs attach to.
+    pub cgroup: PathBuf,
+    /// Directory of the enrolled set.
+    pub run_dir: PathBuf,
+    /// Behaviour for enrolled pods while ztunnel is not serving them.
+    pub fail_mode: FailMode,
+}
+
+/// Runs until SIGTERM or SIGINT. Minimum kernel 6.6.
+pub async fn run(
+    config: DaemonConfig,
+    handler: Arc<dyn PodTrafficHandler>,
+) -> Result<(), InpodError> {
+    // The lock comes first: the enrollment socket of a daemon already running must not be taken.
+    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
+        InpodError::Invalid(format!(
+            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
+            config.run_dir.display()
+        ))
+    })?;
+    let (control, receiver) = control_channel();
+    let socket_path = config.run_dir.join(SOCKET_NAME);
+    let server = EnrollmentServer::bind(&socket_path).map_err(|error| InpodError::Io {
+        action: format!("open the enrollment socket {}", socket_path.display()),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    let enrollment = tokio::spawn(server.serve(Arc::new(DaemonEnrollmentHandler::new(
+        control,
+        config.run_dir.clone(),
+    ))));
+    let outcome = run_controlled(config, handler, Some(receiver)).await;
+    enrollment.abort();
+    let _ = std::fs::remove_file(&socket_path);
+    outcome
+}
+
+/// A pod whose in-pod listeners are open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedPod {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Cookie of its netns.
+    pub netns_cookie: u64,
+}
+
+type ControlRequest = oneshot::Sender<Vec<ServedPod>>;
+
+/// In-process control of a running daemon, for the enrollment socket server (issue 4): after a
+/// pod was enrolled through [`super::enroll`], [`DaemonControl::reconcile`] makes the daemon
+/// open its listeners at once (instead of at the next periodic pass) and reports what it serves.
+#[derive(Debug, Clone)]
+pub struct DaemonControl {
+    requests: mpsc::Sender<ControlRequest>,
+}
+
+/// The daemon's end of a [`DaemonControl`]; pass it to [`run_controlled`].
+#[derive(Debug)]
+pub struct ControlReceiver {
+    requests: mpsc::Receiver<ControlRequest>,
+}
+
+/// A connected control handle and the receiver the daemon takes.
+pub fn control_channel() -> (DaemonControl, ControlReceiver) {
+    let (sender, receiver) = mpsc::channel(16);
+    (
+        DaemonControl { requests: sender },
+        ControlReceiver { requests: receiver },
+    )
+}
+
+impl DaemonControl {
+    /// Re-reads the enrolled set now, opens or closes listeners accordingly and returns every
+    /// pod whose listeners are open. Fails if the daemon is not running (any more).
+    pub async fn reconcile(&self) -> Result<Vec<ServedPod>, InpodError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || InpodError::Invalid("the ztunnel daemon is not running".into());
+        self.requests.send(reply).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
+    }
+}
+
+/// [`run`] after it holds the run dir, also answering [`DaemonControl`] requests when `control`
+/// is given.
+async fn run_controlled(
+    config: DaemonConfig,
+    handler: Arc<dyn PodTrafficHandler>,
+    control: Option<ControlReceiver>,
+) -> Result<(), InpodError> {
+    let mut control = control.map(|control| control.requests);
+    let mut programs = LoadedPrograms::load(&config.layout)?;
+    let mut maps = PinnedMaps::open(&config.layout)?;
+    maps.write_config(config.fail_mode.record_value(), 0)?;
+    for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
+        tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
+    }
+    let _kernel_logs = programs
+        .take_logger()
+        .map(|logger| tokio::spawn(crate::ebpf::logs::forward(logger)));
+    adopt_enrolled_pods(&mut programs, &config)?;
+    let maps = Arc::new(maps);
+    let mut serving: HashMap<u64, PodListeners> = HashMap::new();
+    reconcile(&config, &handler, &maps, &mut serving);
+    tracing::info!(bpffs_root = %config.layout.root().display(), fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
+
+    let signal_error = |source| InpodError::Io {
+        action: "install signal handlers".into(),
+        source,
+    };
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = ticker.tick() => reconcile(&config, &handler, &maps, &mut serving),
+            Some(reply) = next_request(&mut control) => {
+                reconcile(&config, &handler, &maps, &mut serving);
+                let _ = reply.send(served(&config, &serving));
+            }
+        }
+    }
+    let pods = serving.len();
+    drop(serving);
+    tracing::info!(pods, fail_mode = ?config.fail_mode, "ztunnel daemon stopped: in-pod listeners closed, pins kept");
+    Ok(())
+}
+
+/// Re-attaches (adopts) the TC link of every enrolled pod and forgets pods whose netns is gone,
+/// along with pod pins that no enrolled pod owns.
+fn adopt_enrolled_pods(
+    programs: &mut LoadedPrograms,
+    config: &DaemonConfig,
+) -> Result<(), InpodError> {
+    let lock = StateLock::acquire(&config.run_dir)
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let mut set = lock
+        .load()
+        .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    let mut kept = Vec::new();
+    for pod in set.pods.drain(..) {
+        if !still_exists(&pod) {
+            tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns = %pod.netns.display(), "enrolled pod's netns is gone; removing its entries and pins");
+            forget_pod(&config.layout, &pod)?;
+            continue;
+        }
+        let netns = Netns::open(&pod.netns).map_err(|source| InpodError::Netns {
+            path: pod.netns.clone(),
+            source,
+        })?;
+        let (_, outcome) = programs.attach_tc_ingress(&netns, &pod.interface, pod.netns_cookie)?;
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, tc = ?outcome, "enrolled pod adopted");
+        kept.push(pod);
+    }
+    set.pods = kept;
+    remove_orphan_pod_pins(&config.layout, &set.pods)?;
+    lock.save(&set)
+        .map_err(|source| InpodError::state(&config.run_dir, source))
+}
+
+/// Pod pin directories (and `pods` entries) under our root that no enrolled pod owns.
+fn remove_orphan_pod_pins(layout: &PinLayout, pods: &[EnrolledPod]) -> Result<(), InpodError> {
+    let owned = |cookie: u64| pods.iter().any(|pod| pod.netns_cookie == cookie);
+    let entries = std::fs::read_dir(layout.pods_dir()).map_err(|source| InpodError::Io {
+        action: format!("list {}", layout.pods_dir().display()),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let Some(cookie) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if !owned(cookie) {
+            tracing::info!(
+                netns_cookie = cookie,
+                "removing pins of a pod that is no longer enrolled"
+            );
+            crate::ebpf::loader::remove_pod_pins(layout, cookie)?;
+        }
+    }
+    let mut maps = PinnedMaps::open(layout)?;
+    let stale: Vec<u64> = maps
+        .pods
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|cookie| !owned(*cookie))
+        .collect();
+    for cookie in stale {
+        let _ = maps.pods.remove(&cookie);
+    }
+    Ok(())
+}
+
+/// The next control request, or never if there is no control channel (or it closed).
+async fn next_request(
+    control: &mut Option<mpsc::Receiver<ControlRequest>>,
+) -> Option<ControlRequest> {
+    match control {
+        Some(receiver) => match receiver.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *control = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The pods with open listeners, named from the enrolled set.
+fn served(config: &DaemonConfig, serving: &HashMap<u64, PodListeners>) -> Vec<ServedPod> {
+    let set = read_enrolled(&config.run_dir).unwrap_or_default();
+    set.pods
+        .into_iter()
+        .filter(|pod| serving.contains_key(&pod.netns_cookie))
+        .map(|pod| ServedPod {
+            namespace: pod.namespace,
+            name: pod.name,
+            netns_cookie: pod.netns_cookie,
+        })
+        .collect()
+}
+
+/// Opens listeners for newly enrolled pods and closes those of pods no longer enrolled.
+fn reconcile(
+    config: &DaemonConfig,
+    handler: &Arc<dyn PodTrafficHandler>,
+    maps: &Arc<PinnedMaps>,
+    serving: &mut HashMap<u64, PodListeners>,
+) {
+    let set = match read_enrolled(&config.run_dir) {
+        Ok(set) => set,
+        Err(error) => {
+            tracing::warn!(%error, run_dir = %config.run_dir.display(), "cannot read the enrolled set; keeping the current listeners");
+            return;
+        }
+    };
+    serving.retain(|cookie, _| {
+        let keep = set.pods.iter().any(|pod| pod.netns_cookie == *cookie);
+        if !keep {
+            tracing::info!(
+                netns_cookie = cookie,
+                "pod unenrolled; its listeners are closed"
+            );
+        }
+        keep
+    });
+    for pod in set.pods {
+        if serving.contains_key(&pod.netns_cookie) {
+            continue;
+        }
+        let netns = match Netns::open(&pod.netns) {
+            Ok(netns) => Arc::new(netns),
+            Err(error) => {
+                tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot open the pod's netns; not serving it");
+                continue;
+            }
+        };
+        let context = Arc::new(PodContext {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            ips: pod.ips.clone(),
+            netns_cookie: pod.netns_cookie,
+            sockets: Arc::new(PodSocketFactory::new(netns.clone())),
+            netns,
+        });
+        match PodListeners::open(context, handler.clone(), maps.clone()) {
+            Ok(listeners) => {
+                tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = pod.netns_cookie, "serving pod: in-pod listeners open");
+                serving.insert(pod.netns_cookie, listeners);
+            }
+            Err(error) => {
+                tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot open the pod's listeners; it stays in fail mode")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn control_fails_clearly_when_the_daemon_is_not_running() {
+        let (control, receiver) = control_channel();
+        drop(receiver);
+        let error = control.reconcile().await.unwrap_err();
+        assert!(error.to_string().contains("not running"), "{error}");
+    }
+}

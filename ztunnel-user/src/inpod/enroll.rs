@@ -1,0 +1,181 @@
+//! Enrolling and unenrolling a pod: the library API the CLI, the daemon and (later) the CNI
+//! plugin's Unix-socket protocol call.
+//!
+//! Enrollment = `pods` + `workloads` entries, a pinned TCX link in the pod netns and a record in
+//! the enrolled set; the daemon then opens the pod's listeners. Until it does, the pod is
+//! fail-closed (or fail-open if the node is configured so).
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ztunnel_common::{
+    POD_FLAG_CAPTURED, POD_FLAG_HBONE, PodRecord, WorkloadRecord,
+    maps::{MAX_PODS, PODS_MAP, WORKLOADS_MAP},
+};
+
+use super::{
+    InpodError,
+    netns::Netns,
+    state::{EnrolledPod, StateLock},
+};
+use crate::ebpf::{
+    EbpfError, LoadedPrograms, PinLayout, PinnedMaps, loader::remove_pod_pins, maps::workload_key,
+};
+
+/// What the caller knows about a pod to enroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    /// Kubernetes pod name.
+    pub name: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Path of the pod's netns file (`/var/run/netns/<name>` or `/proc/<pid>/ns/net`).
+    pub netns: PathBuf,
+    /// The pod's IPs.
+    pub ips: Vec<IpAddr>,
+    /// The pod's interface inside its netns.
+    pub interface: String,
+}
+
+/// Which pod to unenroll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodSelector {
+    /// By netns path.
+    Netns(PathBuf),
+    /// By Kubernetes namespace and name.
+    Name {
+        /// Kubernetes namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+}
+
+impl PodSelector {
+    fn matches(&self, pod: &EnrolledPod) -> bool {
+        match self {
+            Self::Netns(path) => &pod.netns == path,
+            Self::Name { namespace, name } => &pod.namespace == namespace && &pod.name == name,
+        }
+    }
+}
+
+/// Enrolls (or re-enrolls, idempotently) a pod. Minimum kernel 6.6.
+pub fn enroll(
+    programs: &mut LoadedPrograms,
+    run_dir: &Path,
+    spec: &PodSpec,
+) -> Result<EnrolledPod, InpodError> {
+    if spec.ips.is_empty() {
+        return Err(InpodError::Invalid(format!(
+            "pod {}/{} has no IPs (pass --ip)",
+            spec.namespace, spec.name
+        )));
+    }
+    let lock = StateLock::acquire(run_dir).map_err(|source| InpodError::state(run_dir, source))?;
+    let mut set = lock
+        .load()
+        .map_err(|source| InpodError::state(run_dir, source))?;
+    let netns = Netns::open(&spec.netns).map_err(|source| InpodError::Netns {
+        path: spec.netns.clone(),
+        source,
+    })?;
+    let netns_cookie = netns.cookie().map_err(|source| InpodError::Netns {
+        path: spec.netns.clone(),
+        source,
+    })?;
+    let existing = set
+        .pods
+        .iter()
+        .position(|pod| pod.netns_cookie == netns_cookie);
+    let index = match existing {
+        Some(position) => set.pods[position].index,
+        None => set.free_index(),
+    };
+    if index >= MAX_PODS {
+        return Err(InpodError::Invalid(format!(
+            "cannot enroll {}/{}: already {MAX_PODS} pods on this node",
+            spec.namespace, spec.name
+        )));
+    }
+    let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
+    let mut maps = PinnedMaps::open(programs.layout())?;
+    if existing.is_none() {
+        maps.reset_pod_counters(index)?;
+    }
+    let flags = POD_FLAG_CAPTURED | POD_FLAG_HBONE;
+    for ip in &spec.ips {
+        let record = WorkloadRecord {
+            netns_cookie,
+            ifindex,
+            flags,
+        };
+        maps.workloads
+            .insert(workload_key(*ip), record, 0)
+            .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
+    }
+    maps.pods
+        .insert(netns_cookie, PodRecord { index, flags }, 0)
+        .map_err(|source| EbpfError::map(PODS_MAP, "write", source))?;
+    let pod = EnrolledPod {
+        name: spec.name.clone(),
+        namespace: spec.namespace.clone(),
+        netns: spec.netns.clone(),
+        ips: spec.ips.clone(),
+        interface: spec.interface.clone(),
+        ifindex,
+        netns_cookie,
+        index,
+    };
+    match existing {
+        Some(position) => set.pods[position] = pod.clone(),
+        None => set.pods.push(pod.clone()),
+    }
+    lock.save(&set)
+        .map_err(|source| InpodError::state(run_dir, source))?;
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, tc = ?outcome, "pod enrolled");
+    Ok(pod)
+}
+
+/// Unenrolls a pod: map entries, pinned TC link and enrolled-set record. Returns the pod, or
+/// `None` if no enrolled pod matched.
+pub fn unenroll(
+    layout: &PinLayout,
+    run_dir: &Path,
+    selector: &PodSelector,
+) -> Result<Option<EnrolledPod>, InpodError> {
+    let lock = StateLock::acquire(run_dir).map_err(|source| InpodError::state(run_dir, source))?;
+    let mut set = lock
+        .load()
+        .map_err(|source| InpodError::state(run_dir, source))?;
+    let Some(position) = set.pods.iter().position(|pod| selector.matches(pod)) else {
+        return Ok(None);
+    };
+    let pod = set.pods.remove(position);
+    forget_pod(layout, &pod)?;
+    lock.save(&set)
+        .map_err(|source| InpodError::state(run_dir, source))?;
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = pod.netns_cookie, "pod unenrolled");
+    Ok(Some(pod))
+}
+
+/// Removes a pod's map entries and pins (not its enrolled-set record).
+pub fn forget_pod(layout: &PinLayout, pod: &EnrolledPod) -> Result<(), InpodError> {
+    let mut maps = PinnedMaps::open(layout)?;
+    let _ = maps.pods.remove(&pod.netns_cookie);
+    for ip in &pod.ips {
+        let _ = maps.workloads.remove(&workload_key(*ip));
+    }
+    maps.reset_pod_counters(pod.index)?;
+    remove_pod_pins(layout, pod.netns_cookie)?;
+    Ok(())
+}
+
+/// Whether the pod's netns still exists and is the same namespace that was enrolled.
+pub fn still_exists(pod: &EnrolledPod) -> bool {
+    Netns::open(&pod.netns)
+        .and_then(|netns| netns.cookie())
+        .is_ok_and(|cookie| cookie == pod.netns_cookie)
+}
