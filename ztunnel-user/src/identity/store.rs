@@ -122,11 +122,11 @@ impl CertificateStore {
             return Ok(loaded.certificate.clone());
         }
         let loaded = self.load(identity)?;
-        let certificate = loaded.certificate.clone();
-        self.write_certificates()
-            .entry(identity.clone())
-            .or_insert(loaded);
-        Ok(certificate)
+        // Concurrent first users may each have loaded one: all of them get the one stored, so
+        // everybody agrees on the certificate in force (the HBONE pool keys on its serial).
+        let mut certificates = self.write_certificates();
+        let stored = certificates.entry(identity.clone()).or_insert(loaded);
+        Ok(stored.certificate.clone())
     }
 
     /// Every certificate in force, for `/config_dump`.
@@ -276,6 +276,29 @@ fn root_store(bundle: &[u8], origin: &str) -> Result<Arc<RootCertStore>, Identit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_users_get_the_same_certificate() {
+        let authority = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+        let store = Arc::new(
+            CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600))
+                .unwrap(),
+        );
+        let identity = SpiffeId::new("cluster.local", "default", "sleep");
+        let serials: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.certificate(&identity).unwrap().serial.clone()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
+        });
+        assert!(
+            serials.iter().all(|serial| *serial == serials[0]),
+            "{serials:?}"
+        );
+    }
 
     #[test]
     fn reloads_changed_files_and_keeps_unchanged_ones() {
