@@ -35,17 +35,24 @@ fn options() -> anyhow::Result<Options> {
         runs: 5,
         megabytes: 1024,
         round_trips: 5000,
-        out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench/hbone.json")),
+        out: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/bench/hbone.json"
+        )),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--runs" => options.runs = value.parse()?,
             "--megabytes" => options.megabytes = value.parse()?,
             "--round-trips" => options.round_trips = value.parse()?,
             "--out" => options.out = value.into(),
-            other => bail!("unknown option {other} (expected --runs, --megabytes, --round-trips, --out)"),
+            other => {
+                bail!("unknown option {other} (expected --runs, --megabytes, --round-trips, --out)")
+            }
         }
     }
     Ok(options)
@@ -126,7 +133,9 @@ async fn latency(to: SocketAddr, size: usize, count: usize) -> anyhow::Result<(f
         samples.push(start.elapsed());
     }
     samples.sort();
-    let at = |quantile: f64| samples[((samples.len() as f64 - 1.0) * quantile) as usize].as_secs_f64() * 1e6;
+    let at = |quantile: f64| {
+        samples[((samples.len() as f64 - 1.0) * quantile) as usize].as_secs_f64() * 1e6
+    };
     Ok((at(0.50), at(0.99)))
 }
 
@@ -141,11 +150,19 @@ struct Path {
     tunneled: SocketAddr,
 }
 
-async fn path(context: &Arc<ProxyContext>, client: &Arc<PodContext>, direct: SocketAddr) -> anyhow::Result<Path> {
+async fn path(
+    context: &Arc<ProxyContext>,
+    client: &Arc<PodContext>,
+    direct: SocketAddr,
+) -> anyhow::Result<Path> {
     let outbound = TcpListener::bind((client.workload.ips[0], 0)).await?;
     let tunneled = outbound.local_addr()?;
-    tokio::spawn(listeners::serve_outbound(context.clone(), client.clone(), outbound,
-        Arc::new(listeners::FixedDestination(direct))));
+    tokio::spawn(listeners::serve_outbound(
+        context.clone(),
+        client.clone(),
+        outbound,
+        Arc::new(listeners::FixedDestination(direct)),
+    ));
     Ok(Path { direct, tunneled })
 }
 
@@ -155,17 +172,30 @@ async fn main() -> anyhow::Result<()> {
     let client_ip = "127.0.200.1".parse()?;
     let server_ip = "127.0.200.2".parse()?;
     let authority = Arc::new(CertificateAuthority::generate("cluster.local")?);
-    let store = Arc::new(CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600))?);
-    let client_info = WorkloadInfo::new(SpiffeId::new("cluster.local", "bench", "client"), client_ip);
-    let server_info = WorkloadInfo::new(SpiffeId::new("cluster.local", "bench", "server"), server_ip);
-    let directory = StaticDirectory::new().with_workload(client_info.clone(), true).with_workload(server_info.clone(), true);
+    let store = Arc::new(CertificateStore::with_authority(
+        authority,
+        "cluster.local",
+        Duration::from_secs(3600),
+    )?);
+    let client_info =
+        WorkloadInfo::new(SpiffeId::new("cluster.local", "bench", "client"), client_ip);
+    let server_info =
+        WorkloadInfo::new(SpiffeId::new("cluster.local", "bench", "server"), server_ip);
+    let directory = StaticDirectory::new()
+        .with_workload(client_info.clone(), true)
+        .with_workload(server_info.clone(), true);
     let (_drain, watch) = Drain::new();
     let context = ProxyContext::new(Arc::new(directory), store.clone(), watch);
     let client = PodContext::new(client_info, Arc::new(HostSocketFactory), &store)?;
     let server = PodContext::new(server_info, Arc::new(HostSocketFactory), &store)?;
-    let hbone = TcpListener::bind((server_ip, HBONE_PORT)).await
+    let hbone = TcpListener::bind((server_ip, HBONE_PORT))
+        .await
         .with_context(|| format!("bind {server_ip}:{HBONE_PORT}"))?;
-    tokio::spawn(listeners::serve_inbound_hbone(context.clone(), server, hbone));
+    tokio::spawn(listeners::serve_inbound_hbone(
+        context.clone(),
+        server,
+        hbone,
+    ));
     let sink_listener = TcpListener::bind((server_ip, 0)).await?;
     let echo_listener = TcpListener::bind((server_ip, 0)).await?;
     let bulk = path(&context, &client, sink_listener.local_addr()?).await?;
@@ -183,17 +213,28 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
     for run in 0..options.runs {
         for (name, address) in [("direct", bulk.direct), ("hbone", bulk.tunneled)] {
             let gbps = throughput(address, bytes).await?;
-            results.entry(if name == "direct" { "throughput_gbps_direct" } else { "throughput_gbps_hbone" }).or_default().push(gbps);
+            results
+                .entry(if name == "direct" {
+                    "throughput_gbps_direct"
+                } else {
+                    "throughput_gbps_hbone"
+                })
+                .or_default()
+                .push(gbps);
             println!("run {run}: {name:6} throughput {gbps:8.3} Gbit/s");
         }
         for size in [1usize, 1024] {
             for (name, address) in [("direct", ping.direct), ("hbone", ping.tunneled)] {
                 let (p50, p99) = latency(address, size, options.round_trips).await?;
-                let key50: &'static str = Box::leak(format!("latency_{size}b_p50_us_{name}").into_boxed_str());
-                let key99: &'static str = Box::leak(format!("latency_{size}b_p99_us_{name}").into_boxed_str());
+                let key50: &'static str =
+                    Box::leak(format!("latency_{size}b_p50_us_{name}").into_boxed_str());
+                let key99: &'static str =
+                    Box::leak(format!("latency_{size}b_p99_us_{name}").into_boxed_str());
                 results.entry(key50).or_default().push(p50);
                 results.entry(key99).or_default().push(p99);
-                println!("run {run}: {name:6} {size:4}-byte round trip p50 {p50:8.1} µs p99 {p99:8.1} µs");
+                println!(
+                    "run {run}: {name:6} {size:4}-byte round trip p50 {p50:8.1} µs p99 {p99:8.1} µs"
+                );
             }
         }
     }
@@ -201,25 +242,46 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
     for (key, values) in &mut results {
         medians.insert((*key).to_owned(), serde_json::json!(median(values)));
     }
-    let get = |key: &str| medians.get(key).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    let get = |key: &str| {
+        medians
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
     let ratio_throughput = get("throughput_gbps_hbone") / get("throughput_gbps_direct");
     let mut ratios = serde_json::Map::new();
-    ratios.insert("throughput_hbone_over_direct".into(), serde_json::json!(ratio_throughput));
+    ratios.insert(
+        "throughput_hbone_over_direct".into(),
+        serde_json::json!(ratio_throughput),
+    );
     for size in ["1b", "1024b"] {
         for quantile in ["p50", "p99"] {
-            let ratio = get(&format!("latency_{size}_{quantile}_us_hbone")) / get(&format!("latency_{size}_{quantile}_us_direct"));
-            ratios.insert(format!("latency_{size}_{quantile}_hbone_over_direct"), serde_json::json!(ratio));
+            let ratio = get(&format!("latency_{size}_{quantile}_us_hbone"))
+                / get(&format!("latency_{size}_{quantile}_us_direct"));
+            ratios.insert(
+                format!("latency_{size}_{quantile}_hbone_over_direct"),
+                serde_json::json!(ratio),
+            );
         }
     }
-    println!("\nmedians over {} interleaved runs ({} MiB per throughput run, {} round trips per latency run):",
-        options.runs, options.megabytes, options.round_trips);
+    println!(
+        "\nmedians over {} interleaved runs ({} MiB per throughput run, {} round trips per latency run):",
+        options.runs, options.megabytes, options.round_trips
+    );
     for (key, value) in &medians {
         println!("  {key:32} {:10.3}", value.as_f64().unwrap_or(f64::NAN));
     }
     for (key, value) in &ratios {
         println!("  {key:40} {:8.3}", value.as_f64().unwrap_or(f64::NAN));
     }
-    println!("  throughput target ≥ 0.35 of direct: {}", if ratio_throughput >= 0.35 { "met" } else { "NOT met" });
+    println!(
+        "  throughput target ≥ 0.35 of direct: {}",
+        if ratio_throughput >= 0.35 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
     let report = serde_json::json!({
         "runs": options.runs,
         "megabytes_per_throughput_run": options.megabytes,

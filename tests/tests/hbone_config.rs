@@ -13,7 +13,10 @@ use tokio::{
 use ztunnel::{
     config,
     identity::{CertificateAuthority, CertificateStore},
-    proxy::{Drain, PodContext, ProxyContext, listeners, state_directory::{StateDirectory, workload_info}},
+    proxy::{
+        Drain, PodContext, ProxyContext, listeners,
+        state_directory::{StateDirectory, workload_info},
+    },
     socket::HostSocketFactory,
     state::{State, StateHandle},
 };
@@ -64,18 +67,41 @@ async fn a_replaced_state_applies_to_the_next_connection() {
     init_tracing();
     let handle = StateHandle::new(state(WORKLOADS));
     let authority = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
-    let store = Arc::new(CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600)).unwrap());
+    let store = Arc::new(
+        CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600))
+            .unwrap(),
+    );
     let (_drain, watch) = Drain::new();
     let metrics = ztunnel::admin::metrics::Metrics::new();
-    let observer = Arc::new(ztunnel::proxy::istio_metrics::IstioMetrics::new(metrics.clone(), handle.clone()));
-    let context = ProxyContext::with_observer(Arc::new(StateDirectory::new(handle.clone())), store.clone(), watch, observer);
+    let observer = Arc::new(ztunnel::proxy::istio_metrics::IstioMetrics::new(
+        metrics.clone(),
+        handle.clone(),
+    ));
+    let context = ProxyContext::with_observer(
+        Arc::new(StateDirectory::new(handle.clone())),
+        store.clone(),
+        watch,
+        observer,
+    );
     let snapshot = handle.snapshot();
-    let sleep = workload_info(&snapshot.workload_by_ip("127.0.61.1".parse().unwrap()).unwrap());
-    let echo = workload_info(&snapshot.workload_by_ip("127.0.61.2".parse().unwrap()).unwrap());
+    let sleep = workload_info(
+        &snapshot
+            .workload_by_ip("127.0.61.1".parse().unwrap())
+            .unwrap(),
+    );
+    let echo = workload_info(
+        &snapshot
+            .workload_by_ip("127.0.61.2".parse().unwrap())
+            .unwrap(),
+    );
     let client = PodContext::new(sleep, Arc::new(HostSocketFactory), &store).unwrap();
     let server = PodContext::new(echo, Arc::new(HostSocketFactory), &store).unwrap();
     let hbone = TcpListener::bind(("127.0.61.2", HBONE_PORT)).await.unwrap();
-    tokio::spawn(listeners::serve_inbound_hbone(context.clone(), server, hbone));
+    tokio::spawn(listeners::serve_inbound_hbone(
+        context.clone(),
+        server,
+        hbone,
+    ));
     let app = TcpListener::bind("127.0.61.2:0").await.unwrap();
     let app_address = app.local_addr().unwrap();
     tokio::spawn(async move {
@@ -89,7 +115,12 @@ async fn a_replaced_state_applies_to_the_next_connection() {
     });
     let listener = TcpListener::bind("127.0.61.1:0").await.unwrap();
     let outbound = listener.local_addr().unwrap();
-    tokio::spawn(listeners::serve_outbound(context.clone(), client, listener, Arc::new(listeners::FixedDestination(app_address))));
+    tokio::spawn(listeners::serve_outbound(
+        context.clone(),
+        client,
+        listener,
+        Arc::new(listeners::FixedDestination(app_address)),
+    ));
     println!("set up: config with sleep 127.0.61.1 and echo 127.0.61.2 (HBONE), app {app_address}");
 
     let before = attempt(outbound).await;
@@ -98,22 +129,40 @@ async fn a_replaced_state_applies_to_the_next_connection() {
     let answered_401 = context.metrics.answers(401);
     handle.replace(state(WORKLOADS));
     let after = attempt(outbound).await;
-    println!("observed: before {:?}, with deny-sleep {:?} (401 answers: {answered_401}), after removing it {:?}",
-        String::from_utf8_lossy(&before), String::from_utf8_lossy(&denied), String::from_utf8_lossy(&after));
+    println!(
+        "observed: before {:?}, with deny-sleep {:?} (401 answers: {answered_401}), after removing it {:?}",
+        String::from_utf8_lossy(&before),
+        String::from_utf8_lossy(&denied),
+        String::from_utf8_lossy(&after)
+    );
     let exported = metrics.encode().expect("encode metrics");
-    let interesting: Vec<&str> = exported.lines()
-        .filter(|line| line.starts_with("istio_tcp_connections_opened_total{") || line.starts_with("ztunnel_connections_denied_total{"))
+    let interesting: Vec<&str> = exported
+        .lines()
+        .filter(|line| {
+            line.starts_with("istio_tcp_connections_opened_total{")
+                || line.starts_with("ztunnel_connections_denied_total{")
+        })
         .collect();
     println!("observed metrics:\n{}", interesting.join("\n"));
     assert_eq!(before, b"hi");
-    let opened_by_source = interesting.iter().any(|line| line.starts_with("istio_tcp_connections_opened_total{")
-        && line.contains("reporter=\"source\"")
-        && line.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
-        && line.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"")
-        && line.contains("connection_security_policy=\"mutual_tls\""));
-    assert!(opened_by_source, "outbound opens must be exported with Istio labels");
-    assert!(interesting.iter().any(|line| line.starts_with("ztunnel_connections_denied_total{") && line.contains("reporter=\"destination\"")),
-        "the 401 must be counted as denied");
+    let opened_by_source = interesting.iter().any(|line| {
+        line.starts_with("istio_tcp_connections_opened_total{")
+            && line.contains("reporter=\"source\"")
+            && line.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/sleep\"")
+            && line.contains("destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\"")
+            && line.contains("connection_security_policy=\"mutual_tls\"")
+    });
+    assert!(
+        opened_by_source,
+        "outbound opens must be exported with Istio labels"
+    );
+    assert!(
+        interesting
+            .iter()
+            .any(|line| line.starts_with("ztunnel_connections_denied_total{")
+                && line.contains("reporter=\"destination\"")),
+        "the 401 must be counted as denied"
+    );
     assert!(denied.is_empty());
     assert_eq!(answered_401, 1);
     assert_eq!(after, b"hi");

@@ -30,7 +30,10 @@ async fn echo_app(node: &Node) -> std::net::SocketAddr {
 async fn wait_until_refused(address: std::net::SocketAddr) {
     let start = Instant::now();
     while TcpStream::connect(address).await.is_ok() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {address} to stop accepting");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {address} to stop accepting"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -51,14 +54,20 @@ async fn drain_stops_accepting_and_lets_open_tunnels_finish() {
     wait_until_refused(node.hbone_address).await;
     // The open tunnel still carries data both ways during the drain.
     open.write_all(b"2").await.unwrap();
-    within("echo during drain", open.read_exact(&mut byte)).await.unwrap();
+    within("echo during drain", open.read_exact(&mut byte))
+        .await
+        .unwrap();
     let during = byte[0];
     open.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    within("tunnel end", open.read_to_end(&mut rest)).await.unwrap();
+    within("tunnel end", open.read_to_end(&mut rest))
+        .await
+        .unwrap();
     let left = within("drain to finish", draining).await.unwrap();
-    println!("observed: listeners {outbound} and {} refused new connections; open tunnel echoed {:?} during drain; drain left {left} connections",
-        node.hbone_address, during as char);
+    println!(
+        "observed: listeners {outbound} and {} refused new connections; open tunnel echoed {:?} during drain; drain left {left} connections",
+        node.hbone_address, during as char
+    );
     assert_eq!(during, b'2');
     assert_eq!(left, 0);
 }
@@ -74,6 +83,8 @@ async fn drain_gives_up_on_tunnels_still_open_at_the_timeout() {
     open.read_exact(&mut byte).await.unwrap();
     let timeout = Duration::from_millis(200);
     let left = node.drain.take().unwrap().drain(timeout).await;
-    println!("observed: drain with a {timeout:?} timeout and one idle open tunnel left {left} connections (the outbound and inbound halves)");
+    println!(
+        "observed: drain with a {timeout:?} timeout and one idle open tunnel left {left} connections (the outbound and inbound halves)"
+    );
     assert_eq!(left, 2);
 }

@@ -25,7 +25,10 @@ fn spawn_echo(app: TcpListener) {
 }
 
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit write/read a valid rlimit struct we own.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < 8192 {
@@ -47,14 +50,28 @@ async fn a_thousand_sequential_tunnels_share_connections() {
         client.write_all(b"x").await.expect("write");
         client.shutdown().await.expect("shutdown");
         let mut echoed = Vec::new();
-        within(&format!("tunnel {index} echo"), client.read_to_end(&mut echoed)).await.expect("read");
+        within(
+            &format!("tunnel {index} echo"),
+            client.read_to_end(&mut echoed),
+        )
+        .await
+        .expect("read");
         assert_eq!(echoed, b"x", "tunnel {index}");
     }
-    let accepted = node.context.metrics.hbone_connections_accepted.load(Ordering::Relaxed);
+    let accepted = node
+        .context
+        .metrics
+        .hbone_connections_accepted
+        .load(Ordering::Relaxed);
     let opened = node.context.pool.connections_opened();
     let limit = (tunnels as u64).div_ceil(100);
-    println!("{tunnels} sequential tunnels: server accepted {accepted} TLS connections, client pool opened {opened}; limit {limit}");
-    assert!(accepted <= limit, "{accepted} TLS connections for {tunnels} tunnels");
+    println!(
+        "{tunnels} sequential tunnels: server accepted {accepted} TLS connections, client pool opened {opened}; limit {limit}"
+    );
+    assert!(
+        accepted <= limit,
+        "{accepted} TLS connections for {tunnels} tunnels"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,17 +91,34 @@ async fn two_hundred_concurrent_tunnels_use_two_connections() {
     // Every tunnel is open at once: each has echoed its byte and none is closed yet.
     for (index, client) in clients.iter_mut().enumerate() {
         let mut byte = [0u8; 1];
-        within(&format!("echo on concurrent tunnel {index}"), client.read_exact(&mut byte)).await.expect("read");
+        within(
+            &format!("echo on concurrent tunnel {index}"),
+            client.read_exact(&mut byte),
+        )
+        .await
+        .expect("read");
         assert_eq!(byte[0], index as u8);
     }
     let open = node.context.drain.open_connections();
-    let accepted = node.context.metrics.hbone_connections_accepted.load(Ordering::Relaxed);
+    let accepted = node
+        .context
+        .metrics
+        .hbone_connections_accepted
+        .load(Ordering::Relaxed);
     let limit = (tunnels as u64).div_ceil(100);
-    println!("{tunnels} concurrent tunnels open ({open} proxied connections tracked): server accepted {accepted} TLS connections; limit {limit}");
+    println!(
+        "{tunnels} concurrent tunnels open ({open} proxied connections tracked): server accepted {accepted} TLS connections; limit {limit}"
+    );
     for client in &mut clients {
         client.shutdown().await.expect("shutdown");
     }
     drop(clients);
-    wait_until("all tunnels to close", || node.context.drain.open_connections() == 0).await;
-    assert!(accepted <= limit, "{accepted} TLS connections for {tunnels} concurrent tunnels");
+    wait_until("all tunnels to close", || {
+        node.context.drain.open_connections() == 0
+    })
+    .await;
+    assert!(
+        accepted <= limit,
+        "{accepted} TLS connections for {tunnels} concurrent tunnels"
+    );
 }

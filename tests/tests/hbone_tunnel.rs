@@ -23,24 +23,51 @@ async fn one_gib_each_way_arrives_intact() {
         let (mut read, mut write) = stream.into_split();
         let received = tokio::spawn(async move { receive_digest(&mut read).await });
         let sent = send_pattern(&mut write, GIB, 7).await.expect("server send");
-        (peer, sent, received.await.expect("join").expect("server receive"))
+        (
+            peer,
+            sent,
+            received.await.expect("join").expect("server receive"),
+        )
     });
-    let client = TcpStream::connect(outbound).await.expect("connect outbound");
+    let client = TcpStream::connect(outbound)
+        .await
+        .expect("connect outbound");
     let (mut read, mut write) = client.into_split();
     let received = tokio::spawn(async move { receive_digest(&mut read).await });
     let client_sent = send_pattern(&mut write, GIB, 3).await.expect("client send");
     let (client_received_count, client_received) =
-        within("client to receive 1 GiB and EOF", received).await.expect("join").expect("client receive");
+        within("client to receive 1 GiB and EOF", received)
+            .await
+            .expect("join")
+            .expect("client receive");
     let (peer, server_sent, (server_received_count, server_received)) =
-        within("server to finish", server).await.expect("server task");
+        within("server to finish", server)
+            .await
+            .expect("server task");
 
     println!("observed: app peer {peer}");
-    println!("client → server: sent sha256 {} / received {} bytes sha256 {}", hex(&client_sent), server_received_count, hex(&server_received));
-    println!("server → client: sent sha256 {} / received {} bytes sha256 {}", hex(&server_sent), client_received_count, hex(&client_received));
+    println!(
+        "client → server: sent sha256 {} / received {} bytes sha256 {}",
+        hex(&client_sent),
+        server_received_count,
+        hex(&server_received)
+    );
+    println!(
+        "server → client: sent sha256 {} / received {} bytes sha256 {}",
+        hex(&server_sent),
+        client_received_count,
+        hex(&client_received)
+    );
     assert_eq!(server_received_count, GIB);
     assert_eq!(client_received_count, GIB);
-    assert_eq!(client_sent, server_received, "client → server data corrupted");
-    assert_eq!(server_sent, client_received, "server → client data corrupted");
+    assert_eq!(
+        client_sent, server_received,
+        "client → server data corrupted"
+    );
+    assert_eq!(
+        server_sent, client_received,
+        "server → client data corrupted"
+    );
     assert_eq!(node.context.pool.connections_opened(), 1);
 }
 
@@ -49,14 +76,20 @@ async fn half_close_keeps_the_other_direction_open() {
     let node = Node::start(12).await;
     let app = node.app_listener().await;
     let outbound = node.outbound_to(app.local_addr().unwrap()).await;
-    println!("set up: app {}, outbound {outbound}", app.local_addr().unwrap());
+    println!(
+        "set up: app {}, outbound {outbound}",
+        app.local_addr().unwrap()
+    );
 
     let server = tokio::spawn(async move {
         let (mut stream, _) = app.accept().await.expect("accept");
         let mut request = Vec::new();
         // Reading to EOF proves the client's shutdown(write) crossed the tunnel.
         stream.read_to_end(&mut request).await.expect("read to EOF");
-        stream.write_all(b"answer after your EOF").await.expect("write after EOF");
+        stream
+            .write_all(b"answer after your EOF")
+            .await
+            .expect("write after EOF");
         stream.shutdown().await.expect("shutdown");
         request
     });
@@ -64,10 +97,18 @@ async fn half_close_keeps_the_other_direction_open() {
     client.write_all(b"question").await.expect("write");
     client.shutdown().await.expect("half-close");
     let mut answer = Vec::new();
-    within("answer and EOF from server", client.read_to_end(&mut answer)).await.expect("read");
+    within(
+        "answer and EOF from server",
+        client.read_to_end(&mut answer),
+    )
+    .await
+    .expect("read");
     let request = within("server task", server).await.expect("server");
-    println!("observed: server got {:?} then EOF; client got {:?} then EOF",
-        String::from_utf8_lossy(&request), String::from_utf8_lossy(&answer));
+    println!(
+        "observed: server got {:?} then EOF; client got {:?} then EOF",
+        String::from_utf8_lossy(&request),
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(request, b"question");
     assert_eq!(answer, b"answer after your EOF");
 }

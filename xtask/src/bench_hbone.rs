@@ -25,7 +25,16 @@ pub struct BenchHboneArgs {
 pub fn run(args: &BenchHboneArgs) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let status = Command::new(cargo)
-        .args(["run", "--release", "--quiet", "-p", "ztunnel-e2e", "--example", "bench_hbone", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "ztunnel-e2e",
+            "--example",
+            "bench_hbone",
+            "--",
+        ])
         .args(["--runs", &args.runs.to_string()])
         .args(["--megabytes", &args.megabytes.to_string()])
         .args(["--round-trips", &args.round_trips.to_string()])

@@ -23,7 +23,6 @@ use ztunnel::{
     },
     socket::HostSocketFactory,
 };
-use ztunnel_common::constants::HBONE_PORT;
 
 /// How long any awaited condition may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -33,7 +32,10 @@ pub fn init_tracing() {
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .init();
     });
 }
 
@@ -41,7 +43,10 @@ pub fn init_tracing() {
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
     while !condition() {
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -63,7 +68,8 @@ pub fn loopback(net: u8, host: u8) -> IpAddr {
 }
 
 /// One node's ztunnel on loopback with a client pod (`.1`, sa `sleep`) and a server pod
-/// (`.2`, sa `echo`) whose HBONE listener is on `127.0.<net>.2:15008`.
+/// (`.2`, sa `echo`) whose HBONE listener is on `127.0.<net>.2`, on an ephemeral port that the
+/// directory knows.
 pub struct Node {
     pub authority: Arc<CertificateAuthority>,
     pub store: Arc<CertificateStore>,
@@ -81,33 +87,66 @@ impl Node {
     }
 
     /// Starts the node; `customize` may add workloads or denials to the directory.
-    pub async fn start_with(net: u8, customize: impl FnOnce(StaticDirectory) -> StaticDirectory) -> Self {
+    pub async fn start_with(
+        net: u8,
+        customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
+    ) -> Self {
         init_tracing();
         let authority = Arc::new(CertificateAuthority::generate("cluster.local").expect("root"));
         let store = Arc::new(
-            CertificateStore::with_authority(authority.clone(), "cluster.local", Duration::from_secs(3600))
-                .expect("store"),
+            CertificateStore::with_authority(
+                authority.clone(),
+                "cluster.local",
+                Duration::from_secs(3600),
+            )
+            .expect("store"),
         );
         let client_info = WorkloadInfo::new(id("default", "sleep"), loopback(net, 1));
         let server_info = WorkloadInfo::new(id("default", "echo"), loopback(net, 2));
+        // An ephemeral HBONE port: 15008 on the host may be taken by another test suite.
+        let listener = TcpListener::bind(SocketAddr::new(loopback(net, 2), 0))
+            .await
+            .expect("bind HBONE listener");
+        let hbone_address = listener.local_addr().expect("HBONE address");
         let directory = customize(
-            StaticDirectory::new().with_workload(client_info.clone(), true).with_workload(server_info.clone(), true),
+            StaticDirectory::new()
+                .with_workload(client_info.clone(), true)
+                .with_hbone_workload_on_port(server_info.clone(), hbone_address.port()),
         );
         let (drain, watch) = Drain::new();
         let context = ProxyContext::new(Arc::new(directory), store.clone(), watch);
-        let client = PodContext::new(client_info, Arc::new(HostSocketFactory), &store).expect("client pod");
-        let server = PodContext::new(server_info, Arc::new(HostSocketFactory), &store).expect("server pod");
-        let hbone_address = SocketAddr::new(loopback(net, 2), HBONE_PORT);
-        let listener = TcpListener::bind(hbone_address).await.expect("bind HBONE listener");
-        tokio::spawn(listeners::serve_inbound_hbone(context.clone(), server.clone(), listener));
-        println!("node: CA root for cluster.local, client pod {} ({}), server pod {} ({}), HBONE on {hbone_address}",
-            client.workload.ips[0], client.workload.identity, server.workload.ips[0], server.workload.identity);
-        Self { authority, store, context, drain: Some(drain), client, server, hbone_address }
+        let client =
+            PodContext::new(client_info, Arc::new(HostSocketFactory), &store).expect("client pod");
+        let server =
+            PodContext::new(server_info, Arc::new(HostSocketFactory), &store).expect("server pod");
+        tokio::spawn(listeners::serve_inbound_hbone(
+            context.clone(),
+            server.clone(),
+            listener,
+        ));
+        println!(
+            "node: CA root for cluster.local, client pod {} ({}), server pod {} ({}), HBONE on {hbone_address}",
+            client.workload.ips[0],
+            client.workload.identity,
+            server.workload.ips[0],
+            server.workload.identity
+        );
+        Self {
+            authority,
+            store,
+            context,
+            drain: Some(drain),
+            client,
+            server,
+            hbone_address,
+        }
     }
 
     /// Starts an outbound listener for the client pod whose connections all go to `destination`.
     pub async fn outbound_to(&self, destination: SocketAddr) -> SocketAddr {
-        let listener = TcpListener::bind(SocketAddr::new(self.client.workload.ips[0], 0)).await.expect("bind outbound");
+        let listener = TcpListener::bind(SocketAddr::new(self.client.workload.ips[0], 0))
+            .await
+            .expect("bind outbound");
         let address = listener.local_addr().expect("outbound address");
         tokio::spawn(listeners::serve_outbound(
             self.context.clone(),
@@ -120,7 +159,9 @@ impl Node {
 
     /// An application listener on the server pod's address.
     pub async fn app_listener(&self) -> TcpListener {
-        TcpListener::bind(SocketAddr::new(self.server.workload.ips[0], 0)).await.expect("bind app")
+        TcpListener::bind(SocketAddr::new(self.server.workload.ips[0], 0))
+            .await
+            .expect("bind app")
     }
 }
 
@@ -129,7 +170,11 @@ const BLOCK: usize = 64 * 1024;
 
 /// Sends `total` bytes of a pattern (a fixed random block stamped with its index), then shuts
 /// down the write side. Returns the SHA-256 of what was sent.
-pub async fn send_pattern(writer: &mut (impl AsyncWrite + Unpin), total: u64, seed: u8) -> std::io::Result<Vec<u8>> {
+pub async fn send_pattern(
+    writer: &mut (impl AsyncWrite + Unpin),
+    total: u64,
+    seed: u8,
+) -> std::io::Result<Vec<u8>> {
     let mut block = vec![0u8; BLOCK];
     for (index, byte) in block.iter_mut().enumerate() {
         *byte = (index as u8).wrapping_mul(31).wrapping_add(seed) ^ ((index >> 8) as u8);
@@ -150,7 +195,9 @@ pub async fn send_pattern(writer: &mut (impl AsyncWrite + Unpin), total: u64, se
 }
 
 /// Reads to EOF; returns the byte count and SHA-256.
-pub async fn receive_digest(reader: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u64, Vec<u8>)> {
+pub async fn receive_digest(
+    reader: &mut (impl AsyncRead + Unpin),
+) -> std::io::Result<(u64, Vec<u8>)> {
     let mut buffer = vec![0u8; BLOCK];
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let mut total = 0u64;
@@ -169,11 +216,19 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Writes `<dir>/<name>-cert.pem` and `<name>-key.pem` for `identity`, valid for an hour.
-pub fn write_workload_pem(authority: &CertificateAuthority, dir: &std::path::Path, name: &str, identity: &SpiffeId)
-    -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn write_workload_pem(
+    authority: &CertificateAuthority,
+    dir: &std::path::Path,
+    name: &str,
+    identity: &SpiffeId,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let now = std::time::SystemTime::now();
     let pem = authority
-        .issue_pem_between(identity, now - Duration::from_secs(60), now + Duration::from_secs(3600))
+        .issue_pem_between(
+            identity,
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        )
         .expect("issue");
     let cert = dir.join(format!("{name}-cert.pem"));
     let key = dir.join(format!("{name}-key.pem"));
@@ -190,4 +245,12 @@ pub fn scratch_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// A free port on `ip` (bound and released; for servers this test does not bind itself).
+pub fn free_port(ip: IpAddr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
 }

@@ -115,11 +115,21 @@ impl HboneError {
 
 /// Turns a tokio-rustls handshake error into an [`HboneError::Handshake`] with its reason.
 pub(crate) fn handshake_error(peer: std::net::SocketAddr, error: std::io::Error) -> HboneError {
-    let Some(tls_error) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    let Some(tls_error) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
-        return HboneError::Handshake { peer, reason: "tls_io_error", detail: error.to_string() };
+        return HboneError::Handshake {
+            peer,
+            reason: "tls_io_error",
+            detail: error.to_string(),
+        };
     };
     let reason = crate::identity::verify::failure_reason(tls_error);
     let detail = crate::identity::verify::failure_detail(tls_error);
-    HboneError::Handshake { peer, reason, detail }
+    HboneError::Handshake {
+        peer,
+        reason,
+        detail,
+    }
 }

@@ -21,8 +21,8 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE,
-    SEND_BUFFER, STREAM_WINDOW, handshake_error,
+    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError,
+    MAX_FRAME_SIZE, SEND_BUFFER, STREAM_WINDOW, handshake_error,
 };
 use crate::{
     identity::{CertificateStore, SpiffeId, tls},
@@ -101,10 +101,16 @@ impl HbonePool {
     /// Opens a tunnel: a `CONNECT` stream on a pooled (or new) connection, answered `200`.
     pub async fn connect(&self, request: TunnelRequest<'_>) -> Result<H2Stream, HboneError> {
         let slot = self.reserve(&request).await?;
-        let mut sender = slot.0.sender.clone().ready().await.map_err(|source| HboneError::H2 {
-            peer: request.hbone_address,
-            source,
-        })?;
+        let mut sender = slot
+            .0
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(|source| HboneError::H2 {
+                peer: request.hbone_address,
+                source,
+            })?;
         let connect = Request::builder()
             .method(Method::CONNECT)
             .uri(request.authority.to_string())
@@ -115,12 +121,17 @@ impl HbonePool {
                 authority: request.authority,
                 detail: error.to_string(),
             })?;
-        let (response, send) = sender
-            .send_request(connect, false)
-            .map_err(|source| HboneError::H2 { peer: request.hbone_address, source })?;
-        let response = response
-            .await
-            .map_err(|source| HboneError::H2 { peer: request.hbone_address, source })?;
+        let (response, send) =
+            sender
+                .send_request(connect, false)
+                .map_err(|source| HboneError::H2 {
+                    peer: request.hbone_address,
+                    source,
+                })?;
+        let response = response.await.map_err(|source| HboneError::H2 {
+            peer: request.hbone_address,
+            source,
+        })?;
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 peer: request.hbone_address,
@@ -162,7 +173,10 @@ impl HbonePool {
                 return Ok(StreamSlot(connection.clone()));
             }
         }
-        let connection = Arc::new(self.open_connection(request, &certificate, expected).await?);
+        let connection = Arc::new(
+            self.open_connection(request, &certificate, expected)
+                .await?,
+        );
         connection.open_streams.fetch_add(1, Ordering::AcqRel);
         connections.push(connection.clone());
         Ok(StreamSlot(connection))
@@ -176,14 +190,21 @@ impl HbonePool {
     ) -> Result<PooledConnection, HboneError> {
         let address = request.hbone_address;
         let connect_error = |source| HboneError::Connect { address, source };
-        let socket = request.sockets.new_tcp_socket(address.is_ipv6()).map_err(connect_error)?;
+        let socket = request
+            .sockets
+            .new_tcp_socket(address.is_ipv6())
+            .map_err(connect_error)?;
         let tcp = socket.connect(address).await.map_err(connect_error)?;
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(&self.store, certificate, expected)?;
-        let handshake = TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp);
+        let handshake =
+            TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp);
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| HboneError::HandshakeTimeout { peer: address, timeout: HANDSHAKE_TIMEOUT })?
+            .map_err(|_| HboneError::HandshakeTimeout {
+                peer: address,
+                timeout: HANDSHAKE_TIMEOUT,
+            })?
             .map_err(|error| handshake_error(address, error))?;
         if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(HboneError::NoAlpn { peer: address });
@@ -195,7 +216,10 @@ impl HbonePool {
             .max_send_buffer_size(SEND_BUFFER)
             .handshake::<_, Bytes>(tls)
             .await
-            .map_err(|source| HboneError::H2 { peer: address, source })?;
+            .map_err(|source| HboneError::H2 {
+                peer: address,
+                source,
+            })?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));

@@ -58,7 +58,10 @@ impl Answer {
 
     /// Answers `200` and returns the tunnel.
     pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
-        let response = Response::builder().status(StatusCode::OK).body(()).unwrap_or_default();
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .body(())
+            .unwrap_or_default();
         let send = self.respond.send_response(response, false)?;
         Ok(H2Stream::new(send, self.body))
     }
@@ -80,24 +83,32 @@ pub async fn accept_tls(
     let _ = tcp.set_nodelay(true);
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
-        .map_err(|_| HboneError::HandshakeTimeout { peer: peer_address, timeout: HANDSHAKE_TIMEOUT })?
+        .map_err(|_| HboneError::HandshakeTimeout {
+            peer: peer_address,
+            timeout: HANDSHAKE_TIMEOUT,
+        })?
         .map_err(|error| handshake_error(peer_address, error))?;
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(ALPN_H2) {
         return Err(HboneError::NoAlpn { peer: peer_address });
     }
-    let leaf = session.peer_certificates().and_then(|chain| chain.first()).ok_or_else(|| {
-        HboneError::Handshake {
+    let leaf = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| HboneError::Handshake {
             peer: peer_address,
             reason: "no_client_certificate",
             detail: "client presented no certificate".to_owned(),
-        }
-    })?;
+        })?;
     let facts = CertificateFacts::parse(leaf)?;
-    let identity = facts.identity.ok_or(crate::identity::IdentityError::NoSpiffeSan {
-        found: facts.uris,
-    })?;
-    let peer = PeerInfo { address: peer_address, identity, certificate_serial: facts.serial };
+    let identity = facts
+        .identity
+        .ok_or(crate::identity::IdentityError::NoSpiffeSan { found: facts.uris })?;
+    let peer = PeerInfo {
+        address: peer_address,
+        identity,
+        certificate_serial: facts.serial,
+    };
     Ok((tls, peer))
 }
 
@@ -118,7 +129,10 @@ pub async fn serve<H: ConnectHandler>(
         .max_send_buffer_size(SEND_BUFFER)
         .handshake::<_, Bytes>(tls)
         .await
-        .map_err(|source| HboneError::H2 { peer: peer.address, source })?;
+        .map_err(|source| HboneError::H2 {
+            peer: peer.address,
+            source,
+        })?;
     tokio::pin!(shutdown);
     let mut draining = false;
     loop {
@@ -165,7 +179,10 @@ async fn dispatch<H: ConnectHandler>(
     }
 }
 
-fn parse_request(parts: &http::request::Parts, peer: Arc<PeerInfo>) -> Result<HboneRequest, &'static str> {
+fn parse_request(
+    parts: &http::request::Parts,
+    peer: Arc<PeerInfo>,
+) -> Result<HboneRequest, &'static str> {
     if parts.method != Method::CONNECT {
         return Err("not a CONNECT request");
     }
@@ -177,10 +194,19 @@ fn parse_request(parts: &http::request::Parts, peer: Arc<PeerInfo>) -> Result<Hb
         .parse::<SocketAddr>()
         .map_err(|_| ":authority is not ip:port")?;
     let header = |name: &str| {
-        parts.headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned)
+        parts
+            .headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
     };
     let forwarded_for = header("forwarded").and_then(|value| parse_forwarded_for(&value));
-    Ok(HboneRequest { authority, forwarded_for, traceparent: header("traceparent"), peer })
+    Ok(HboneRequest {
+        authority,
+        forwarded_for,
+        traceparent: header("traceparent"),
+        peer,
+    })
 }
 
 /// Reads `for="ip:port"` (or `for="[v6]:port"`) from a `forwarded` header.
@@ -195,7 +221,10 @@ pub fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
 }
 
 fn send_status(respond: &mut SendResponse<Bytes>, status: StatusCode) {
-    let response = Response::builder().status(status).body(()).unwrap_or_default();
+    let response = Response::builder()
+        .status(status)
+        .body(())
+        .unwrap_or_default();
     if let Err(error) = respond.send_response(response, true) {
         tracing::debug!(%error, %status, "could not send HBONE answer; the client is gone");
     }
@@ -207,8 +236,14 @@ mod tests {
 
     #[test]
     fn reads_forwarded_for() {
-        assert_eq!(parse_forwarded_for(r#"for="10.0.0.1:4000""#), "10.0.0.1:4000".parse().ok());
-        assert_eq!(parse_forwarded_for(r#"proto=http; for="[2001:db8::1]:80""#), "[2001:db8::1]:80".parse().ok());
+        assert_eq!(
+            parse_forwarded_for(r#"for="10.0.0.1:4000""#),
+            "10.0.0.1:4000".parse().ok()
+        );
+        assert_eq!(
+            parse_forwarded_for(r#"proto=http; for="[2001:db8::1]:80""#),
+            "[2001:db8::1]:80".parse().ok()
+        );
         assert_eq!(parse_forwarded_for("by=x"), None);
     }
 }

@@ -43,7 +43,11 @@ pub struct H2Stream {
 
 impl H2Stream {
     pub(crate) fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, _guard: None }
+        Self {
+            send,
+            recv,
+            _guard: None,
+        }
     }
 
     pub(crate) fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
@@ -112,7 +116,10 @@ async fn tcp_to_h2(
             let capacity = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(capacity) => capacity.map_err(h2_to_io)?,
                 None => {
-                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "HBONE stream closed"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "HBONE stream closed",
+                    ));
                 }
             };
             if capacity == 0 {
@@ -133,14 +140,18 @@ async fn h2_to_tcp(
         let data = data.map_err(h2_to_io)?;
         write.write_all(&data).await?;
         total.fetch_add(data.len() as u64, Ordering::Relaxed);
-        recv.flow_control().release_capacity(data.len()).map_err(h2_to_io)?;
+        recv.flow_control()
+            .release_capacity(data.len())
+            .map_err(h2_to_io)?;
     }
     write.shutdown().await
 }
 
 fn h2_to_io(error: h2::Error) -> io::Error {
     if error.is_io() {
-        error.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+        error
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"))
     } else {
         io::Error::other(error)
     }

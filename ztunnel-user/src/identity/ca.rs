@@ -33,7 +33,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -98,10 +99,16 @@ impl CertificateAuthority {
             origin,
         )?
         .remove(0);
-        let issuer = Issuer::from_ca_cert_der(&root_der, key).map_err(|error| {
-            IdentityError::Issue { what: format!("CA from {origin}"), detail: error.to_string() }
-        })?;
-        Ok(Self { root_pem: root_pem.to_owned(), root_der, issuer })
+        let issuer =
+            Issuer::from_ca_cert_der(&root_der, key).map_err(|error| IdentityError::Issue {
+                what: format!("CA from {origin}"),
+                detail: error.to_string(),
+            })?;
+        Ok(Self {
+            root_pem: root_pem.to_owned(),
+            root_der,
+            issuer,
+        })
     }
 
     /// Writes `root-cert.pem` and `root-key.pem` (0600) into `directory`, refusing to overwrite.
@@ -179,15 +186,22 @@ impl CertificateAuthority {
         params.distinguished_name = DistinguishedName::new();
         let uri = Ia5String::try_from(identity.to_string()).map_err(fail)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         params.serial_number = Some(new_serial());
         let certificate = params.signed_by(&key, &self.issuer).map_err(fail)?;
-        Ok(IssuedPem { chain: certificate.pem(), key: key.serialize_pem() })
+        Ok(IssuedPem {
+            chain: certificate.pem(),
+            key: key.serialize_pem(),
+        })
     }
 
     /// The root key as a rustls private key (for tests that need to sign with it).
@@ -216,7 +230,11 @@ pub fn issue_to_directory(
     let bundle_path = directory.join(super::store::TRUST_BUNDLE_FILE);
     // Write the key first with tight permissions, then the chain: a reader never pairs a new
     // chain with an old key for long.
-    for (path, text) in [(&key_path, &pem.key), (&chain_path, &pem.chain), (&bundle_path, &authority.root_pem)] {
+    for (path, text) in [
+        (&key_path, &pem.key),
+        (&chain_path, &pem.chain),
+        (&bundle_path, &authority.root_pem),
+    ] {
         std::fs::write(path, text).map_err(|error| IdentityError::io("write", path, error))?;
     }
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
@@ -227,7 +245,10 @@ pub fn issue_to_directory(
 /// A serial number unique within this process and unlikely to repeat across processes.
 fn new_serial() -> SerialNumber {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&nanos.to_be_bytes());
@@ -245,7 +266,9 @@ mod tests {
     fn issues_certificates_carrying_the_spiffe_id() {
         let authority = CertificateAuthority::generate("cluster.local").unwrap();
         let identity = SpiffeId::new("cluster.local", "default", "sleep");
-        let certificate = authority.issue(&identity, Duration::from_secs(3600)).unwrap();
+        let certificate = authority
+            .issue(&identity, Duration::from_secs(3600))
+            .unwrap();
         assert_eq!(certificate.identity, identity);
         assert!(!certificate.needs_rotation(SystemTime::now()));
         assert!(certificate.needs_rotation(SystemTime::now() + Duration::from_secs(1900)));

@@ -51,15 +51,22 @@ impl WorkloadCertificate {
         })?;
         let facts = CertificateFacts::parse(leaf)?;
         let signing_key = rustls::crypto::ring::sign::any_supported_type(key).map_err(|error| {
-            IdentityError::Key { origin: origin.to_owned(), detail: error.to_string() }
+            IdentityError::Key {
+                origin: origin.to_owned(),
+                detail: error.to_string(),
+            }
         })?;
         let certified_key = CertifiedKey::new(chain, signing_key);
-        certified_key.keys_match().map_err(|error| IdentityError::Key {
-            origin: origin.to_owned(),
-            detail: format!("does not match the leaf certificate: {error}"),
-        })?;
+        certified_key
+            .keys_match()
+            .map_err(|error| IdentityError::Key {
+                origin: origin.to_owned(),
+                detail: format!("does not match the leaf certificate: {error}"),
+            })?;
         Ok(Self {
-            identity: facts.identity.ok_or(IdentityError::NoSpiffeSan { found: facts.uris })?,
+            identity: facts
+                .identity
+                .ok_or(IdentityError::NoSpiffeSan { found: facts.uris })?,
             serial: facts.serial,
             not_before: facts.not_before,
             not_after: facts.not_after,
@@ -75,7 +82,10 @@ impl WorkloadCertificate {
     /// Whether the certificate should be replaced at `now`: past half of its lifetime, as Istio
     /// rotates, or already expired.
     pub fn needs_rotation(&self, now: SystemTime) -> bool {
-        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or(Duration::ZERO);
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or(Duration::ZERO);
         match now.duration_since(self.not_before) {
             Ok(age) => age >= lifetime / 2,
             Err(_) => false,
@@ -152,7 +162,9 @@ impl CertificateFacts {
 /// The SPIFFE identity a peer certificate proves.
 pub fn identity_of(der: &CertificateDer<'_>) -> Result<SpiffeId, IdentityError> {
     let facts = CertificateFacts::parse(der)?;
-    facts.identity.ok_or(IdentityError::NoSpiffeSan { found: facts.uris })
+    facts
+        .identity
+        .ok_or(IdentityError::NoSpiffeSan { found: facts.uris })
 }
 
 fn to_system_time(unix_seconds: i64) -> SystemTime {

@@ -48,7 +48,9 @@ pub enum IdentityError {
     #[error("cannot parse X.509 certificate: {0}")]
     X509(String),
     /// A certificate carries no usable SPIFFE URI SAN.
-    #[error("certificate has no SPIFFE URI SAN (found {found:?}); Istio workload certificates carry exactly one spiffe:// URI")]
+    #[error(
+        "certificate has no SPIFFE URI SAN (found {found:?}); Istio workload certificates carry exactly one spiffe:// URI"
+    )]
     NoSpiffeSan {
         /// The URI SANs that were present.
         found: Vec<String>,
@@ -102,7 +104,15 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { action, path: path.into(), source }
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
     }
 }

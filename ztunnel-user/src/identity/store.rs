@@ -71,7 +71,9 @@ impl CertificateStore {
         let bundle = read(&bundle_path)?;
         let roots = root_store(&bundle, &bundle_path.display().to_string())?;
         Ok(Self {
-            source: CertificateSource::Files { directory: directory.to_owned() },
+            source: CertificateSource::Files {
+                directory: directory.to_owned(),
+            },
             trust_domain: trust_domain.to_owned(),
             roots: RwLock::new((roots, bundle)),
             certificates: RwLock::default(),
@@ -87,7 +89,10 @@ impl CertificateStore {
         let bundle = authority.root_pem().as_bytes().to_vec();
         let roots = root_store(&bundle, "built-in CA")?;
         Ok(Self {
-            source: CertificateSource::Authority { authority, lifetime },
+            source: CertificateSource::Authority {
+                authority,
+                lifetime,
+            },
             trust_domain: trust_domain.to_owned(),
             roots: RwLock::new((roots, bundle)),
             certificates: RwLock::default(),
@@ -101,23 +106,35 @@ impl CertificateStore {
 
     /// The trust anchors peers' chains must lead to.
     pub fn roots(&self) -> Arc<RootCertStore> {
-        self.roots.read().unwrap_or_else(|poisoned| poisoned.into_inner()).0.clone()
+        self.roots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .clone()
     }
 
     /// The certificate in force for `identity`, loading or issuing it on first use.
-    pub fn certificate(&self, identity: &SpiffeId) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+    pub fn certificate(
+        &self,
+        identity: &SpiffeId,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
         if let Some(loaded) = self.read_certificates().get(identity) {
             return Ok(loaded.certificate.clone());
         }
         let loaded = self.load(identity)?;
-        let certificate = loaded.certificate.clone();
-        self.write_certificates().entry(identity.clone()).or_insert(loaded);
-        Ok(certificate)
+        // Concurrent first users may each have loaded one: all of them get the one stored, so
+        // everybody agrees on the certificate in force (the HBONE pool keys on its serial).
+        let mut certificates = self.write_certificates();
+        let stored = certificates.entry(identity.clone()).or_insert(loaded);
+        Ok(stored.certificate.clone())
     }
 
     /// Every certificate in force, for `/config_dump`.
     pub fn certificates(&self) -> Vec<Arc<WorkloadCertificate>> {
-        self.read_certificates().values().map(|loaded| loaded.certificate.clone()).collect()
+        self.read_certificates()
+            .values()
+            .map(|loaded| loaded.certificate.clone())
+            .collect()
     }
 
     /// Reloads changed files, or re-issues certificates past half their lifetime.
@@ -126,9 +143,15 @@ impl CertificateStore {
         if let CertificateSource::Files { directory } = &self.source {
             let bundle_path = directory.join(TRUST_BUNDLE_FILE);
             let bundle = read(&bundle_path)?;
-            let mut roots = self.roots.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut roots = self
+                .roots
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if roots.1 != bundle {
-                *roots = (root_store(&bundle, &bundle_path.display().to_string())?, bundle);
+                *roots = (
+                    root_store(&bundle, &bundle_path.display().to_string())?,
+                    bundle,
+                );
                 report.trust_bundle_changed = true;
             }
         }
@@ -182,7 +205,10 @@ impl CertificateStore {
 
     fn load(&self, identity: &SpiffeId) -> Result<Loaded, IdentityError> {
         match &self.source {
-            CertificateSource::Authority { authority, lifetime } => Ok(Loaded {
+            CertificateSource::Authority {
+                authority,
+                lifetime,
+            } => Ok(Loaded {
                 certificate: Arc::new(authority.issue(identity, *lifetime)?),
                 source_text: None,
             }),
@@ -202,23 +228,32 @@ impl CertificateStore {
                         ),
                     });
                 }
-                Ok(Loaded { certificate: Arc::new(certificate), source_text: Some((chain, key)) })
+                Ok(Loaded {
+                    certificate: Arc::new(certificate),
+                    source_text: Some((chain, key)),
+                })
             }
         }
     }
 
     fn read_certificates(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SpiffeId, Loaded>> {
-        self.certificates.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.certificates
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write_certificates(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SpiffeId, Loaded>> {
-        self.certificates.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.certificates
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 /// Where a workload's chain and key live under a certificate directory.
 pub fn workload_paths(directory: &Path, identity: &SpiffeId) -> (PathBuf, PathBuf) {
-    let base = directory.join(&identity.namespace).join(&identity.service_account);
+    let base = directory
+        .join(&identity.namespace)
+        .join(&identity.service_account);
     (base.join(CHAIN_FILE), base.join(KEY_FILE))
 }
 
@@ -243,8 +278,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn concurrent_first_users_get_the_same_certificate() {
+        let authority = Arc::new(CertificateAuthority::generate("cluster.local").unwrap());
+        let store = Arc::new(
+            CertificateStore::with_authority(authority, "cluster.local", Duration::from_secs(3600))
+                .unwrap(),
+        );
+        let identity = SpiffeId::new("cluster.local", "default", "sleep");
+        let serials: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| store.certificate(&identity).unwrap().serial.clone()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap())
+                .collect()
+        });
+        assert!(
+            serials.iter().all(|serial| *serial == serials[0]),
+            "{serials:?}"
+        );
+    }
+
+    #[test]
     fn reloads_changed_files_and_keeps_unchanged_ones() {
-        let directory = std::env::temp_dir().join(format!("ztunnel-store-test-{}", std::process::id()));
+        let directory =
+            std::env::temp_dir().join(format!("ztunnel-store-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         let authority = CertificateAuthority::generate("cluster.local").unwrap();
         let identity = SpiffeId::new("cluster.local", "default", "sleep");
@@ -257,11 +316,19 @@ mod tests {
         };
         let now = SystemTime::now();
         let hour = Duration::from_secs(3600);
-        write(authority.issue_pem_between(&identity, now, now + hour).unwrap());
+        write(
+            authority
+                .issue_pem_between(&identity, now, now + hour)
+                .unwrap(),
+        );
         let store = CertificateStore::from_files(&directory, "cluster.local").unwrap();
         let first = store.certificate(&identity).unwrap();
         assert_eq!(store.refresh().unwrap(), RefreshReport::default());
-        write(authority.issue_pem_between(&identity, now, now + hour).unwrap());
+        write(
+            authority
+                .issue_pem_between(&identity, now, now + hour)
+                .unwrap(),
+        );
         let report = store.refresh().unwrap();
         let second = store.certificate(&identity).unwrap();
         assert_eq!(report.replaced, vec![identity.clone()]);
@@ -269,7 +336,11 @@ mod tests {
         std::fs::write(&chain_path, "not a certificate").unwrap();
         let error = store.refresh().unwrap_err();
         assert!(error.to_string().contains("cert-chain.pem"), "{error}");
-        assert_eq!(store.certificate(&identity).unwrap().serial, second.serial, "last good certificate stays");
+        assert_eq!(
+            store.certificate(&identity).unwrap().serial,
+            second.serial,
+            "last good certificate stays"
+        );
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -32,7 +32,8 @@ pub fn server_config(
     identity: SpiffeId,
 ) -> Result<Arc<ServerConfig>, IdentityError> {
     let provider = provider();
-    let verifier = TrustDomainClientVerifier::new(store.roots(), store.trust_domain(), provider.clone())?;
+    let verifier =
+        TrustDomainClientVerifier::new(store.roots(), store.trust_domain(), provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -54,7 +55,9 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(FixedCertificate(certificate.certified_key.clone())));
+        .with_client_cert_resolver(Arc::new(FixedCertificate(
+            certificate.certified_key.clone(),
+        )));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     Ok(Arc::new(config))

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use rustls::{
-    CertificateError, DigitallySignedStruct, PeerIncompatible, DistinguishedName, Error as TlsError, OtherError,
-    RootCertStore, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    PeerIncompatible, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
     server::{
@@ -39,7 +39,10 @@ impl TrustDomainClientVerifier {
         let chain = WebPkiClientVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|error| IdentityError::Tls(TlsError::General(error.to_string())))?;
-        Ok(Self { chain, trust_domain: trust_domain.to_owned() })
+        Ok(Self {
+            chain,
+            trust_domain: trust_domain.to_owned(),
+        })
     }
 }
 
@@ -55,7 +58,8 @@ impl ClientCertVerifier for TrustDomainClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        self.chain.verify_client_cert(end_entity, intermediates, now)?;
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)?;
         let peer = identity_of(end_entity).map_err(refuse)?;
         if peer.trust_domain != self.trust_domain {
             return Err(refuse(IdentityError::WrongTrustDomain {
@@ -100,8 +104,16 @@ pub struct ExpectedIdentityServerVerifier {
 
 impl ExpectedIdentityServerVerifier {
     /// Accepts servers chaining to `roots` whose identity is one of `expected`.
-    pub fn new(roots: Arc<RootCertStore>, expected: Vec<SpiffeId>, provider: &CryptoProvider) -> Self {
-        Self { roots, expected, algorithms: provider.signature_verification_algorithms }
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        expected: Vec<SpiffeId>,
+        provider: &CryptoProvider,
+    ) -> Self {
+        Self {
+            roots,
+            expected,
+            algorithms: provider.signature_verification_algorithms,
+        }
     }
 }
 
@@ -124,9 +136,16 @@ impl ServerCertVerifier for ExpectedIdentityServerVerifier {
         )?;
         let peer = identity_of(end_entity).map_err(refuse)?;
         if !self.expected.contains(&peer) {
-            let expected =
-                self.expected.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-            return Err(refuse(IdentityError::UnexpectedServerIdentity { peer, expected }));
+            let expected = self
+                .expected
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(refuse(IdentityError::UnexpectedServerIdentity {
+                peer,
+                expected,
+            }));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -194,8 +213,12 @@ pub fn failure_detail(error: &TlsError) -> String {
         TlsError::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
             format!("invalid peer certificate: {inner}")
         }
-        TlsError::InvalidCertificate(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
-            format!("{error}: the certificate does not chain to our trust bundle (issued by another root?)")
+        TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => {
+            format!(
+                "{error}: the certificate does not chain to our trust bundle (issued by another root?)"
+            )
         }
         TlsError::PeerIncompatible(_) if failure_reason(error) == "tls_version_not_1_3" => {
             format!("{error}: HBONE requires TLS 1.3")

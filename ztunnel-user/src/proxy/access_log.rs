@@ -50,5 +50,7 @@ impl ConnectionRecord {
 }
 
 fn display_or_dash(identity: Option<&SpiffeId>) -> String {
-    identity.map(ToString::to_string).unwrap_or_else(|| "-".to_owned())
+    identity
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "-".to_owned())
 }

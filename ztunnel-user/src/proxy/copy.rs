@@ -9,8 +9,12 @@ use crate::hbone::Transferred;
 const BUFFER_SIZE: usize = 64 * 1024;
 
 /// Copies both ways until both have ended; `sent` is `client` → `upstream`.
-pub async fn copy_tcp(client: &mut TcpStream, upstream: &mut TcpStream) -> (Transferred, std::io::Result<()>) {
-    match tokio::io::copy_bidirectional_with_sizes(client, upstream, BUFFER_SIZE, BUFFER_SIZE).await {
+pub async fn copy_tcp(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+) -> (Transferred, std::io::Result<()>) {
+    match tokio::io::copy_bidirectional_with_sizes(client, upstream, BUFFER_SIZE, BUFFER_SIZE).await
+    {
         Ok((sent, received)) => (Transferred { sent, received }, Ok(())),
         Err(error) => (Transferred::default(), Err(error)),
     }

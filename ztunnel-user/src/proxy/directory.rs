@@ -52,8 +52,6 @@ pub enum OutboundRoute {
         authority: SocketAddr,
         /// The identities the server may prove.
         expected: Vec<SpiffeId>,
-        /// The destination workload, for logs and metrics.
-        destination: Option<WorkloadInfo>,
     },
     /// Plain TCP to `address` (a destination outside the mesh).
     Passthrough {
@@ -83,7 +81,11 @@ pub struct InboundConnection<'a> {
 /// The proxy's view of the mesh configuration.
 pub trait Directory: Send + Sync + 'static {
     /// Where a connection from `source` to `original_destination` should go.
-    fn route_outbound(&self, source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute;
+    fn route_outbound(
+        &self,
+        source: &WorkloadInfo,
+        original_destination: SocketAddr,
+    ) -> OutboundRoute;
     /// The workload that owns `ip`, if it is known.
     fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo>;
     /// Whether policy allows an inbound connection.
@@ -99,6 +101,8 @@ pub struct StaticWorkload {
     pub info: WorkloadInfo,
     /// HBONE capable (`protocol: HBONE`) or not.
     pub hbone: bool,
+    /// Port of its HBONE listener (15008 unless a test moved it).
+    pub hbone_port: u16,
 }
 
 /// A fixed directory for tests, benchmarks and single-machine use: workloads by address,
@@ -116,9 +120,27 @@ impl StaticDirectory {
     }
 
     /// Adds a workload; `hbone` says whether it speaks HBONE.
-    pub fn with_workload(mut self, info: WorkloadInfo, hbone: bool) -> Self {
-        for ip in &info.ips {
-            self.workloads.insert(*ip, StaticWorkload { info: info.clone(), hbone });
+    pub fn with_workload(self, info: WorkloadInfo, hbone: bool) -> Self {
+        self.insert(StaticWorkload {
+            info,
+            hbone,
+            hbone_port: HBONE_PORT,
+        })
+    }
+
+    /// Adds an HBONE workload whose HBONE listener is on `hbone_port` instead of 15008 (tests
+    /// on a shared host, where 15008 may be taken).
+    pub fn with_hbone_workload_on_port(self, info: WorkloadInfo, hbone_port: u16) -> Self {
+        self.insert(StaticWorkload {
+            info,
+            hbone: true,
+            hbone_port,
+        })
+    }
+
+    fn insert(mut self, workload: StaticWorkload) -> Self {
+        for ip in &workload.info.ips {
+            self.workloads.insert(*ip, workload.clone());
         }
         self
     }
@@ -131,23 +153,32 @@ impl StaticDirectory {
 }
 
 impl Directory for StaticDirectory {
-    fn route_outbound(&self, _source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute {
+    fn route_outbound(
+        &self,
+        _source: &WorkloadInfo,
+        original_destination: SocketAddr,
+    ) -> OutboundRoute {
         match self.workloads.get(&original_destination.ip()) {
             Some(workload) if workload.hbone => OutboundRoute::Hbone {
-                hbone_address: SocketAddr::new(original_destination.ip(), HBONE_PORT),
+                hbone_address: SocketAddr::new(original_destination.ip(), workload.hbone_port),
                 authority: original_destination,
                 expected: vec![workload.info.identity.clone()],
-                destination: Some(workload.info.clone()),
             },
-            _ => OutboundRoute::Passthrough { address: original_destination },
+            _ => OutboundRoute::Passthrough {
+                address: original_destination,
+            },
         }
     }
 
     fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo> {
-        self.workloads.get(&ip).map(|workload| workload.info.clone())
+        self.workloads
+            .get(&ip)
+            .map(|workload| workload.info.clone())
     }
 
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool {
-        !connection.source_identity.is_some_and(|identity| self.denied.contains(identity))
+        !connection
+            .source_identity
+            .is_some_and(|identity| self.denied.contains(identity))
     }
 }

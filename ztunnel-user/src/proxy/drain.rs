@@ -49,7 +49,16 @@ impl Drain {
     pub fn new() -> (Self, DrainWatch) {
         let (signal, receiver) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
-        (Self { signal, tracker: tracker.clone() }, DrainWatch { signal: receiver, tracker })
+        (
+            Self {
+                signal,
+                tracker: tracker.clone(),
+            },
+            DrainWatch {
+                signal: receiver,
+                tracker,
+            },
+        )
     }
 
     /// Starts draining and waits until every connection ended or `timeout` passed; returns how

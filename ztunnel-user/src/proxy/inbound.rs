@@ -7,7 +7,8 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 
 use super::{
-    InboundConnection, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord,
+    InboundConnection, PodContext, ProxyContext, ProxyError,
+    access_log::ConnectionRecord,
     metrics::HandshakeSide,
     observer::FailureKind,
     outbound::{Outcome, finish},
@@ -42,10 +43,16 @@ pub async fn serve_hbone_connection(
             return Err(error);
         }
     };
-    context.metrics.hbone_connections_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    context
+        .metrics
+        .hbone_connections_accepted
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!(peer = %peer_address, identity = %peer.identity, serial = %peer.certificate_serial,
         "HBONE connection accepted");
-    let handler = Arc::new(InboundHandler { context: context.clone(), pod });
+    let handler = Arc::new(InboundHandler {
+        context: context.clone(),
+        pod,
+    });
     let drain = context.drain.clone();
     serve(tls, peer, handler, async move { drain.signaled().await }).await
 }
@@ -76,8 +83,15 @@ impl ConnectHandler for InboundHandler {
                 tracing::info!(peer = %request.peer.address, identity = %request.peer.identity,
                     authority = %request.authority, status = status.as_u16(), why, "HBONE request refused");
                 answer.refuse(status);
-                let kind = if status == StatusCode::UNAUTHORIZED { FailureKind::Denied } else { FailureKind::Connect };
-                let error = ProxyError::NoRoute { destination: request.authority, reason: format!("answered {status}: {why}") };
+                let kind = if status == StatusCode::UNAUTHORIZED {
+                    FailureKind::Denied
+                } else {
+                    FailureKind::Connect
+                };
+                let error = ProxyError::NoRoute {
+                    destination: request.authority,
+                    reason: format!("answered {status}: {why}"),
+                };
                 let _ = finish(&self.context, &record, Outcome::Failed(kind, error));
                 return;
             }
@@ -88,12 +102,24 @@ impl ConnectHandler for InboundHandler {
                 self.context.opened(&record);
                 let (transferred, result) = tunnel.copy_with(&mut upstream).await;
                 // For the record, "sent" is what the remote client sent (tunnel → application).
-                let transferred = Transferred { sent: transferred.received, received: transferred.sent };
-                Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: request.authority, source }))
+                let transferred = Transferred {
+                    sent: transferred.received,
+                    received: transferred.sent,
+                };
+                Outcome::Closed(
+                    transferred,
+                    result.map_err(|source| ProxyError::Upstream {
+                        address: request.authority,
+                        source,
+                    }),
+                )
             }
             Err(error) => Outcome::Failed(
                 FailureKind::Connect,
-                ProxyError::Hbone(HboneError::H2 { peer: request.peer.address, source: error }),
+                ProxyError::Hbone(HboneError::H2 {
+                    peer: request.peer.address,
+                    source: error,
+                }),
             ),
         };
         let _ = finish(&self.context, &record, outcome);
@@ -105,7 +131,10 @@ impl InboundHandler {
     async fn admit(&self, request: &HboneRequest) -> Result<TcpStream, (StatusCode, &'static str)> {
         let destination = request.authority;
         if !self.pod.owns(destination.ip()) {
-            return Err((StatusCode::BAD_REQUEST, "authority is not an address of this pod"));
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "authority is not an address of this pod",
+            ));
         }
         let Some(workload) = self.context.directory.workload(destination.ip()) else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no such workload"));
@@ -119,11 +148,15 @@ impl InboundHandler {
         if !self.context.directory.authorize(&connection) {
             return Err((StatusCode::UNAUTHORIZED, "denied by policy"));
         }
-        upstream::connect_from(&*self.pod.sockets, Some(request.peer.address.ip()), destination)
-            .await
-            .map_err(|error| {
-                tracing::debug!(%destination, %error, "application refused the connection");
-                (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
-            })
+        upstream::connect_from(
+            &*self.pod.sockets,
+            Some(request.peer.address.ip()),
+            destination,
+        )
+        .await
+        .map_err(|error| {
+            tracing::debug!(%destination, %error, "application refused the connection");
+            (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
+        })
     }
 }

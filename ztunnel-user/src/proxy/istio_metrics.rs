@@ -9,7 +9,9 @@ use super::{
     observer::{ConnectionObserver, FailureKind},
 };
 use crate::{
-    admin::metrics::{ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy},
+    admin::metrics::{
+        ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
+    },
     hbone::Transferred,
     state::StateHandle,
 };
@@ -28,7 +30,11 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = if record.direction == "outbound" { Reporter::Source } else { Reporter::Destination };
+        let reporter = if record.direction == "outbound" {
+            Reporter::Source
+        } else {
+            Reporter::Destination
+        };
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
         let mut labels = ConnectionLabels::new(reporter);
@@ -42,7 +48,11 @@ impl IstioMetrics {
         if let Some(service) = state.service_by_vip(record.destination) {
             labels = labels.with_service(&service);
         }
-        let security = if record.mutual_tls { SecurityPolicy::MutualTls } else { SecurityPolicy::Unknown };
+        let security = if record.mutual_tls {
+            SecurityPolicy::MutualTls
+        } else {
+            SecurityPolicy::Unknown
+        };
         labels.with_security(security)
     }
 }
@@ -54,17 +64,23 @@ impl ConnectionObserver for IstioMetrics {
 
     fn closed(&self, record: &ConnectionRecord, transferred: Transferred) {
         // Istio: "received" is the request direction (from the client), "sent" the response.
-        self.metrics.connection_closed(&self.labels(record), transferred.received, transferred.sent);
+        self.metrics.connection_closed(
+            &self.labels(record),
+            transferred.received,
+            transferred.sent,
+        );
     }
 
     fn failed(&self, record: &ConnectionRecord, kind: FailureKind) {
         let labels = self.labels(record);
         match kind {
             FailureKind::Denied => self.metrics.denied(&labels),
-            FailureKind::Tls => self.metrics.connection_failed(&labels.with_response_flags(ResponseFlags::TlsFailure)),
-            FailureKind::Connect => {
-                self.metrics.connection_failed(&labels.with_response_flags(ResponseFlags::ConnectionFailure))
-            }
+            FailureKind::Tls => self
+                .metrics
+                .connection_failed(&labels.with_response_flags(ResponseFlags::TlsFailure)),
+            FailureKind::Connect => self
+                .metrics
+                .connection_failed(&labels.with_response_flags(ResponseFlags::ConnectionFailure)),
         }
     }
 

@@ -50,7 +50,11 @@ pub async fn serve_outbound(
 }
 
 /// Accepts HBONE connections until draining starts.
-pub async fn serve_inbound_hbone(context: Arc<ProxyContext>, pod: Arc<PodContext>, listener: TcpListener) {
+pub async fn serve_inbound_hbone(
+    context: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    listener: TcpListener,
+) {
     accept_loop(&context, listener, "inbound HBONE", |stream| {
         let (context, pod) = (context.clone(), pod.clone());
         async move {
@@ -61,7 +65,11 @@ pub async fn serve_inbound_hbone(context: Arc<ProxyContext>, pod: Arc<PodContext
 }
 
 /// Accepts plaintext inbound connections until draining starts.
-pub async fn serve_passthrough(context: Arc<ProxyContext>, pod: Arc<PodContext>, listener: TcpListener) {
+pub async fn serve_passthrough(
+    context: Arc<ProxyContext>,
+    pod: Arc<PodContext>,
+    listener: TcpListener,
+) {
     accept_loop(&context, listener, "inbound plaintext", |stream| {
         let (context, pod) = (context.clone(), pod.clone());
         async move {
@@ -73,8 +81,12 @@ pub async fn serve_passthrough(context: Arc<ProxyContext>, pod: Arc<PodContext>,
     .await
 }
 
-async fn accept_loop<F, Fut>(context: &ProxyContext, listener: TcpListener, name: &'static str, mut spawn: F)
-where
+async fn accept_loop<F, Fut>(
+    context: &ProxyContext,
+    listener: TcpListener,
+    name: &'static str,
+    mut spawn: F,
+) where
     F: FnMut(TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {

@@ -54,17 +54,30 @@ impl ProxyMetrics {
 
     /// Every failure counter, for export.
     pub fn all_handshake_failures(&self) -> Vec<((HandshakeSide, &'static str), u64)> {
-        self.lock_failures().iter().map(|(key, count)| (*key, *count)).collect()
+        self.lock_failures()
+            .iter()
+            .map(|(key, count)| (*key, *count))
+            .collect()
     }
 
     /// Counts an HBONE answer.
     pub fn answered(&self, status: http::StatusCode) {
-        *self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(status.as_u16()).or_default() += 1;
+        *self
+            .answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(status.as_u16())
+            .or_default() += 1;
     }
 
     /// HBONE answers so far with `status`.
     pub fn answers(&self, status: u16) -> u64 {
-        self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&status).copied().unwrap_or(0)
+        self.answers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Reads a counter.
@@ -75,6 +88,8 @@ impl ProxyMetrics {
     fn lock_failures(
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<(HandshakeSide, &'static str), u64>> {
-        self.handshake_failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.handshake_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -64,7 +64,12 @@ impl ProxyContext {
         certificates: Arc<CertificateStore>,
         drain: DrainWatch,
     ) -> Arc<Self> {
-        Self::with_observer(directory, certificates, drain, Arc::new(observer::NoObserver))
+        Self::with_observer(
+            directory,
+            certificates,
+            drain,
+            Arc::new(observer::NoObserver),
+        )
     }
 
     /// Like [`new`](Self::new), exporting connection events to `observer`.
@@ -86,7 +91,9 @@ impl ProxyContext {
 
     /// A connection is established end to end.
     pub(crate) fn opened(&self, record: &access_log::ConnectionRecord) {
-        self.metrics.connections_opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .connections_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.observer.opened(record);
     }
 
@@ -115,7 +122,11 @@ impl PodContext {
         certificates: &Arc<CertificateStore>,
     ) -> Result<Arc<Self>, IdentityError> {
         let config = tls::server_config(certificates.clone(), workload.identity.clone())?;
-        Ok(Arc::new(Self { workload, sockets, acceptor: TlsAcceptor::from(config) }))
+        Ok(Arc::new(Self {
+            workload,
+            sockets,
+            acceptor: TlsAcceptor::from(config),
+        }))
     }
 
     /// Whether `ip` is one of the pod's addresses.

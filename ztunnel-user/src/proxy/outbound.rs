@@ -21,7 +21,9 @@ pub async fn handle(
     let _guard = context.drain.track();
     let _ = client.set_nodelay(true);
     let source = original_source(pod, &client)?;
-    let route = context.directory.route_outbound(&pod.workload, original_destination);
+    let route = context
+        .directory
+        .route_outbound(&pod.workload, original_destination);
     let mut record = ConnectionRecord {
         direction: "outbound",
         source,
@@ -33,7 +35,11 @@ pub async fn handle(
         started: Instant::now(),
     };
     let outcome = match route {
-        OutboundRoute::Hbone { hbone_address, authority, expected, destination: _ } => {
+        OutboundRoute::Hbone {
+            hbone_address,
+            authority,
+            expected,
+        } => {
             record.via = Some(hbone_address);
             record.mutual_tls = true;
             record.destination_identity = expected.first().cloned();
@@ -49,9 +55,18 @@ pub async fn handle(
                 Ok(tunnel) => {
                     context.opened(&record);
                     let (transferred, result) = tunnel.copy_with(&mut client).await;
-                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: hbone_address, source }))
+                    Outcome::Closed(
+                        transferred,
+                        result.map_err(|source| ProxyError::Upstream {
+                            address: hbone_address,
+                            source,
+                        }),
+                    )
                 }
-                Err(error) => Outcome::Failed(tunnel_failure(context, pod, hbone_address, &error), ProxyError::Hbone(error)),
+                Err(error) => Outcome::Failed(
+                    tunnel_failure(context, pod, hbone_address, &error),
+                    ProxyError::Hbone(error),
+                ),
             }
         }
         OutboundRoute::Passthrough { address } => {
@@ -60,14 +75,21 @@ pub async fn handle(
                 Ok(mut upstream) => {
                     context.opened(&record);
                     let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
-                    Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address, source }))
+                    Outcome::Closed(
+                        transferred,
+                        result.map_err(|source| ProxyError::Upstream { address, source }),
+                    )
                 }
                 Err(error) => Outcome::Failed(FailureKind::Connect, error),
             }
         }
-        OutboundRoute::Refuse { reason } => {
-            Outcome::Failed(FailureKind::Connect, ProxyError::NoRoute { destination: original_destination, reason })
-        }
+        OutboundRoute::Refuse { reason } => Outcome::Failed(
+            FailureKind::Connect,
+            ProxyError::NoRoute {
+                destination: original_destination,
+                reason,
+            },
+        ),
     };
     finish(context, &record, outcome)
 }
@@ -81,13 +103,23 @@ pub(crate) enum Outcome {
 }
 
 /// Counts, exports and logs the end of a connection, and passes its result on.
-pub(crate) fn finish(context: &ProxyContext, record: &ConnectionRecord, outcome: Outcome) -> Result<(), ProxyError> {
+pub(crate) fn finish(
+    context: &ProxyContext,
+    record: &ConnectionRecord,
+    outcome: Outcome,
+) -> Result<(), ProxyError> {
     use std::sync::atomic::Ordering::Relaxed;
     let (transferred, result) = match outcome {
         Outcome::Closed(transferred, result) => {
             context.metrics.connections_closed.fetch_add(1, Relaxed);
-            context.metrics.bytes_sent.fetch_add(transferred.sent, Relaxed);
-            context.metrics.bytes_received.fetch_add(transferred.received, Relaxed);
+            context
+                .metrics
+                .bytes_sent
+                .fetch_add(transferred.sent, Relaxed);
+            context
+                .metrics
+                .bytes_received
+                .fetch_add(transferred.received, Relaxed);
             context.observer.closed(record, transferred);
             (transferred, result)
         }
@@ -104,7 +136,12 @@ pub(crate) fn finish(context: &ProxyContext, record: &ConnectionRecord, outcome:
 }
 
 /// Counts and logs why a tunnel could not be opened; tells the balancer about refusals.
-fn tunnel_failure(context: &ProxyContext, pod: &PodContext, hbone_address: SocketAddr, error: &HboneError) -> FailureKind {
+fn tunnel_failure(
+    context: &ProxyContext,
+    pod: &PodContext,
+    hbone_address: SocketAddr,
+    error: &HboneError,
+) -> FailureKind {
     match error {
         HboneError::Handshake { reason, .. } => {
             context.identity_failure(HandshakeSide::Outbound, reason);
@@ -112,7 +149,9 @@ fn tunnel_failure(context: &ProxyContext, pod: &PodContext, hbone_address: Socke
                 "HBONE server refused; connection closed");
             FailureKind::Tls
         }
-        HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => FailureKind::Denied,
+        HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => {
+            FailureKind::Denied
+        }
         HboneError::Connect { .. } | HboneError::Refused { .. } => {
             context.directory.report_refused(hbone_address);
             FailureKind::Connect
@@ -125,17 +164,24 @@ fn tunnel_failure(context: &ProxyContext, pod: &PodContext, hbone_address: Socke
 /// its own loopback, so a loopback peer means "this pod, that port".
 fn original_source(pod: &PodContext, client: &TcpStream) -> Result<SocketAddr, ProxyError> {
     let peer = client.peer_addr().map_err(ProxyError::Socket)?;
-    if peer.ip().is_loopback() {
-        if let Some(pod_ip) = pod.workload.ips.iter().find(|ip| ip.is_ipv6() == peer.is_ipv6()) {
-            return Ok(SocketAddr::new(*pod_ip, peer.port()));
-        }
+    if peer.ip().is_loopback()
+        && let Some(pod_ip) = pod
+            .workload
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv6() == peer.is_ipv6())
+    {
+        return Ok(SocketAddr::new(*pod_ip, peer.port()));
     }
     Ok(peer)
 }
 
 async fn connect_plain(pod: &PodContext, address: SocketAddr) -> Result<TcpStream, ProxyError> {
     let upstream_error = |source| ProxyError::Upstream { address, source };
-    let socket = pod.sockets.new_tcp_socket(address.is_ipv6()).map_err(upstream_error)?;
+    let socket = pod
+        .sockets
+        .new_tcp_socket(address.is_ipv6())
+        .map_err(upstream_error)?;
     let stream = socket.connect(address).await.map_err(upstream_error)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)

@@ -15,11 +15,27 @@ use super::{
     upstream,
 };
 
-/// Proxies one plaintext connection accepted on a pod's inbound listener.
-pub async fn handle(context: &ProxyContext, pod: &PodContext, mut client: TcpStream) -> Result<(), ProxyError> {
+/// Proxies one plaintext connection accepted on a pod's inbound listener; the original
+/// destination is the accepted socket's local address.
+pub async fn handle(
+    context: &ProxyContext,
+    pod: &PodContext,
+    client: TcpStream,
+) -> Result<(), ProxyError> {
+    let destination = client.local_addr().map_err(ProxyError::Socket)?;
+    handle_to(context, pod, client, destination).await
+}
+
+/// Like [`handle`] with the original destination given (tests, and listeners that learn it
+/// some other way).
+pub async fn handle_to(
+    context: &ProxyContext,
+    pod: &PodContext,
+    mut client: TcpStream,
+    destination: std::net::SocketAddr,
+) -> Result<(), ProxyError> {
     let _guard = context.drain.track();
     let source = client.peer_addr().map_err(ProxyError::Socket)?;
-    let destination = client.local_addr().map_err(ProxyError::Socket)?;
     let record = ConnectionRecord {
         direction: "passthrough",
         source,
@@ -30,19 +46,45 @@ pub async fn handle(context: &ProxyContext, pod: &PodContext, mut client: TcpStr
         via: Some(destination),
         started: Instant::now(),
     };
-    let workload = context.directory.workload(destination.ip()).unwrap_or_else(|| pod.workload.clone());
-    let connection = InboundConnection { source_identity: None, source, destination, destination_workload: &workload };
+    let workload = context
+        .directory
+        .workload(destination.ip())
+        .unwrap_or_else(|| pod.workload.clone());
+    let connection = InboundConnection {
+        source_identity: None,
+        source,
+        destination,
+        destination_workload: &workload,
+    };
     let outcome = if !context.directory.authorize(&connection) {
         let reason = "denied by policy (no peer identity)".to_owned();
-        Outcome::Failed(FailureKind::Denied, ProxyError::NoRoute { destination, reason })
+        Outcome::Failed(
+            FailureKind::Denied,
+            ProxyError::NoRoute {
+                destination,
+                reason,
+            },
+        )
     } else {
         match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
             Ok(mut upstream) => {
                 context.opened(&record);
                 let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
-                Outcome::Closed(transferred, result.map_err(|source| ProxyError::Upstream { address: destination, source }))
+                Outcome::Closed(
+                    transferred,
+                    result.map_err(|source| ProxyError::Upstream {
+                        address: destination,
+                        source,
+                    }),
+                )
             }
-            Err(source) => Outcome::Failed(FailureKind::Connect, ProxyError::Upstream { address: destination, source }),
+            Err(source) => Outcome::Failed(
+                FailureKind::Connect,
+                ProxyError::Upstream {
+                    address: destination,
+                    source,
+                },
+            ),
         }
     };
     finish(context, &record, outcome)

@@ -25,7 +25,10 @@ pub struct StateDirectory {
 impl StateDirectory {
     /// Reads `state` for routing and `authorizer` for policy.
     pub fn new(state: StateHandle) -> Self {
-        Self { authorizer: Authorizer::new(state.clone()), state }
+        Self {
+            authorizer: Authorizer::new(state.clone()),
+            state,
+        }
     }
 }
 
@@ -41,7 +44,11 @@ pub fn workload_info(workload: &Workload) -> WorkloadInfo {
 }
 
 impl Directory for StateDirectory {
-    fn route_outbound(&self, _source: &WorkloadInfo, original_destination: SocketAddr) -> OutboundRoute {
+    fn route_outbound(
+        &self,
+        _source: &WorkloadInfo,
+        original_destination: SocketAddr,
+    ) -> OutboundRoute {
         let state = self.state.snapshot();
         if let Some(service) = state.service_by_vip(original_destination) {
             if let Some(waypoint) = &service.waypoint {
@@ -49,11 +56,20 @@ impl Directory for StateDirectory {
             }
             let Some(picked) = state.pick_endpoint(&service, original_destination.port()) else {
                 return OutboundRoute::Refuse {
-                    reason: format!("service {} has no healthy endpoint for port {}", service.hostname, original_destination.port()),
+                    reason: format!(
+                        "service {} has no healthy endpoint for port {}",
+                        service.hostname,
+                        original_destination.port()
+                    ),
                 };
             };
             let mut expected = vec![picked.workload.identity()];
-            expected.extend(service.subject_alt_names.iter().filter_map(|san| san.parse::<SpiffeId>().ok()));
+            expected.extend(
+                service
+                    .subject_alt_names
+                    .iter()
+                    .filter_map(|san| san.parse::<SpiffeId>().ok()),
+            );
             return to_workload(&picked.workload, picked.address, expected);
         }
         match state.workload_by_ip(original_destination.ip()) {
@@ -61,12 +77,17 @@ impl Directory for StateDirectory {
                 Some(waypoint) => via_waypoint(&state, waypoint, original_destination),
                 None => to_workload(&workload, original_destination, vec![workload.identity()]),
             },
-            None => OutboundRoute::Passthrough { address: original_destination },
+            None => OutboundRoute::Passthrough {
+                address: original_destination,
+            },
         }
     }
 
     fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo> {
-        self.state.snapshot().workload_by_ip(ip).map(|workload| workload_info(&workload))
+        self.state
+            .snapshot()
+            .workload_by_ip(ip)
+            .map(|workload| workload_info(&workload))
     }
 
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool {
@@ -99,26 +120,34 @@ impl Directory for StateDirectory {
     }
 }
 
-fn to_workload(workload: &Arc<Workload>, address: SocketAddr, expected: Vec<SpiffeId>) -> OutboundRoute {
+fn to_workload(
+    workload: &Arc<Workload>,
+    address: SocketAddr,
+    expected: Vec<SpiffeId>,
+) -> OutboundRoute {
     match workload.protocol {
         Protocol::Hbone => OutboundRoute::Hbone {
             hbone_address: SocketAddr::new(address.ip(), HBONE_PORT),
             authority: address,
             expected,
-            destination: Some(workload_info(workload)),
         },
         Protocol::Tcp => OutboundRoute::Passthrough { address },
     }
 }
 
-fn via_waypoint(state: &State, waypoint: &GatewayAddress, original_destination: SocketAddr) -> OutboundRoute {
+fn via_waypoint(
+    state: &State,
+    waypoint: &GatewayAddress,
+    original_destination: SocketAddr,
+) -> OutboundRoute {
     match state.resolve_waypoint(waypoint) {
         Some(picked) => OutboundRoute::Hbone {
             hbone_address: picked.address,
             authority: original_destination,
             expected: vec![picked.workload.identity()],
-            destination: Some(workload_info(&picked.workload)),
         },
-        None => OutboundRoute::Refuse { reason: "no healthy waypoint replica".to_owned() },
+        None => OutboundRoute::Refuse {
+            reason: "no healthy waypoint replica".to_owned(),
+        },
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     io,
-    net::{SocketAddr, IpAddr},
+    net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
     sync::atomic::{AtomicBool, Ordering},
 };
@@ -23,9 +23,11 @@ pub async fn connect_from(
 ) -> io::Result<TcpStream> {
     if let Some(source_ip) = source_ip.filter(|ip| ip.is_ipv6() == destination.is_ipv6()) {
         match transparent_socket(sockets, source_ip, destination.is_ipv6()) {
-            Ok(socket) => return socket.connect(destination).await.inspect(|stream| {
-                let _ = stream.set_nodelay(true);
-            }),
+            Ok(socket) => {
+                return socket.connect(destination).await.inspect(|stream| {
+                    let _ = stream.set_nodelay(true);
+                });
+            }
             Err(error) => {
                 static LOGGED: AtomicBool = AtomicBool::new(false);
                 if !LOGGED.swap(true, Ordering::Relaxed) {
@@ -34,7 +36,10 @@ pub async fn connect_from(
             }
         }
     }
-    let stream = sockets.new_tcp_socket(destination.is_ipv6())?.connect(destination).await?;
+    let stream = sockets
+        .new_tcp_socket(destination.is_ipv6())?
+        .connect(destination)
+        .await?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
@@ -46,8 +51,11 @@ fn transparent_socket(
 ) -> io::Result<tokio::net::TcpSocket> {
     let socket = sockets.new_tcp_socket(ipv6)?;
     set_mark(&socket, UPSTREAM_MARK)?;
-    let (level, option) =
-        if ipv6 { (libc::SOL_IPV6, libc::IPV6_TRANSPARENT) } else { (libc::SOL_IP, libc::IP_TRANSPARENT) };
+    let (level, option) = if ipv6 {
+        (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+    } else {
+        (libc::SOL_IP, libc::IP_TRANSPARENT)
+    };
     let enable: libc::c_int = 1;
     // SAFETY: the fd is a live socket we own; the option value is a valid c_int whose size is
     // passed alongside it.
