@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -95,57 +96,42 @@ impl MeshHandler {
     }
 }
 
-impl PodTrafficHandler for MeshHandler {
-    fn outbound(
-        &self,
-        pod: Arc<ListenerPod>,
-        stream: TcpStream,
-        original_destination: SocketAddr,
-    ) -> HandlerFuture {
+impl MeshHandler {
+    /// The future a listener spawns: resolve the pod's proxy context, then run `work` with it;
+    /// a failure is logged as `what` (the access log already has one line per connection).
+    fn serve<F, Fut, E>(&self, pod: Arc<ListenerPod>, what: &'static str, work: F) -> HandlerFuture
+    where
+        F: FnOnce(Arc<ProxyContext>, Arc<PodContext>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
         let context = self.context.clone();
         let pod_context = self.pod_context(&pod);
         Box::pin(async move {
-            let Some(pod_context) = pod_context else {
-                return;
-            };
-            if let Err(error) =
-                proxy::outbound::handle(&context, &pod_context, stream, original_destination).await
-            {
-                tracing::debug!(pod = %pod.name, destination = %original_destination, %error, "outbound connection failed");
+            let Some(pod_context) = pod_context else { return };
+            if let Err(error) = work(context, pod_context).await {
+                tracing::debug!(pod = %pod.name, namespace = %pod.namespace, %error, "{what} failed");
             }
         })
     }
+}
 
-    fn inbound_plaintext(
-        &self,
-        pod: Arc<ListenerPod>,
-        stream: TcpStream,
-        _original_destination: SocketAddr,
-    ) -> HandlerFuture {
-        let context = self.context.clone();
-        let pod_context = self.pod_context(&pod);
-        Box::pin(async move {
-            let Some(pod_context) = pod_context else {
-                return;
-            };
-            if let Err(error) = proxy::passthrough::handle(&context, &pod_context, stream).await {
-                tracing::debug!(pod = %pod.name, %error, "inbound plaintext connection failed");
-            }
+impl PodTrafficHandler for MeshHandler {
+    fn outbound(&self, pod: Arc<ListenerPod>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+        self.serve(pod, "outbound connection", move |context, pod| async move {
+            proxy::outbound::handle(&context, &pod, stream, original_destination).await
+        })
+    }
+
+    fn inbound_plaintext(&self, pod: Arc<ListenerPod>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+        self.serve(pod, "inbound plaintext connection", move |context, pod| async move {
+            proxy::passthrough::handle_to(&context, &pod, stream, original_destination).await
         })
     }
 
     fn inbound_hbone(&self, pod: Arc<ListenerPod>, stream: TcpStream) -> HandlerFuture {
-        let context = self.context.clone();
-        let pod_context = self.pod_context(&pod);
-        Box::pin(async move {
-            let Some(pod_context) = pod_context else {
-                return;
-            };
-            if let Err(error) =
-                proxy::inbound::serve_hbone_connection(context, pod_context, stream).await
-            {
-                tracing::debug!(pod = %pod.name, %error, "inbound HBONE connection failed");
-            }
+        self.serve(pod, "inbound HBONE connection", move |context, pod| {
+            proxy::inbound::serve_hbone_connection(context, pod, stream)
         })
     }
 }
