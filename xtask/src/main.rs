@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's developer workflows.
 
 mod command;
+mod demo;
 mod setup;
 mod test;
 
@@ -20,11 +21,14 @@ enum Task {
     Setup,
     /// Run setup, the unit tests and the privileged end-to-end suite.
     Test(test::TestArgs),
+    /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
+    Demo,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
+        Task::Demo => demo::run(),
     }
 }
