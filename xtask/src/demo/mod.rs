@@ -187,14 +187,30 @@ fn demo(console: &Console) -> anyhow::Result<Vec<String>> {
     let iperf = Iperf3Server::start(&cluster, &pods["iperf"])?;
 
     let flows = traffic::flows();
+    let mut verdicts = Vec::new();
     let mut failures = Vec::new();
     for flow in &flows {
         progress.step(&flow.describe())?;
         let outcome = traffic::send(&cluster, &pods, flow)?;
         console.line(&format!("       -> {}", outcome.summary));
+        let mark = if outcome.as_expected { "ok  " } else { "FAIL" };
+        verdicts.push(format!("{mark} {}", flow.describe()));
         if !outcome.as_expected {
             failures.push(format!("{}: {}", flow.describe(), outcome.summary));
         }
+    }
+    // The destination sees the real client address, not a ztunnel's.
+    let client_ip = pods["client"].ip.to_string();
+    let source_kept = web.clients().contains(&client_ip);
+    let mark = if source_kept { "ok  " } else { "FAIL" };
+    verdicts.push(format!(
+        "{mark} nginx in web logged client's own address {client_ip}"
+    ));
+    if !source_kept {
+        failures.push(format!(
+            "nginx in web did not see {client_ip}: {:?}",
+            web.clients()
+        ));
     }
 
     progress.step("waiting for both ztunnels to log every flow")?;
@@ -204,6 +220,13 @@ fn demo(console: &Console) -> anyhow::Result<Vec<String>> {
         .map(|pod| (pod.ip.to_string(), pod.name.clone()))
         .collect();
     show(console, &cluster, &records, &names, &web)?;
+    console.line("== Expected behaviour ==");
+    for verdict in &verdicts {
+        console.line(verdict);
+    }
+    for failure in failures.iter().filter(|f| f.contains("access-log")) {
+        console.line(&format!("FAIL {failure}"));
+    }
     progress.step("tearing down (CNI DEL of every pod, ztunnels, namespaces, cgroups, bpffs)")?;
     drop((web, legacy, iperf));
     drop(pods);
