@@ -73,6 +73,16 @@ impl Nginx {
     }
 }
 
+impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its worker and waits for it: a SIGKILL (what
+    /// [`Process`] does on drop) would orphan the worker and keep the node's cgroup busy.
+    fn drop(&mut self) {
+        if self.process.signal(libc::SIGTERM).is_ok() {
+            let _ = self.process.wait_exit(DEFAULT_TIMEOUT);
+        }
+    }
+}
+
 /// Whether something in netns `netns` listens on TCP `address` (`ss -Hltn`).
 pub fn listening(netns: &str, address: &str) -> bool {
     Command::new("nsenter")

@@ -2,6 +2,7 @@
 
 mod bench_hbone;
 mod command;
+mod demo;
 mod setup;
 mod test;
 
@@ -21,6 +22,8 @@ enum Task {
     Setup,
     /// Run setup, the unit tests and the privileged end-to-end suite.
     Test(test::TestArgs),
+    /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
+    Demo,
     /// Benchmarks (figures, never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
+        Task::Demo => demo::run(),
         Task::Bench {
             bench: Bench::Hbone(args),
         } => bench_hbone::run(&args),
