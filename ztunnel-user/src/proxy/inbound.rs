@@ -108,7 +108,7 @@ impl ConnectHandler for InboundHandler {
                 };
                 Outcome::Closed(
                     transferred,
-                    result.map_err(|source| ProxyError::Upstream {
+                    result.map_err(|source| ProxyError::Interrupted {
                         address: request.authority,
                         source,
                     }),

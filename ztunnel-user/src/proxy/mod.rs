@@ -149,6 +149,15 @@ pub enum ProxyError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// An established connection ended with an error while bytes were flowing (a peer reset
+    /// or closed abruptly); the bytes moved until then are in the access log line.
+    #[error("connection via {address} ended abruptly after it was established: {source}")]
+    Interrupted {
+        /// The peer the bytes went to (upstream address or HBONE hop).
+        address: std::net::SocketAddr,
+        /// The socket or stream error.
+        source: std::io::Error,
+    },
     /// The accepted socket could not be inspected.
     #[error("cannot read the addresses of an accepted socket: {0}")]
     Socket(std::io::Error),

@@ -57,7 +57,7 @@ pub async fn handle(
                     let (transferred, result) = tunnel.copy_with(&mut client).await;
                     Outcome::Closed(
                         transferred,
-                        result.map_err(|source| ProxyError::Upstream {
+                        result.map_err(|source| ProxyError::Interrupted {
                             address: hbone_address,
                             source,
                         }),
@@ -77,7 +77,7 @@ pub async fn handle(
                     let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
                     Outcome::Closed(
                         transferred,
-                        result.map_err(|source| ProxyError::Upstream { address, source }),
+                        result.map_err(|source| ProxyError::Interrupted { address, source }),
                     )
                 }
                 Err(error) => Outcome::Failed(FailureKind::Connect, error),

@@ -72,7 +72,7 @@ pub async fn handle_to(
                 let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
                 Outcome::Closed(
                     transferred,
-                    result.map_err(|source| ProxyError::Upstream {
+                    result.map_err(|source| ProxyError::Interrupted {
                         address: destination,
                         source,
                     }),
