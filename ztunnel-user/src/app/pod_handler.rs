@@ -16,11 +16,9 @@ use crate::{
     inpod::handler::{HandlerFuture, PodContext as ListenerPod, PodTrafficHandler},
     proxy::{self, PodContext, ProxyContext, WorkloadInfo, state_directory::workload_info},
     socket::SocketFactory,
-    state::StateHandle,
+    state::{StateHandle, workload::DEFAULT_SERVICE_ACCOUNT},
 };
 
-/// The service account a pod that is not in the workload config is taken to run as.
-const UNLISTED_SERVICE_ACCOUNT: &str = "default";
 
 /// A [`PodTrafficHandler`] that runs the HBONE proxy.
 pub struct MeshHandler {
@@ -55,7 +53,7 @@ impl MeshHandler {
         let identity = SpiffeId::new(
             self.certificates.trust_domain(),
             &pod.namespace,
-            UNLISTED_SERVICE_ACCOUNT,
+            DEFAULT_SERVICE_ACCOUNT,
         );
         let mut info = WorkloadInfo::new(
             identity,

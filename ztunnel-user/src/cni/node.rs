@@ -18,7 +18,6 @@ use crate::{
     ebpf::{LoadedPrograms, PinLayout},
     enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME},
     inpod::{
-        InpodError,
         enroll::{self, PodSelector, PodSpec},
         state::read_enrolled,
     },
@@ -48,10 +47,6 @@ fn enrollment_failed(doing: &str, error: impl std::fmt::Display) -> CniError {
         format!("cannot {doing}"),
         error.to_string(),
     )
-}
-
-fn kernel_error(doing: &str, error: InpodError) -> CniError {
-    enrollment_failed(doing, error)
 }
 
 impl Enroller for NodeEnroller {
@@ -85,7 +80,7 @@ impl Enroller for NodeEnroller {
             interface: interface.to_owned(),
         };
         enroll::enroll(&mut programs, &config.run_dir, &spec)
-            .map_err(|error| kernel_error("enroll the pod", error))?;
+            .map_err(|error| enrollment_failed("enroll the pod", error))?;
 
         let request = Request::Enroll {
             pod: pod.clone(),
@@ -126,7 +121,7 @@ impl Enroller for NodeEnroller {
         match enroll::unenroll(&layout, &config.run_dir, &selector) {
             Ok(Some(_)) => info!(pod = %pod.name, namespace = %pod.namespace, "pod unenrolled"),
             Ok(None) => info!(pod = %pod.name, namespace = %pod.namespace, "pod was not enrolled"),
-            Err(error) => return Err(kernel_error("unenroll the pod", error)),
+            Err(error) => return Err(enrollment_failed("unenroll the pod", error)),
         }
         // Tell a running ztunnel at once (it would notice within its reconcile interval anyway).
         match client(config).send(&Request::Unenroll { pod: pod.clone() }, None) {
