@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod net;
 pub mod process;
 pub mod server;
+pub mod traffic;
 pub mod wait;
 pub mod ztunnel;
 
