@@ -90,6 +90,11 @@ pub struct DaemonArgs {
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,
+    /// If another daemon holds the run dir (an upgrade's old pod), serve every enrolled pod
+    /// beside it (SO_REUSEPORT listeners) and take over capture and the enrollment socket when
+    /// it exits, instead of failing.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 impl DaemonArgs {

@@ -104,6 +104,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
+        takeover: args.takeover,
     };
     let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
     readiness.set_draining();

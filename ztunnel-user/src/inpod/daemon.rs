@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
-const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
+pub(super) const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How often the daemon looks for enrolled pods whose netns disappeared without an unenroll
 /// (its own open listeners would otherwise keep such a namespace alive).
@@ -47,6 +47,9 @@ pub struct DaemonConfig {
     pub fail_mode: FailMode,
     /// Most verbose record the kernel programs emit.
     pub kernel_log_level: KernelLogLevel,
+    /// When another daemon holds the run dir: serve beside it and take over when it exits
+    /// ([`super::takeover`]) instead of failing.
+    pub takeover: bool,
 }
 
 /// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
@@ -57,12 +60,35 @@ pub async fn run(
     on_ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), InpodError> {
     // The lock comes first: the enrollment socket of a daemon already running must not be taken.
-    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
-        InpodError::Invalid(format!(
-            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
-            config.run_dir.display()
-        ))
-    })?;
+    let mut serving: HashMap<u64, PodListeners> = HashMap::new();
+    let mut on_ready = Some(on_ready);
+    let _only_daemon = match DaemonLock::acquire(&config.run_dir) {
+        Ok(lock) => lock,
+        Err(source) if config.takeover && source.kind() == std::io::ErrorKind::WouldBlock => {
+            let ready = on_ready.take();
+            let standing_by = super::takeover::stand_by(&config, &handler, &mut serving, || {
+                if let Some(ready) = ready {
+                    ready();
+                }
+            });
+            match standing_by.await? {
+                Some(lock) => lock,
+                None => {
+                    tracing::info!(
+                        pods = serving.len(),
+                        "stopped while standing by: in-pod listeners closed"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        Err(source) => {
+            return Err(InpodError::Invalid(format!(
+                "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it, pass another --run-dir, or pass --takeover to serve beside it and take over when it exits",
+                config.run_dir.display()
+            )));
+        }
+    };
     let (control, receiver) = control_channel();
     let socket_path = config.run_dir.join(SOCKET_NAME);
     let server = EnrollmentServer::bind(&socket_path).map_err(|error| InpodError::Io {
@@ -70,17 +96,19 @@ pub async fn run(
         source: std::io::Error::other(error.to_string()),
     })?;
     // The loop answers its first control request only after its first reconcile.
-    let ready_probe = control.clone();
-    tokio::spawn(async move {
-        if ready_probe.reconcile().await.is_ok() {
-            on_ready();
-        }
-    });
+    if let Some(on_ready) = on_ready {
+        let ready_probe = control.clone();
+        tokio::spawn(async move {
+            if ready_probe.reconcile().await.is_ok() {
+                on_ready();
+            }
+        });
+    }
     let enrollment = tokio::spawn(server.serve(Arc::new(DaemonEnrollmentHandler::new(
         control,
         config.run_dir.clone(),
     ))));
-    let outcome = run_controlled(config, handler, Some(receiver)).await;
+    let outcome = run_controlled(config, handler, serving, Some(receiver)).await;
     enrollment.abort();
     let _ = std::fs::remove_file(&socket_path);
     outcome
@@ -134,10 +162,11 @@ impl DaemonControl {
 }
 
 /// [`run`] after it holds the run dir, also answering [`DaemonControl`] requests when `control`
-/// is given.
+/// is given. `serving` holds listeners already open (those of a daemon that stood by).
 async fn run_controlled(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
+    mut serving: HashMap<u64, PodListeners>,
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
@@ -155,7 +184,6 @@ async fn run_controlled(
         .map(|logger| tokio::spawn(crate::ebpf::logs::forward(logger)));
     adopt_enrolled_pods(&mut programs, &config)?;
     let maps = Arc::new(maps);
-    let mut serving: HashMap<u64, PodListeners> = HashMap::new();
     reconcile(&config, &handler, &maps, &mut serving);
     tracing::info!(bpffs_root = %config.layout.root().display(), fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
 
@@ -317,7 +345,7 @@ fn served(config: &DaemonConfig, serving: &HashMap<u64, PodListeners>) -> Vec<Se
 }
 
 /// Opens listeners for newly enrolled pods and closes those of pods no longer enrolled.
-fn reconcile(
+pub(super) fn reconcile(
     config: &DaemonConfig,
     handler: &Arc<dyn PodTrafficHandler>,
     maps: &Arc<PinnedMaps>,

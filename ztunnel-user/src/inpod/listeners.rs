@@ -7,7 +7,9 @@
 //! | HBONE | each pod IP :15008 | [`PodTrafficHandler::inbound_hbone`] |
 //!
 //! Dropping [`PodListeners`] closes them all; the kernel then sees no listener and applies the
-//! node's fail mode to the pod.
+//! node's fail mode to the pod — unless another daemon's listeners share the ports (an upgrade,
+//! [`super::takeover`]): every listener is `SO_REUSEPORT`, and `tcp_migrate_req` is on in the pod,
+//! so the closing listener's queued connections move to the other daemon's.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -21,7 +23,7 @@ use super::{
     InpodError,
     handler::{PodContext, PodTrafficHandler},
     original_destination::original_destination,
-    socket_factory::listen_in,
+    socket_factory::{enable_request_migration, listen_in},
 };
 use crate::ebpf::PinnedMaps;
 
@@ -73,6 +75,9 @@ impl PodListeners {
                 .iter()
                 .map(|ip| (SocketAddr::new(*ip, HBONE_PORT), Role::Hbone, false)),
         );
+        if let Err(error) = enable_request_migration(&pod.netns) {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot set net.ipv4.tcp_migrate_req in the pod (kernel < 5.14?); an upgrade may reset connections queued on the old daemon's listeners");
+        }
         let mut accept_loops = JoinSet::new();
         for (address, role, transparent) in wanted {
             let listener = match listen_in(&pod.netns, address, transparent)

@@ -8,7 +8,8 @@
 //!   sockets that keep the client's address; [`routing`]: the in-pod rule that brings the
 //!   application's replies to those back to ztunnel.
 //! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
-//!   plugin on the enrollment socket.
+//!   plugin on the enrollment socket; [`takeover`]: an upgrade's new daemon serving beside the
+//!   old one until it can take over.
 
 pub mod daemon;
 pub mod enroll;
@@ -21,6 +22,7 @@ pub mod original_destination;
 pub mod routing;
 pub mod socket_factory;
 pub mod state;
+pub mod takeover;
 
 use std::{
     net::SocketAddr,
