@@ -84,6 +84,10 @@ impl ConnectionObserver for IstioMetrics {
         }
     }
 
+    fn endpoint_retried(&self, address: SocketAddr, reason: &'static str) {
+        self.metrics.endpoint_retried(address, reason);
+    }
+
     fn identity_failure(&self, side: HandshakeSide, reason: &'static str) {
         let reporter = match side {
             HandshakeSide::Outbound => Reporter::Source,
