@@ -24,6 +24,8 @@ pub enum Reporter {
     Source,
     /// The proxy of the server (inbound).
     Destination,
+    /// A waypoint between the two.
+    Waypoint,
 }
 
 /// The application protocol; always TCP at L4.
@@ -98,7 +100,7 @@ macro_rules! label_values {
     };
 }
 
-label_values!(Reporter { Source => "source", Destination => "destination" });
+label_values!(Reporter { Source => "source", Destination => "destination", Waypoint => "waypoint" });
 label_values!(RequestProtocol { Tcp => "tcp" });
 label_values!(ResponseFlags {
     None => "-",

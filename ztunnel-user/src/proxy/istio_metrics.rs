@@ -30,10 +30,10 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = if record.direction == "outbound" {
-            Reporter::Source
-        } else {
-            Reporter::Destination
+        let reporter = match record.direction {
+            "outbound" => Reporter::Source,
+            crate::waypoint::DIRECTION => Reporter::Waypoint,
+            _ => Reporter::Destination,
         };
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
