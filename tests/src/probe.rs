@@ -75,20 +75,33 @@ impl ProbeReport {
             .fold(0.0, f64::max)
     }
 
-    /// From `event_ms` to the end of the first request started after it that succeeded.
+    /// How long requests kept failing after `event_ms`: from the event to the end of the first
+    /// successful request after the last failure; zero when nothing failed after the event,
+    /// `None` when nothing succeeded after the last failure.
     pub fn recovery_after(&self, event_ms: u128) -> Option<Duration> {
-        let first_failure = self
+        let Some(last_failure) = self
             .requests
             .iter()
-            .find(|r| r.at_ms >= event_ms && r.outcome != "ok");
-        let from = first_failure.map_or(event_ms, |r| r.at_ms);
+            .rfind(|r| r.at_ms >= event_ms && r.outcome != "ok")
+        else {
+            return Some(Duration::ZERO);
+        };
         self.requests
             .iter()
-            .find(|r| r.at_ms >= from && r.outcome == "ok")
+            .find(|r| r.sequence > last_failure.sequence && r.outcome == "ok")
             .map(|r| {
                 let end = r.at_ms as f64 + r.latency_ms;
                 Duration::from_secs_f64((end - event_ms as f64).max(0.0) / 1000.0)
             })
+    }
+
+    /// The slowest request started at or after `event_ms`, in milliseconds.
+    pub fn max_latency_after_ms(&self, event_ms: u128) -> f64 {
+        self.requests
+            .iter()
+            .filter(|r| r.at_ms >= event_ms)
+            .map(|r| r.latency_ms)
+            .fold(0.0, f64::max)
     }
 }
 

@@ -6,7 +6,9 @@ use std::{net::SocketAddr, time::Instant};
 use tokio::net::TcpStream;
 
 use super::{
-    OutboundRoute, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord, copy,
+    OutboundRoute, PodContext, ProxyContext, ProxyError,
+    access_log::ConnectionRecord,
+    copy,
     metrics::HandshakeSide,
     observer::FailureKind,
     retry::{HboneHop, TunnelSource, open_tunnel},

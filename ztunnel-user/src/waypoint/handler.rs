@@ -153,7 +153,11 @@ impl ConnectHandler for WaypointHandler {
             forwarded_for: source,
             sockets: &HostSocketFactory,
         };
-        let reroute = || self.context.directory.route_from_waypoint(request.authority);
+        let reroute = || {
+            self.context
+                .directory
+                .route_from_waypoint(request.authority)
+        };
         let (hop, onward) = open_tunnel(&self.context, tunnel_source, hop, reroute).await;
         record.via = Some(hop.hbone_address);
         let onward = match onward {

@@ -74,7 +74,9 @@ pub enum WaypointError {
     #[error(transparent)]
     Admin(#[from] AdminError),
     /// The HBONE listener cannot be bound.
-    #[error("cannot listen for HBONE on {address}: {source} (is another waypoint running in this netns?)")]
+    #[error(
+        "cannot listen for HBONE on {address}: {source} (is another waypoint running in this netns?)"
+    )]
     Bind {
         /// The address asked for.
         address: SocketAddr,
