@@ -139,6 +139,16 @@ impl InboundHandler {
         let Some(workload) = self.context.directory.workload(destination.ip()) else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no such workload"));
         };
+        // Istio's rule: a workload behind a waypoint takes HBONE only from the waypoint, so
+        // its policy cannot be bypassed by a client that tunnels to the workload directly.
+        if let Some(waypoint) = self.context.directory.waypoint_identities(destination.ip())
+            && !waypoint.contains(&request.peer.identity)
+        {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "the workload is behind a waypoint and the connection did not come through it",
+            ));
+        }
         let connection = InboundConnection {
             source_identity: Some(&request.peer.identity),
             source: request.forwarded_for.unwrap_or(request.peer.address),

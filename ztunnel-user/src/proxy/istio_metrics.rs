@@ -30,10 +30,10 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = if record.direction == "outbound" {
-            Reporter::Source
-        } else {
-            Reporter::Destination
+        let reporter = match record.direction {
+            "outbound" => Reporter::Source,
+            crate::waypoint::DIRECTION => Reporter::Waypoint,
+            _ => Reporter::Destination,
         };
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
@@ -82,6 +82,10 @@ impl ConnectionObserver for IstioMetrics {
                 .metrics
                 .connection_failed(&labels.with_response_flags(ResponseFlags::ConnectionFailure)),
         }
+    }
+
+    fn endpoint_retried(&self, address: SocketAddr, reason: &'static str) {
+        self.metrics.endpoint_retried(address, reason);
     }
 
     fn identity_failure(&self, side: HandshakeSide, reason: &'static str) {

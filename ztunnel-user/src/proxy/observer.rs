@@ -23,6 +23,9 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn closed(&self, _record: &ConnectionRecord, _transferred: Transferred) {}
     /// The connection was never established.
     fn failed(&self, _record: &ConnectionRecord, _kind: FailureKind) {}
+    /// The HBONE server at `address` was unreachable (`reason`); the connection was retried on
+    /// another endpoint.
+    fn endpoint_retried(&self, _address: std::net::SocketAddr, _reason: &'static str) {}
     /// A TLS handshake failed because of identity or protocol.
     fn identity_failure(&self, _side: HandshakeSide, _reason: &'static str) {}
 }
