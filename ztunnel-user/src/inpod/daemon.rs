@@ -265,7 +265,7 @@ fn adopt_enrolled_pods(
         if let Err(error) = super::routing::install_upstream_routing(&netns) {
             tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot install the in-pod upstream routing; the application will not see client addresses");
         }
-        tracing::info!(pod = %pod.name, namespace = %pod.namespace, hook = %outcome, "enrolled pod adopted");
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, capture = ?capture, tc = %outcome, "enrolled pod adopted");
         kept.push(pod);
     }
     set.pods = kept;

@@ -158,13 +158,13 @@ pub fn enroll(
     }
     lock.save(&set)
         .map_err(|source| InpodError::state(run_dir, source))?;
-    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, capture = ?set.capture, hook = %outcome, "pod enrolled");
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, capture = ?set.capture, tc = %outcome, "pod enrolled");
     Ok(pod)
 }
 
 /// Puts the pod under `mode`'s capture — its pinned TCX ingress link, or its iptables rules —
 /// and removes the other kind if the pod had it (`previous`). Returns the interface index and
-/// what was done, for the log.
+/// the TC hook outcome, for the log.
 pub fn apply_capture(
     programs: &mut LoadedPrograms,
     netns: &Netns,
@@ -186,7 +186,7 @@ pub fn apply_capture(
                 remove_iptables_capture(netns)
                     .map_err(io_error("remove the iptables capture rules".into()))?;
             }
-            Ok((ifindex, format!("tcx {outcome:?}")))
+            Ok((ifindex, format!("{outcome:?}")))
         }
         CaptureMode::Iptables => {
             let name = interface.to_owned();
@@ -197,7 +197,7 @@ pub fn apply_capture(
             remove_pod_pins(programs.layout(), netns_cookie)?;
             install_iptables_capture(netns)
                 .map_err(io_error("install the iptables capture rules".into()))?;
-            Ok((ifindex, "iptables rules".to_owned()))
+            Ok((ifindex, "none (iptables capture)".to_owned()))
         }
     }
 }
