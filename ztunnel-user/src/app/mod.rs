@@ -11,7 +11,7 @@ pub mod pod_handler;
 
 use std::{sync::Arc, time::Duration};
 
-pub use args::{DaemonArgs, FailModeArg, IdentityArgs};
+pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs};
 
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
@@ -105,6 +105,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
         takeover: args.takeover,
+        capture: args.capture.into(),
     };
     let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
     readiness.set_draining();

@@ -282,6 +282,38 @@ impl LoadedPrograms {
     }
 }
 
+/// Removes the pinned cgroup links under `layout` (detaching their programs); returns how many
+/// there were. Used when the node runs iptables capture instead.
+pub fn remove_cgroup_links(layout: &PinLayout) -> Result<usize, EbpfError> {
+    let mut removed = 0;
+    for name in CGROUP_PROGRAMS {
+        let pin = layout.cgroup_link(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(EbpfError::Io {
+                    action: format!("remove pinned link {}", pin.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the running kernel has TCX (6.6+), read from `uname -r`; the TC ingress hook needs it.
+pub fn kernel_has_tcx() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 6)
+}
+
 /// Removes a pod's pinned links (detaching them) and its pin directory.
 pub fn remove_pod_pins(layout: &PinLayout, netns_cookie: u64) -> Result<(), EbpfError> {
     let dir = layout.pod_dir(netns_cookie);
@@ -325,7 +357,8 @@ fn cgroup_id(cgroup: &Path) -> Result<u64, EbpfError> {
 }
 
 /// The index of `interface` in the calling thread's netns.
-fn interface_index(interface: &str) -> std::io::Result<u32> {
+/// The index of `interface` in the calling thread's netns.
+pub fn interface_index(interface: &str) -> std::io::Result<u32> {
     let name = std::ffi::CString::new(interface)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `name` is a valid NUL-terminated string.

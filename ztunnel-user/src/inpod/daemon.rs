@@ -12,7 +12,8 @@ use tokio::{
 use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
-    enroll::{forget_pod, still_exists},
+    capture::{CaptureMode, CaptureRequest, decide},
+    enroll::{apply_capture, forget_pod, still_exists},
     handler::{PodContext, PodTrafficHandler},
     listeners::PodListeners,
     netns::Netns,
@@ -21,7 +22,8 @@ use super::{
 };
 use crate::{
     ebpf::{
-        LoadedPrograms, PinLayout, PinnedMaps,
+        EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
+        loader::{kernel_has_tcx, remove_cgroup_links},
         maps::{FailMode, KernelLogLevel},
     },
     enrollment::{EnrollmentServer, SOCKET_NAME},
@@ -50,6 +52,8 @@ pub struct DaemonConfig {
     /// When another daemon holds the run dir: serve beside it and take over when it exits
     /// ([`super::takeover`]) instead of failing.
     pub takeover: bool,
+    /// eBPF, iptables, or eBPF with the iptables fallback.
+    pub capture: CaptureRequest,
 }
 
 /// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
@@ -176,16 +180,14 @@ async fn run_controlled(
         config.fail_mode.record_value(),
         config.kernel_log_level.record_value(),
     )?;
-    for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
-        tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
-    }
+    let capture = choose_capture(&mut programs, &config)?;
     let _kernel_logs = programs
         .take_logger()
         .map(|logger| tokio::spawn(crate::ebpf::logs::forward(logger)));
-    adopt_enrolled_pods(&mut programs, &config)?;
+    adopt_enrolled_pods(&mut programs, &config, capture)?;
     let maps = Arc::new(maps);
     reconcile(&config, &handler, &maps, &mut serving);
-    tracing::info!(bpffs_root = %config.layout.root().display(), fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
+    tracing::info!(bpffs_root = %config.layout.root().display(), capture = ?capture, fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
 
     let signal_error = |source| InpodError::Io {
         action: "install signal handlers".into(),
@@ -217,19 +219,59 @@ async fn run_controlled(
     Ok(())
 }
 
+/// Attaches the cgroup programs unless iptables capture is asked for, and settles the node's
+/// capture mode ([`decide`]). In iptables mode no cgroup link of ours stays pinned.
+fn choose_capture(
+    programs: &mut LoadedPrograms,
+    config: &DaemonConfig,
+) -> Result<CaptureMode, InpodError> {
+    let hooks = match config.capture {
+        CaptureRequest::Iptables => None,
+        CaptureRequest::Ebpf | CaptureRequest::Auto => {
+            let attached = if kernel_has_tcx() {
+                programs.attach_cgroup_programs(&config.cgroup)
+            } else {
+                Err(EbpfError::Io {
+                    action: "attach the pods' TC ingress programs".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "this kernel has no TCX (needs Linux 6.6)",
+                    ),
+                })
+            };
+            Some(attached.map(|outcomes| {
+                for (program, outcome) in outcomes {
+                    tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
+                }
+            }))
+        }
+    };
+    let mode = decide(config.capture, hooks)?;
+    if mode == CaptureMode::Iptables {
+        let removed = remove_cgroup_links(&config.layout)?;
+        tracing::info!(
+            removed_cgroup_links = removed,
+            "capture by iptables rules in each pod netns (REDIRECT to 15001/15006)"
+        );
+    }
+    Ok(mode)
+}
+
 /// Re-attaches (adopts) the TC link of every enrolled pod and forgets pods whose netns is gone,
 /// along with pod pins that no enrolled pod owns.
 fn adopt_enrolled_pods(
     programs: &mut LoadedPrograms,
     config: &DaemonConfig,
+    capture: CaptureMode,
 ) -> Result<(), InpodError> {
     let lock = StateLock::acquire(&config.run_dir)
         .map_err(|source| InpodError::state(&config.run_dir, source))?;
     let mut set = lock
         .load()
         .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    set.capture = capture;
     let mut kept = Vec::new();
-    for pod in set.pods.drain(..) {
+    for mut pod in set.pods.drain(..) {
         if !still_exists(&pod) {
             tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns = %pod.netns.display(), "enrolled pod's netns is gone; removing its entries and pins");
             forget_pod(&config.layout, &pod)?;
@@ -239,11 +281,19 @@ fn adopt_enrolled_pods(
             path: pod.netns.clone(),
             source,
         })?;
-        let (_, outcome) = programs.attach_tc_ingress(&netns, &pod.interface, pod.netns_cookie)?;
+        let (_, outcome) = apply_capture(
+            programs,
+            &netns,
+            &pod.interface,
+            pod.netns_cookie,
+            capture,
+            Some(pod.capture),
+        )?;
+        pod.capture = capture;
         if let Err(error) = super::routing::install_upstream_routing(&netns) {
             tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot install the in-pod upstream routing; the application will not see client addresses");
         }
-        tracing::info!(pod = %pod.name, namespace = %pod.namespace, tc = ?outcome, "enrolled pod adopted");
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, capture = ?capture, tc = %outcome, "enrolled pod adopted");
         kept.push(pod);
     }
     set.pods = kept;
@@ -387,7 +437,7 @@ pub(super) fn reconcile(
             sockets: Arc::new(PodSocketFactory::new(netns.clone())),
             netns,
         });
-        match PodListeners::open(context, handler.clone(), maps.clone()) {
+        match PodListeners::open(context, handler.clone(), maps.clone(), pod.capture) {
             Ok(listeners) => {
                 tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = pod.netns_cookie, "serving pod: in-pod listeners open");
                 serving.insert(pod.netns_cookie, listeners);

@@ -21,6 +21,7 @@ use ztunnel_common::constants::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_POR
 
 use super::{
     InpodError,
+    capture::CaptureMode,
     handler::{PodContext, PodTrafficHandler},
     original_destination::original_destination,
     socket_factory::{enable_request_migration, listen_in},
@@ -47,6 +48,7 @@ impl PodListeners {
         pod: Arc<PodContext>,
         handler: Arc<dyn PodTrafficHandler>,
         maps: Arc<PinnedMaps>,
+        capture: CaptureMode,
     ) -> Result<Self, InpodError> {
         let mut wanted = vec![
             (
@@ -105,6 +107,7 @@ impl PodListeners {
                 pod.clone(),
                 handler.clone(),
                 maps.clone(),
+                capture,
             ));
         }
         Ok(Self {
@@ -119,6 +122,7 @@ async fn accept_loop(
     pod: Arc<PodContext>,
     handler: Arc<dyn PodTrafficHandler>,
     maps: Arc<PinnedMaps>,
+    capture: CaptureMode,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -137,15 +141,27 @@ async fn accept_loop(
         };
         let work = match role {
             Role::Outbound => {
-                let Some(destination) = outbound_destination(&stream, peer, local, &pod, &maps)
-                else {
+                let destination = match capture {
+                    CaptureMode::Ebpf => outbound_destination(&stream, peer, local, &pod, &maps),
+                    CaptureMode::Iptables => conntrack_destination(&stream, peer, local, &pod),
+                };
+                let Some(destination) = destination else {
                     continue;
                 };
                 handler.outbound(pod.clone(), stream, destination)
             }
             Role::InboundPlaintext => {
-                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %local, "inbound plaintext connection captured");
-                handler.inbound_plaintext(pod.clone(), stream, local)
+                // eBPF hands the connection over unchanged (TPROXY semantics); iptables
+                // REDIRECT rewrote the destination, which conntrack remembers.
+                let destination = match capture {
+                    CaptureMode::Ebpf => Some(local),
+                    CaptureMode::Iptables => conntrack_destination(&stream, peer, local, &pod),
+                };
+                let Some(destination) = destination else {
+                    continue;
+                };
+                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %destination, "inbound plaintext connection captured");
+                handler.inbound_plaintext(pod.clone(), stream, destination)
             }
             Role::Hbone => {
                 tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, local_address = %local, "inbound HBONE connection accepted");
@@ -153,6 +169,27 @@ async fn accept_loop(
             }
         };
         tokio::spawn(work);
+    }
+}
+
+/// The original destination of a connection iptables redirected: `SO_ORIGINAL_DST`, answered
+/// by conntrack. A connection that was not redirected (someone dialled the listener directly)
+/// has none and is closed.
+fn conntrack_destination(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    pod: &PodContext,
+) -> Option<SocketAddr> {
+    match original_destination(stream, local.is_ipv6()) {
+        Ok(destination) if destination != local => {
+            tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %destination, "connection captured by iptables");
+            Some(destination)
+        }
+        outcome => {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %peer, %local, ?outcome, "connection without an iptables original destination; closing");
+            None
+        }
     }
 }
 
