@@ -263,6 +263,13 @@ struct IdentityFailureLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceMismatchLabels {
+    reporter: Reporter,
+    source_principal: LabelText,
+    claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: LabelText,
 }
@@ -277,6 +284,7 @@ struct Inner {
     received_bytes: Family<ConnectionLabels, Counter>,
     denied: Family<ConnectionLabels, Counter>,
     identity_failures: Family<IdentityFailureLabels, Counter>,
+    source_mismatches: Family<SourceMismatchLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -303,6 +311,7 @@ impl Metrics {
         let received_bytes = Family::default();
         let denied = Family::default();
         let identity_failures = Family::default();
+        let source_mismatches = Family::default();
         let config_reloads = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
@@ -345,6 +354,11 @@ impl Metrics {
                 identity_failures.clone(),
             );
             own.register(
+                "source_address_mismatches",
+                "HBONE streams refused because the source address they carried belongs to a workload of another identity",
+                source_mismatches.clone(),
+            );
+            own.register(
                 "config_reloads",
                 "Configuration reload attempts by result",
                 config_reloads.clone(),
@@ -360,6 +374,7 @@ impl Metrics {
                 received_bytes,
                 denied,
                 identity_failures,
+                source_mismatches,
                 config_reloads,
             }),
         }
@@ -401,6 +416,19 @@ impl Metrics {
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
+            .inc();
+    }
+
+    /// A stream from `source_principal` carried a source address that belongs to a workload of
+    /// `claimed_principal`, and was refused.
+    pub fn source_mismatch(&self, source_principal: &SpiffeId, claimed_principal: &SpiffeId) {
+        self.inner
+            .source_mismatches
+            .get_or_create(&SourceMismatchLabels {
+                reporter: Reporter::Destination,
+                source_principal: source_principal.to_string().into(),
+                claimed_principal: claimed_principal.to_string().into(),
+            })
             .inc();
     }
 

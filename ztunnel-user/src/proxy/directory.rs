@@ -92,6 +92,11 @@ pub trait Directory: Send + Sync + 'static {
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool;
     /// Tells the balancer `address` refused a connection, so it is skipped for a while.
     fn report_refused(&self, _address: SocketAddr) {}
+    /// Whether `identity` is a waypoint's: a waypoint relays other workloads' connections, so
+    /// the source address it forwards belongs to another identity by design.
+    fn is_waypoint(&self, _identity: &SpiffeId) -> bool {
+        false
+    }
 }
 
 /// How a [`StaticDirectory`] workload is reached.

@@ -12,7 +12,7 @@ use super::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
 use crate::{
     authz::{Authorizer, ConnectionAttributes},
     identity::SpiffeId,
-    state::{GatewayAddress, Protocol, State, StateHandle, Workload},
+    state::{GatewayAddress, GatewayDestination, Protocol, State, StateHandle, Workload},
 };
 
 /// A [`Directory`] over the store and the authorizer.
@@ -118,6 +118,45 @@ impl Directory for StateDirectory {
     fn report_refused(&self, address: SocketAddr) {
         self.state.mark_refused(address);
     }
+
+    fn is_waypoint(&self, identity: &SpiffeId) -> bool {
+        let state = self.state.snapshot();
+        let gateways = state
+            .workloads()
+            .filter_map(|workload| workload.waypoint.clone())
+            .chain(state.services().filter_map(|service| service.waypoint.clone()))
+            .collect::<Vec<_>>();
+        gateways
+            .iter()
+            .flat_map(|gateway| waypoint_workloads(&state, gateway))
+            .any(|workload| workload.identity() == *identity)
+    }
+}
+
+/// Every workload that may serve as `gateway` (the workload at its address, or every endpoint
+/// of the service it names), without picking one.
+fn waypoint_workloads(state: &State, gateway: &GatewayAddress) -> Vec<Arc<Workload>> {
+    let services: Vec<Arc<crate::state::Service>> = match &gateway.destination {
+        GatewayDestination::Address(address) => {
+            if let Some(workload) = state.workload_by_ip(address.address) {
+                return vec![workload];
+            }
+            state
+                .services()
+                .filter(|service| service.vips.iter().any(|vip| vip.address == address.address))
+                .cloned()
+                .collect()
+        }
+        GatewayDestination::Hostname(name) => state
+            .service_by_hostname(&name.namespace, &name.hostname)
+            .into_iter()
+            .collect(),
+    };
+    services
+        .iter()
+        .flat_map(|service| service.endpoints.values())
+        .filter_map(|endpoint| state.workload_by_uid(&endpoint.workload_uid))
+        .collect()
 }
 
 fn to_workload(
