@@ -271,6 +271,13 @@ struct EndpointRetryLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceMismatchLabels {
+    reporter: Reporter,
+    source_principal: LabelText,
+    claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: LabelText,
 }
@@ -286,6 +293,7 @@ struct Inner {
     denied: Family<ConnectionLabels, Counter>,
     identity_failures: Family<IdentityFailureLabels, Counter>,
     endpoint_retries: Family<EndpointRetryLabels, Counter>,
+    source_mismatches: Family<SourceMismatchLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -313,6 +321,7 @@ impl Metrics {
         let denied = Family::default();
         let identity_failures = Family::default();
         let endpoint_retries = Family::default();
+        let source_mismatches = Family::default();
         let config_reloads = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
@@ -361,6 +370,11 @@ impl Metrics {
                 endpoint_retries.clone(),
             );
             own.register(
+                "source_address_mismatches",
+                "HBONE streams refused because the source address they carried belongs to a workload of another identity",
+                source_mismatches.clone(),
+            );
+            own.register(
                 "config_reloads",
                 "Configuration reload attempts by result",
                 config_reloads.clone(),
@@ -377,6 +391,7 @@ impl Metrics {
                 denied,
                 identity_failures,
                 endpoint_retries,
+                source_mismatches,
                 config_reloads,
             }),
         }
@@ -429,6 +444,19 @@ impl Metrics {
             .get_or_create(&EndpointRetryLabels {
                 endpoint: endpoint.to_string().into(),
                 reason,
+            })
+            .inc();
+    }
+
+    /// A stream from `source_principal` carried a source address that belongs to a workload of
+    /// `claimed_principal`, and was refused.
+    pub fn source_mismatch(&self, source_principal: &SpiffeId, claimed_principal: &SpiffeId) {
+        self.inner
+            .source_mismatches
+            .get_or_create(&SourceMismatchLabels {
+                reporter: Reporter::Destination,
+                source_principal: source_principal.to_string().into(),
+                claimed_principal: claimed_principal.to_string().into(),
             })
             .inc();
     }

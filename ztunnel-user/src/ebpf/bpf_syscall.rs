@@ -103,6 +103,10 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 pub enum CgroupAttachType {
     /// `BPF_CGROUP_SOCK_OPS`.
     SockOps = 3,
+    /// `BPF_CGROUP_INET4_BIND`.
+    Inet4Bind = 8,
+    /// `BPF_CGROUP_INET6_BIND`.
+    Inet6Bind = 9,
     /// `BPF_CGROUP_INET4_CONNECT`.
     Inet4Connect = 10,
     /// `BPF_CGROUP_INET6_CONNECT`.

@@ -25,14 +25,16 @@ use super::{
 };
 use crate::inpod::netns::Netns;
 
-/// The cgroup programs, in the order a connection meets them.
-pub const CGROUP_PROGRAMS: [&str; 6] = [
+/// The cgroup programs, in the order a connection meets them; then the bind guards.
+pub const CGROUP_PROGRAMS: [&str; 8] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SOCKOPS,
     programs::GETSOCKOPT,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
+    programs::BIND4,
+    programs::BIND6,
 ];
 
 /// What happened to a hook when attaching.
@@ -112,7 +114,7 @@ impl LoadedPrograms {
         }
     }
 
-    /// Attaches (or adopts) the connect4/connect6/sockops/getsockopt links on the cgroup-v2
+    /// Attaches (or adopts) the links of every program in [`CGROUP_PROGRAMS`] on the cgroup-v2
     /// directory `cgroup`. Minimum kernel 5.15.
     pub fn attach_cgroup_programs(
         &mut self,
@@ -159,6 +161,8 @@ impl LoadedPrograms {
             programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
             programs::GETPEERNAME4 => CgroupAttachType::Inet4GetPeerName,
             programs::GETPEERNAME6 => CgroupAttachType::Inet6GetPeerName,
+            programs::BIND4 => CgroupAttachType::Inet4Bind,
+            programs::BIND6 => CgroupAttachType::Inet6Bind,
             _ => return Err(EbpfError::MissingProgram(name)),
         };
         let program = self

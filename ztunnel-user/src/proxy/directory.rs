@@ -106,6 +106,11 @@ pub trait Directory: Send + Sync + 'static {
     fn waypoint_identities(&self, _ip: IpAddr) -> Option<Vec<SpiffeId>> {
         None
     }
+    /// Whether `identity` is a waypoint's: a waypoint relays other workloads' connections, so
+    /// the source address it forwards belongs to another identity by design.
+    fn is_waypoint(&self, _identity: &SpiffeId) -> bool {
+        false
+    }
 }
 
 /// How a [`StaticDirectory`] workload is reached.

@@ -126,6 +126,15 @@ impl Directory for StateDirectory {
         let waypoint = workload.waypoint.as_ref()?;
         Some(state.waypoint_identities(waypoint))
     }
+
+    fn is_waypoint(&self, identity: &SpiffeId) -> bool {
+        let state = self.state.snapshot();
+        state
+            .workloads()
+            .filter_map(|workload| workload.waypoint.clone())
+            .chain(state.services().filter_map(|service| service.waypoint.clone()))
+            .any(|gateway| state.waypoint_identities(&gateway).contains(identity))
+    }
 }
 
 /// One healthy endpoint of `service`; the server may prove the endpoint's identity or one of
