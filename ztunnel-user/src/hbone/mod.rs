@@ -26,6 +26,8 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
 /// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
 pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
+/// How long the TCP connect to an HBONE server may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
