@@ -102,6 +102,10 @@ fn setup(test: &str) -> anyhow::Result<Mesh> {
 }
 
 fn probe(mesh: &Mesh, count: u32) -> anyhow::Result<Probe> {
+    probe_with_timeout(mesh, count, REQUEST_TIMEOUT)
+}
+
+fn probe_with_timeout(mesh: &Mesh, count: u32, timeout: Duration) -> anyhow::Result<Probe> {
     Probe::start(
         env!("CARGO_BIN_EXE_probe"),
         &mesh.cluster,
@@ -110,7 +114,7 @@ fn probe(mesh: &Mesh, count: u32) -> anyhow::Result<Probe> {
             target: WEB,
             count,
             interval: INTERVAL,
-            timeout: REQUEST_TIMEOUT,
+            timeout,
             expected: WEB_PAGE.trim(),
         },
     )
@@ -405,4 +409,75 @@ fn bypass_attempt(mesh: &Mesh) -> anyhow::Result<serde_json::Value> {
         )
     })?;
     Ok(serde_json::from_str(line)?)
+}
+
+/// A replica that vanishes without a word (its node's packets dropped, as when a node dies)
+/// holds one connection until the CONNECT times out; that connection is then retried on the
+/// other replica, the silent one is skipped, and no request fails.
+#[test]
+fn a_waypoint_replica_that_stops_answering_is_routed_around() -> anyhow::Result<()> {
+    let mesh = setup("waypoint_blackhole")?;
+    // Both replicas now have a pooled HBONE connection from node 1.
+    let warm = probe(&mesh, 10)?.finish(Duration::from_secs(30))?;
+    assert_eq!(
+        warm.ok(),
+        warm.sent(),
+        "warm-up failed: {:?}",
+        warm.failed()
+    );
+    let silent = mesh.replicas[1].0.ip.to_string();
+    let route =
+        mesh.cluster
+            .node(1)
+            .run(&["ip", "route", "add", "blackhole", &format!("{silent}/32")])?;
+    anyhow::ensure!(
+        route.status.success(),
+        "cannot blackhole {silent} on node 1: {}",
+        String::from_utf8_lossy(&route.stderr)
+    );
+    let blackholed_at = now_ms();
+    // A request may wait for the CONNECT to time out on the silent replica: the client's
+    // timeout is well above it, so that the wait shows in the figures instead of as a failure.
+    let report =
+        probe_with_timeout(&mesh, 40, Duration::from_secs(30))?.finish(Duration::from_secs(120))?;
+    let node1_metrics = scrape(mesh.cluster.node(1).run(&CURL_METRICS)?, "node 1")?;
+    let retries = metric_sum(&node1_metrics, "ztunnel_endpoint_retries", &[]);
+    let timeouts = metric_sum(
+        &node1_metrics,
+        "ztunnel_endpoint_retries",
+        &["reason=\"response_timeout\""],
+    );
+    let stalled: Vec<_> = report
+        .requests
+        .iter()
+        .filter(|request| request.latency_ms > 1000.0)
+        .collect();
+    println!(
+        "figures: waypoint_replicas blackhole sent={} ok={} failed={} retries={retries} \
+         response_timeout_retries={timeouts} stalled_requests={} max_latency_ms={:.1} \
+         time_to_recovery_ms={}",
+        report.sent(),
+        report.ok(),
+        report.failed().len(),
+        stalled.len(),
+        report.max_latency_ms(),
+        report.recovery_after(blackholed_at).map_or_else(
+            || "none".to_owned(),
+            |d| format!("{:.1}", d.as_secs_f64() * 1000.0)
+        ),
+    );
+    println!(
+        "stalled requests: {stalled:?}; failed: {:?}",
+        report.failed()
+    );
+    assert!(
+        report.failed().is_empty(),
+        "requests failed while a replica was silent: {:?}",
+        report.failed()
+    );
+    assert!(
+        timeouts >= 1.0,
+        "the silent replica was never given up on (no response_timeout retry)"
+    );
+    Ok(())
 }

@@ -22,7 +22,7 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     CLIENT_STREAMS_PER_CONNECTION, CONNECT_TIMEOUT, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT,
-    HboneError, MAX_FRAME_SIZE, SEND_BUFFER, STREAM_WINDOW, handshake_error,
+    HboneError, MAX_FRAME_SIZE, RESPONSE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW, handshake_error,
 };
 use crate::{
     identity::{CertificateStore, SpiffeId, tls},
@@ -128,7 +128,17 @@ impl HbonePool {
                     peer: request.hbone_address,
                     source,
                 })?;
-        let response = response.await.map_err(|source| HboneError::H2 {
+        let Ok(response) = tokio::time::timeout(RESPONSE_TIMEOUT, response).await else {
+            // The peer may be gone without closing the connection (node down, packets
+            // dropped): no new tunnel goes on this connection; its open ones run their course.
+            slot.0.closed.store(true, Ordering::Release);
+            return Err(HboneError::ResponseTimeout {
+                peer: request.hbone_address,
+                authority: request.authority,
+                timeout: RESPONSE_TIMEOUT,
+            });
+        };
+        let response = response.map_err(|source| HboneError::H2 {
             peer: request.hbone_address,
             source,
         })?;
