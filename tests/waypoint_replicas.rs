@@ -12,6 +12,7 @@ use ztunnel_e2e::{
     apps::Nginx,
     cluster::{Cluster, ClusterPod},
     probe::{Probe, ProbePlan, ProbeReport, now_ms},
+    wait::{DEFAULT_TIMEOUT, wait_until},
     waypoint::WaypointReplica,
     ztunnel::binary,
 };
@@ -127,6 +128,14 @@ fn access_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits (bounded) for `condition`; the assertions that follow say what was missing if it
+/// never held.
+fn settle(what: &str, mut condition: impl FnMut() -> bool) {
+    if let Err(error) = wait_until(what, DEFAULT_TIMEOUT, || condition().then_some(())) {
+        println!("{error:#}");
+    }
+}
+
 /// The `/metrics` text of whatever listens on 127.0.0.1:15020 in `pod`'s or a node's netns.
 fn scrape(output: std::process::Output, whose: &str) -> anyhow::Result<String> {
     anyhow::ensure!(
@@ -161,6 +170,22 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
 
     // 1. Steady traffic: every connection goes through a replica, and both replicas take some.
     let warm = probe(&mesh, 20)?.finish(Duration::from_secs(30))?;
+    // A connection is logged when it closes, just after the client has its answer.
+    settle(
+        "every warm-up connection to be logged by a waypoint and by node 2",
+        || {
+            let waypoints: usize = mesh
+                .replicas
+                .iter()
+                .map(|(r, _)| r.access_log().len())
+                .sum();
+            let node2 = access_lines(&mesh.cluster.node(2).ztunnel_log())
+                .iter()
+                .filter(|line| line.contains("inbound") && line.contains(WEB))
+                .count();
+            waypoints >= warm.sent() && node2 >= warm.sent()
+        },
+    );
     let waypoint_lines: Vec<Vec<String>> = mesh
         .replicas
         .iter()
@@ -293,6 +318,10 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
         .iter()
         .filter(|request| request.at_ms >= killed_at)
         .count();
+    settle(
+        "the surviving replica to log the connections after the kill",
+        || mesh.replicas[1].0.access_log().len() - survivor_lines_before >= after_kill,
+    );
     let survivor_gained = mesh.replicas[1].0.access_log().len() - survivor_lines_before;
     let in_flight: Vec<_> = report
         .requests
