@@ -12,6 +12,7 @@ use ztunnel_e2e::{
     apps::Nginx,
     cluster::{Cluster, ClusterPod},
     probe::{Probe, ProbePlan, ProbeReport, now_ms},
+    wait::{DEFAULT_TIMEOUT, wait_until},
     waypoint::WaypointReplica,
     ztunnel::binary,
 };
@@ -54,7 +55,7 @@ struct Mesh {
     denied: ClusterPod,
     _web: ClusterPod,
     replicas: Vec<(WaypointReplica, ClusterPod)>,
-    _nginx: Nginx,
+    nginx: Nginx,
     // Dropped last: pods (CNI DEL) go before the nodes and the underlay.
     cluster: Cluster,
 }
@@ -96,12 +97,16 @@ fn setup(test: &str) -> anyhow::Result<Mesh> {
         denied,
         _web: web,
         replicas,
-        _nginx: nginx,
+        nginx,
         cluster,
     })
 }
 
 fn probe(mesh: &Mesh, count: u32) -> anyhow::Result<Probe> {
+    probe_with_timeout(mesh, count, REQUEST_TIMEOUT)
+}
+
+fn probe_with_timeout(mesh: &Mesh, count: u32, timeout: Duration) -> anyhow::Result<Probe> {
     Probe::start(
         env!("CARGO_BIN_EXE_probe"),
         &mesh.cluster,
@@ -110,7 +115,7 @@ fn probe(mesh: &Mesh, count: u32) -> anyhow::Result<Probe> {
             target: WEB,
             count,
             interval: INTERVAL,
-            timeout: REQUEST_TIMEOUT,
+            timeout,
             expected: WEB_PAGE.trim(),
         },
     )
@@ -121,6 +126,14 @@ fn access_lines(log: &str) -> Vec<String> {
         .filter(|line| line.contains("ztunnel::access"))
         .map(str::to_owned)
         .collect()
+}
+
+/// Waits (bounded) for `condition`; the assertions that follow say what was missing if it
+/// never held.
+fn settle(what: &str, mut condition: impl FnMut() -> bool) {
+    if let Err(error) = wait_until(what, DEFAULT_TIMEOUT, || condition().then_some(())) {
+        println!("{error:#}");
+    }
 }
 
 /// The `/metrics` text of whatever listens on 127.0.0.1:15020 in `pod`'s or a node's netns.
@@ -157,6 +170,22 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
 
     // 1. Steady traffic: every connection goes through a replica, and both replicas take some.
     let warm = probe(&mesh, 20)?.finish(Duration::from_secs(30))?;
+    // A connection is logged when it closes, just after the client has its answer.
+    settle(
+        "every warm-up connection to be logged by a waypoint and by node 2",
+        || {
+            let waypoints: usize = mesh
+                .replicas
+                .iter()
+                .map(|(r, _)| r.access_log().len())
+                .sum();
+            let node2 = access_lines(&mesh.cluster.node(2).ztunnel_log())
+                .iter()
+                .filter(|line| line.contains("inbound") && line.contains(WEB))
+                .count();
+            waypoints >= warm.sent() && node2 >= warm.sent()
+        },
+    );
     let waypoint_lines: Vec<Vec<String>> = mesh
         .replicas
         .iter()
@@ -191,6 +220,8 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
         warm.ok(),
         node2_inbound.len()
     );
+    let nginx_clients = mesh.nginx.clients();
+    println!("nginx saw clients {nginx_clients:?}");
     println!(
         "sample waypoint line: {:?}",
         waypoint_lines.iter().flatten().next()
@@ -220,6 +251,12 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
         (node2_inbound.len(), from_waypoint),
         (warm.sent(), warm.sent()),
         "web's node proxy saw every connection, all from the waypoint's identity"
+    );
+
+    assert!(
+        nginx_clients.len() == warm.sent()
+            && nginx_clients.iter().all(|client| client == "198.18.1.2"),
+        "web sees the client pod's own address, not the waypoint's: {nginx_clients:?}"
     );
 
     // 2. The waypoint applies web's policy with the client's identity.
@@ -258,6 +295,8 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
     // 4. SIGKILL one replica under a request every 50 ms.
     let count = 80;
     let running = probe(&mesh, count)?;
+    // Killed just after a request ended, so that the kill tests new connections; a request
+    // still under way at the kill (its replica dies with it) is reported apart.
     running.wait_for(20, Duration::from_secs(10))?;
     let survivor_lines_before = mesh.replicas[1].0.access_log().len();
     let killed_at = now_ms();
@@ -279,16 +318,38 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
         .iter()
         .filter(|request| request.at_ms >= killed_at)
         .count();
+    settle(
+        "the surviving replica to log the connections after the kill",
+        || mesh.replicas[1].0.access_log().len() - survivor_lines_before >= after_kill,
+    );
     let survivor_gained = mesh.replicas[1].0.access_log().len() - survivor_lines_before;
+    let in_flight: Vec<_> = report
+        .requests
+        .iter()
+        .filter(|request| ProbeReport::in_flight_at(request, killed_at))
+        .collect();
+    let failed_new: Vec<_> = report
+        .failed()
+        .into_iter()
+        .filter(|request| !ProbeReport::in_flight_at(request, killed_at))
+        .collect();
     print_figures(&report, killed_at, retries, after_kill, survivor_gained);
+    println!(
+        "figures: waypoint_replicas sigkill in_flight_at_kill={} failed_in_flight={} failed_new_connections={}",
+        in_flight.len(),
+        in_flight
+            .iter()
+            .filter(|request| request.outcome != "ok")
+            .count(),
+        failed_new.len()
+    );
     println!("node 1 retry counters: {retry_lines:?}; 'skipping' log lines: {marked}");
     println!("failed requests: {:?}", report.failed());
     assert!(
-        report.failed().is_empty(),
-        "{} of {} requests failed around the SIGKILL: {:?}",
-        report.failed().len(),
+        failed_new.is_empty(),
+        "{} of {} new connections failed around the SIGKILL: {failed_new:?}",
+        failed_new.len(),
         report.sent(),
-        report.failed()
     );
     assert!(
         retries >= 1.0,
@@ -377,4 +438,75 @@ fn bypass_attempt(mesh: &Mesh) -> anyhow::Result<serde_json::Value> {
         )
     })?;
     Ok(serde_json::from_str(line)?)
+}
+
+/// A replica that vanishes without a word (its node's packets dropped, as when a node dies)
+/// holds one connection until the CONNECT times out; that connection is then retried on the
+/// other replica, the silent one is skipped, and no request fails.
+#[test]
+fn a_waypoint_replica_that_stops_answering_is_routed_around() -> anyhow::Result<()> {
+    let mesh = setup("waypoint_blackhole")?;
+    // Both replicas now have a pooled HBONE connection from node 1.
+    let warm = probe(&mesh, 10)?.finish(Duration::from_secs(30))?;
+    assert_eq!(
+        warm.ok(),
+        warm.sent(),
+        "warm-up failed: {:?}",
+        warm.failed()
+    );
+    let silent = mesh.replicas[1].0.ip.to_string();
+    let route =
+        mesh.cluster
+            .node(1)
+            .run(&["ip", "route", "add", "blackhole", &format!("{silent}/32")])?;
+    anyhow::ensure!(
+        route.status.success(),
+        "cannot blackhole {silent} on node 1: {}",
+        String::from_utf8_lossy(&route.stderr)
+    );
+    let blackholed_at = now_ms();
+    // A request may wait for the CONNECT to time out on the silent replica: the client's
+    // timeout is well above it, so that the wait shows in the figures instead of as a failure.
+    let report =
+        probe_with_timeout(&mesh, 40, Duration::from_secs(30))?.finish(Duration::from_secs(120))?;
+    let node1_metrics = scrape(mesh.cluster.node(1).run(&CURL_METRICS)?, "node 1")?;
+    let retries = metric_sum(&node1_metrics, "ztunnel_endpoint_retries", &[]);
+    let timeouts = metric_sum(
+        &node1_metrics,
+        "ztunnel_endpoint_retries",
+        &["reason=\"response_timeout\""],
+    );
+    let stalled: Vec<_> = report
+        .requests
+        .iter()
+        .filter(|request| request.latency_ms > 1000.0)
+        .collect();
+    println!(
+        "figures: waypoint_replicas blackhole sent={} ok={} failed={} retries={retries} \
+         response_timeout_retries={timeouts} stalled_requests={} max_latency_ms={:.1} \
+         time_to_recovery_ms={}",
+        report.sent(),
+        report.ok(),
+        report.failed().len(),
+        stalled.len(),
+        report.max_latency_ms(),
+        report.recovery_after(blackholed_at).map_or_else(
+            || "none".to_owned(),
+            |d| format!("{:.1}", d.as_secs_f64() * 1000.0)
+        ),
+    );
+    println!(
+        "stalled requests: {stalled:?}; failed: {:?}",
+        report.failed()
+    );
+    assert!(
+        report.failed().is_empty(),
+        "requests failed while a replica was silent: {:?}",
+        report.failed()
+    );
+    assert!(
+        timeouts >= 1.0,
+        "the silent replica was never given up on (no response_timeout retry)"
+    );
+    Ok(())
 }

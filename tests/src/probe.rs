@@ -95,6 +95,11 @@ impl ProbeReport {
             })
     }
 
+    /// Whether `request` was under way at `event_ms` (started before it, ended after it).
+    pub fn in_flight_at(request: &ProbeRequest, event_ms: u128) -> bool {
+        request.at_ms < event_ms && request.at_ms as f64 + request.latency_ms > event_ms as f64
+    }
+
     /// The slowest request started at or after `event_ms`, in milliseconds.
     pub fn max_latency_after_ms(&self, event_ms: u128) -> f64 {
         self.requests

@@ -24,7 +24,8 @@ pub struct WaypointReplica {
 
 impl WaypointReplica {
     /// Starts `ztunnel waypoint` in `pod` as `namespace/service_account` and waits until it is
-    /// ready. Its admin servers use Istio's ports inside the pod's netns.
+    /// ready (log line, then `/healthz/ready`). Its admin servers use Istio's ports inside the
+    /// pod's netns.
     pub fn start(
         cluster: &Cluster,
         pod: &ClusterPod,
@@ -59,6 +60,23 @@ impl WaypointReplica {
             },
         )
         .with_context(|| format!("waypoint log:\n{}", process.log_text()))?;
+        let ready = cluster.run_in_pod(
+            pod,
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:15021/healthz/ready",
+            ],
+        )?;
+        anyhow::ensure!(
+            ready.status.success(),
+            "the waypoint in pod {} logged ready but /healthz/ready says otherwise: {}",
+            pod.name,
+            String::from_utf8_lossy(&ready.stderr).trim()
+        );
         Ok(Self {
             process: Some(process),
             pod_name: pod.name.clone(),

@@ -365,6 +365,25 @@ mod tests {
     }
 
     #[test]
+    fn waypoint_needs_a_config_and_defaults_to_istio_ports() {
+        let Command::Waypoint(args) =
+            parse(&["waypoint", "--config", "mesh.yaml", "--service-account", "wp"])
+                .unwrap()
+                .command
+        else {
+            panic!("not waypoint")
+        };
+        assert_eq!(args.namespace, "default");
+        assert_eq!(args.service_account, "wp");
+        assert_eq!(args.hbone_address.port(), 15008);
+        assert!(parse(&["waypoint"]).is_err(), "no --config accepted");
+        assert!(
+            parse(&["waypoint", "--config", "m", "--ca-dir", "a", "--cert-dir", "b"]).is_err(),
+            "both certificate sources accepted"
+        );
+    }
+
+    #[test]
     fn inspect_and_fail_mode_values() {
         assert!(parse(&["inspect", "pods", "--json"]).is_ok());
         assert!(parse(&["inspect", "links"]).is_err());

@@ -1,5 +1,5 @@
 //! `probe <ip:port> <count> <interval-ms> <timeout-ms> <expected-text>`: a new TCP connection
-//! every interval (fixed cadence from the start), an HTTP/1.0 GET on each, read to EOF within
+//! every interval (or right after a request that took longer), an HTTP/1.0 GET on each, read to EOF within
 //! the timeout. One line per request, then a summary line; `ztunnel_e2e::probe` parses both.
 //!
 //! `probe seq=3 at_ms=<unix ms> outcome=ok|refused|reset|timeout|closed|bad_response|error latency_ms=1.2`
@@ -19,13 +19,15 @@ fn main() -> anyhow::Result<()> {
     let count: u32 = count.parse()?;
     let interval = Duration::from_millis(interval.parse()?);
     let timeout = Duration::from_millis(timeout.parse()?);
-    let start = Instant::now();
     let (mut ok, mut failed) = (0u32, 0u32);
+    let mut due = Instant::now();
     for sequence in 0..count {
-        let due = start + interval * sequence;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        // The next one an interval after this one started: a slow request delays the
+        // schedule instead of causing a burst after it.
+        due = Instant::now() + interval;
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|since| since.as_millis())

@@ -26,6 +26,11 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
 /// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
 pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
+/// How long the TCP connect to an HBONE server may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an HBONE server may take to answer a `CONNECT` (it connects onward first, which a
+/// waypoint does with its own [`CONNECT_TIMEOUT`]) before the connection it went on is retired.
+pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
@@ -77,6 +82,16 @@ pub enum HboneError {
         /// h2's error.
         source: h2::Error,
     },
+    /// The peer did not answer the CONNECT in time.
+    #[error("HBONE peer {peer} did not answer CONNECT {authority} within {timeout:?}")]
+    ResponseTimeout {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// The requested authority.
+        authority: std::net::SocketAddr,
+        /// The limit.
+        timeout: std::time::Duration,
+    },
     /// The peer answered the CONNECT with something other than 200.
     #[error("HBONE peer {peer} answered CONNECT {authority} with {status}")]
     Refused {
@@ -107,6 +122,7 @@ impl HboneError {
             Self::NoAlpn { .. } => "no_alpn_h2",
             Self::Identity(_) => "no_certificate",
             Self::H2 { .. } => "http2_error",
+            Self::ResponseTimeout { .. } => "response_timeout",
             Self::Refused { .. } => "refused",
             Self::Request { .. } => "bad_request",
         }

@@ -21,8 +21,8 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CLIENT_STREAMS_PER_CONNECTION, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError,
-    MAX_FRAME_SIZE, SEND_BUFFER, STREAM_WINDOW, handshake_error,
+    CLIENT_STREAMS_PER_CONNECTION, CONNECT_TIMEOUT, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT,
+    HboneError, MAX_FRAME_SIZE, RESPONSE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW, handshake_error,
 };
 use crate::{
     identity::{CertificateStore, SpiffeId, tls},
@@ -143,7 +143,17 @@ impl HbonePool {
                 detail: error.to_string(),
             })?;
         let (response, send) = sender.send_request(connect, false).map_err(h2_error)?;
-        let response = response.await.map_err(h2_error)?;
+        let Ok(response) = tokio::time::timeout(RESPONSE_TIMEOUT, response).await else {
+            // The peer may be gone without closing the connection (node down, packets
+            // dropped): no new tunnel goes on this connection; its open ones run their course.
+            slot.0.closed.store(true, Ordering::Release);
+            return Err(Attempt::Failed(HboneError::ResponseTimeout {
+                peer: request.hbone_address,
+                authority: request.authority,
+                timeout: RESPONSE_TIMEOUT,
+            }));
+        };
+        let response = response.map_err(h2_error)?;
         if response.status() != StatusCode::OK {
             return Err(Attempt::Failed(HboneError::Refused {
                 peer: request.hbone_address,
@@ -206,7 +216,18 @@ impl HbonePool {
             .sockets
             .new_tcp_socket(address.is_ipv6())
             .map_err(connect_error)?;
-        let tcp = socket.connect(address).await.map_err(connect_error)?;
+        // A peer that is gone without a trace (node down, packets dropped) would otherwise hold
+        // the client for the kernel's SYN retries (minutes); past the limit the caller may try
+        // another endpoint.
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(address))
+            .await
+            .map_err(|_| {
+                connect_error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                ))
+            })?
+            .map_err(connect_error)?;
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(&self.store, certificate, expected)?;
         let handshake =

@@ -184,7 +184,8 @@ impl InboundHandler {
         };
         // Istio's rule: a workload behind a waypoint takes HBONE only from the waypoint, so
         // its policy cannot be bypassed by a client that tunnels to the workload directly.
-        if let Some(waypoint) = self.context.directory.waypoint_identities(destination.ip())
+        let waypoint = self.context.directory.waypoint_identities(destination.ip());
+        if let Some(waypoint) = &waypoint
             && !waypoint.contains(&request.peer.identity)
         {
             return Err((
@@ -192,6 +193,13 @@ impl InboundHandler {
                 "the workload is behind a waypoint and the connection did not come through it",
             ));
         }
+        // The application sees the original client: the tunnel's source, or, when the tunnel
+        // comes from the workload's waypoint, the client the waypoint forwards for (only the
+        // waypoint's `forwarded` header is trusted for this).
+        let upstream_source = match (&waypoint, request.forwarded_for) {
+            (Some(_), Some(client)) => client.ip(),
+            _ => request.peer.address.ip(),
+        };
         let connection = InboundConnection {
             source_identity: Some(&request.peer.identity),
             source: request.forwarded_for.unwrap_or(request.peer.address),
@@ -201,15 +209,11 @@ impl InboundHandler {
         if !self.context.directory.authorize(&connection) {
             return Err((StatusCode::UNAUTHORIZED, "denied by policy"));
         }
-        upstream::connect_from(
-            &*self.pod.sockets,
-            Some(request.peer.address.ip()),
-            destination,
-        )
-        .await
-        .map_err(|error| {
-            tracing::debug!(%destination, %error, "application refused the connection");
-            (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
-        })
+        upstream::connect_from(&*self.pod.sockets, Some(upstream_source), destination)
+            .await
+            .map_err(|error| {
+                tracing::debug!(%destination, %error, "application refused the connection");
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
+            })
     }
 }

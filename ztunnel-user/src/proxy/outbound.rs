@@ -167,7 +167,9 @@ pub(crate) fn tunnel_failure(
         HboneError::Refused { status, .. } if *status == http::StatusCode::UNAUTHORIZED => {
             FailureKind::Denied
         }
-        HboneError::Connect { .. } | HboneError::Refused { .. } => {
+        HboneError::Connect { .. }
+        | HboneError::ResponseTimeout { .. }
+        | HboneError::Refused { .. } => {
             context.directory.report_refused(hbone_address);
             FailureKind::Connect
         }

@@ -3,7 +3,8 @@
 //! while), counted, and the connection is routed again, to another endpoint.
 //!
 //! Only failures that happen before the tunnel exists are retried: the client's bytes are read
-//! only once the tunnel is up, so a retry is invisible to it. A server that answered (with a
+//! only once the tunnel is up, so a retry is invisible to it (after a `CONNECT` that got no
+//! answer in time, the destination may see an empty connection that is then reset). A server that answered (with a
 //! status, or a certificate we refused) is not retried: another endpoint would answer the same.
 
 use std::net::SocketAddr;
@@ -45,7 +46,10 @@ pub struct TunnelSource<'a> {
 fn unreachable(error: &HboneError) -> bool {
     matches!(
         error,
-        HboneError::Connect { .. } | HboneError::HandshakeTimeout { .. } | HboneError::H2 { .. }
+        HboneError::Connect { .. }
+            | HboneError::HandshakeTimeout { .. }
+            | HboneError::H2 { .. }
+            | HboneError::ResponseTimeout { .. }
     )
 }
 

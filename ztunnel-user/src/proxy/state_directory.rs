@@ -194,3 +194,78 @@ fn via_waypoint(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const MESH: &str = include_str!("../config/testdata/istio-local.yaml");
+
+    fn directory() -> StateDirectory {
+        let state = State::from_config(parse(MESH, "test.yaml").unwrap()).unwrap();
+        StateDirectory::new(StateHandle::new(state))
+    }
+
+    fn address(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn source() -> WorkloadInfo {
+        WorkloadInfo::new(
+            SpiffeId::new("cluster.local", "ns1", "sleep"),
+            "198.18.1.10".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_client_is_sent_to_the_waypoint_and_the_waypoint_to_the_workload() {
+        let directory = directory();
+        let waypoint = SpiffeId::new("cluster.local", "ns2", "waypoint");
+        let echo = SpiffeId::new("example.org", "ns2", "echo");
+        assert_eq!(
+            directory.route_outbound(&source(), address("198.18.2.10:8080")),
+            OutboundRoute::Hbone {
+                hbone_address: address("198.18.2.20:15008"),
+                authority: address("198.18.2.10:8080"),
+                expected: vec![waypoint],
+            }
+        );
+        assert_eq!(
+            directory.route_from_waypoint(address("198.18.2.10:8080")),
+            OutboundRoute::Hbone {
+                hbone_address: address("198.18.2.10:15008"),
+                authority: address("198.18.2.10:8080"),
+                expected: vec![echo],
+            }
+        );
+    }
+
+    #[test]
+    fn a_waypoint_resolves_service_vips_and_refuses_what_the_mesh_does_not_know() {
+        let directory = directory();
+        let OutboundRoute::Hbone { authority, .. } =
+            directory.route_from_waypoint(address("198.19.0.10:80"))
+        else {
+            panic!("the echo VIP is not routed to an endpoint");
+        };
+        assert_eq!(authority.port(), 8080, "the service's target port");
+        assert!(matches!(
+            directory.route_from_waypoint(address("198.18.99.1:80")),
+            OutboundRoute::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn only_workloads_with_a_waypoint_name_its_identities() {
+        let directory = directory();
+        assert_eq!(
+            directory.waypoint_identities("198.18.2.10".parse().unwrap()),
+            Some(vec![SpiffeId::new("cluster.local", "ns2", "waypoint")])
+        );
+        assert_eq!(
+            directory.waypoint_identities("198.18.2.11".parse().unwrap()),
+            None
+        );
+    }
+}

@@ -277,3 +277,32 @@ policies:
         ["root/everyone", "ns/own", "other/theirs", "ns/mine"]
     );
 }
+
+#[test]
+fn a_waypoints_identities_are_those_of_its_replicas() {
+    let state = state(MESH);
+    let echo = state
+        .workload_by_ip("198.18.2.10".parse().unwrap())
+        .unwrap();
+    let waypoint = echo.waypoint.as_ref().unwrap();
+    assert_eq!(
+        state.waypoint_identities(waypoint),
+        vec![SpiffeId::new("cluster.local", "ns2", "waypoint")]
+    );
+    let by_address = GatewayAddress {
+        destination: "/198.18.2.20".parse().unwrap(),
+        hbone_mtls_port: 15008,
+    };
+    assert_eq!(
+        state.waypoint_identities(&by_address),
+        vec![SpiffeId::new("cluster.local", "ns2", "waypoint")]
+    );
+    let nowhere = GatewayAddress {
+        destination: "ns2/missing.ns2.svc.cluster.local".parse().unwrap(),
+        hbone_mtls_port: 15008,
+    };
+    assert!(
+        state.waypoint_identities(&nowhere).is_empty(),
+        "an unknown waypoint has no identity, so nothing is accepted as coming through it"
+    );
+}

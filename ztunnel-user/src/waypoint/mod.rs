@@ -124,8 +124,13 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
         drain_watch,
         Arc::new(IstioMetrics::new(metrics.clone(), state.clone())),
     );
+    let listener = TcpListener::bind(args.hbone_address)
+        .await
+        .map_err(|source| WaypointError::Bind {
+            address: args.hbone_address,
+            source,
+        })?;
     let readiness = Readiness::new();
-    readiness.startup_complete();
     let _admin = AdminServers::start(
         &(&args.admin).into(),
         AdminSources {
@@ -137,15 +142,10 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
         },
     )?;
 
-    let listener = TcpListener::bind(args.hbone_address)
-        .await
-        .map_err(|source| WaypointError::Bind {
-            address: args.hbone_address,
-            source,
-        })?;
     let mut terminate = signal(SignalKind::terminate()).map_err(WaypointError::Runtime)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(WaypointError::Runtime)?;
     let handler = Arc::new(WaypointHandler::new(context, identity.clone()));
+    readiness.startup_complete();
     tracing::info!(%identity, hbone = %args.hbone_address, "ztunnel waypoint ready");
     loop {
         tokio::select! {
