@@ -1,8 +1,9 @@
 //! Running external commands with errors that say what was run.
 
 use std::{
+    io::{BufRead, BufReader, Write},
     path::PathBuf,
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
 };
 
 use anyhow::{Context, bail};
@@ -16,6 +17,37 @@ pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
         bail!("{command:?} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs `command`, streaming its standard output through, and returns the lines that contain
+/// `marker` whether or not the command succeeded; fails with the command line if it fails.
+pub fn run_collecting(command: &mut Command, marker: &str) -> (anyhow::Result<()>, Vec<String>) {
+    let mut child = match command.stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            return (
+                Err(error).context(format!("cannot start {command:?}")),
+                vec![],
+            );
+        }
+    };
+    let mut collected = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // A closed terminal must not stop the run; the lines are still collected.
+            let _ = writeln!(out, "{line}");
+            if line.contains(marker) {
+                collected.push(line);
+            }
+        }
+    }
+    let result = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow::anyhow!("{command:?} failed ({status})")),
+        Err(error) => Err(error).context(format!("cannot wait for {command:?}")),
+    };
+    (result, collected)
 }
 
 /// Runs `command` capturing its output; the output is returned whatever the exit status.

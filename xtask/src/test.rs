@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::{
-    command::{run_checked, workspace_root},
+    command::{run_checked, run_collecting, workspace_root},
     setup,
 };
 
@@ -60,11 +60,24 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         .args(["test", "--no-fail-fast"])
         .env("ZTUNNEL_BIN", &binary)
         .env("ZTUNNEL_PYTHON", setup::python_venv().join("bin/python"));
+    // Passing tests' output is shown too: the end-to-end tests print what they measured on
+    // lines starting `figures:`, gathered again at the end of the run.
+    test.args(["--", "--show-output"]);
     if let Some(filter) = &args.filter {
-        test.arg("--").arg(filter);
+        test.arg(filter);
     }
-    run_checked(&mut test).context("some tests failed (see above)")
+    let (result, figures) = run_collecting(&mut test, FIGURES_MARKER);
+    if !figures.is_empty() {
+        println!("\n== figures measured by the end-to-end tests ==");
+        for line in &figures {
+            println!("{}", line.trim_start());
+        }
+    }
+    result.context("some tests failed (see above)")
 }
+
+/// What the end-to-end tests print in front of each measured figure.
+const FIGURES_MARKER: &str = "figures:";
 
 fn target_dir(root: &std::path::Path) -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
