@@ -90,6 +90,10 @@ pub struct DaemonArgs {
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,
+    /// How long an outgoing HBONE connection that carries no tunnel is kept for reuse before
+    /// it is closed, in seconds.
+    #[arg(long, default_value_t = crate::hbone::DEFAULT_POOL_IDLE_TIMEOUT.as_secs())]
+    pub hbone_idle_seconds: u64,
 }
 
 impl DaemonArgs {

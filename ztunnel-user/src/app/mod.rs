@@ -82,6 +82,9 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         drain_watch,
         observer,
     );
+    context
+        .pool
+        .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
 
     let readiness = Readiness::new();
     let serving = readiness.block("enrolled pods served");
