@@ -14,6 +14,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::Context;
+use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -48,7 +49,10 @@ async fn serve(address: SocketAddr) -> anyhow::Result<()> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     let listener: TcpListener = socket.listen(4096)?;
-    println!("{{\"phase\":\"listening\",\"address\":\"{address}\"}}");
+    println!(
+        "{}",
+        json!({"phase": "listening", "address": address.to_string()})
+    );
     loop {
         let (mut stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -87,11 +91,14 @@ async fn client(destination: SocketAddr, connections: usize, bytes: usize) -> an
         }
     }
     println!(
-        "{{\"phase\":\"open\",\"held\":{},\"failed\":{},\"first_error\":{:?},\"seconds\":{:.3}}}",
-        held.len(),
-        open_errors.count,
-        open_errors.first,
-        started.elapsed().as_secs_f64()
+        "{}",
+        json!({
+            "phase": "open",
+            "held": held.len(),
+            "failed": open_errors.count,
+            "first_error": open_errors.first,
+            "seconds": started.elapsed().as_secs_f64(),
+        })
     );
 
     usr1.recv().await;
@@ -127,10 +134,14 @@ async fn client(destination: SocketAddr, connections: usize, bytes: usize) -> an
         }
     }
     println!(
-        "{{\"phase\":\"closed\",\"closed\":{closed},\"failed\":{},\"first_error\":{:?},\"seconds\":{:.3}}}",
-        close_errors.count,
-        close_errors.first,
-        closing.elapsed().as_secs_f64()
+        "{}",
+        json!({
+            "phase": "closed",
+            "closed": closed,
+            "failed": close_errors.count,
+            "first_error": close_errors.first,
+            "seconds": closing.elapsed().as_secs_f64(),
+        })
     );
     Ok(())
 }

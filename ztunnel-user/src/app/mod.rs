@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod certificates;
+pub mod memory;
 pub mod pod_handler;
 
 use std::{sync::Arc, time::Duration};
@@ -72,6 +73,10 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     let certificates = certificates::store(&args.identity)?;
     let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
         args.identity.cert_refresh_seconds.max(1),
+    ));
+
+    let _memory = memory::spawn_periodic_release(Duration::from_secs(
+        args.memory_release_seconds.max(1),
     ));
 
     let (drain, drain_watch) = Drain::new();
