@@ -28,7 +28,10 @@ pub fn spawn_periodic_release(period: Duration) -> tokio::task::JoinHandle<()> {
 fn release_free_memory() {
     // SAFETY: malloc_trim only walks and madvises the allocator's own free chunks.
     let released = unsafe { libc::malloc_trim(0) };
-    tracing::trace!(released = released != 0, "returned free heap memory to the kernel");
+    tracing::trace!(
+        released = released != 0,
+        "returned free heap memory to the kernel"
+    );
 }
 
 #[cfg(not(target_env = "gnu"))]

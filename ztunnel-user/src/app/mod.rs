@@ -75,9 +75,8 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         args.identity.cert_refresh_seconds.max(1),
     ));
 
-    let _memory = memory::spawn_periodic_release(Duration::from_secs(
-        args.memory_release_seconds.max(1),
-    ));
+    let _memory =
+        memory::spawn_periodic_release(Duration::from_secs(args.memory_release_seconds.max(1)));
 
     let (drain, drain_watch) = Drain::new();
     let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));

@@ -120,8 +120,11 @@ async fn release_idle(list: &ConnectionList, timeout: Duration) {
             || connection.idle_for(now).is_none_or(|idle| idle < timeout)
     });
     if connections.len() < before {
-        tracing::debug!(released = before - connections.len(), kept = connections.len(),
-            "released idle HBONE client connections");
+        tracing::debug!(
+            released = before - connections.len(),
+            kept = connections.len(),
+            "released idle HBONE client connections"
+        );
     }
 }
 
