@@ -308,6 +308,17 @@ impl ClusterNode {
     /// and waits until it logs that it is ready. It issues certificates from the cluster's mesh
     /// root (`--ca-dir`) unless `extra` gives it `--cert-dir`.
     pub fn start_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_ztunnel_with_open_files(extra, None)
+    }
+
+    /// Like [`start_ztunnel`](Self::start_ztunnel), with `RLIMIT_NOFILE` set to `open_files`
+    /// (through `prlimit`, as a DaemonSet's container runtime would set it; capped at the hard
+    /// limit this process can grant).
+    pub fn start_ztunnel_with_open_files(
+        &mut self,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.daemon.is_none(),
             "node {}'s ztunnel is already running",
@@ -371,7 +382,16 @@ impl ClusterNode {
     /// its lines start after.
     fn spawn_ztunnel(&self, what: &str, extra: &[&str]) -> anyhow::Result<(Process, u64)> {
         let binary = binary()?;
-        let mut argv: Vec<String> = vec![
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(wanted) = open_files {
+            let (prefix, soft) = process::open_files_prefix(wanted)?;
+            println!(
+                "node {}: ztunnel RLIMIT_NOFILE {soft} (wanted {wanted})",
+                self.index
+            );
+            argv.extend(prefix);
+        }
+        argv.extend([
             binary.display().to_string(),
             "daemon".into(),
             "--bpffs-root".into(),
@@ -382,7 +402,7 @@ impl ClusterNode {
             self.cgroup.display().to_string(),
             "--config".into(),
             self.mesh_config.display().to_string(),
-        ];
+        ]);
         // Certificates come from the mesh root unless the test hands the node certificate files.
         if !extra.contains(&"--cert-dir") {
             argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);
@@ -401,6 +421,11 @@ impl ClusterNode {
             self.log.clone(),
         )?;
         Ok((process, offset))
+    }
+
+    /// The PID of this node's running ztunnel.
+    pub fn ztunnel_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Process::pid)
     }
 
     /// Everything this node's ztunnel has logged (across restarts).

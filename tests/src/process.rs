@@ -18,7 +18,10 @@ pub fn command(cgroup_procs: Option<&Path>, netns: Option<&str>, argv: &[&str]) 
     let mut full: Vec<String> = Vec::new();
     if let Some(netns) = netns {
         // nsenter, unlike `ip netns exec`, does not remount /sys, so cgroup paths stay visible.
-        full.extend(["nsenter".to_owned(), format!("--net=/var/run/netns/{netns}")]);
+        full.extend([
+            "nsenter".to_owned(),
+            format!("--net=/var/run/netns/{netns}"),
+        ]);
     }
     full.extend(argv.iter().map(|arg| arg.to_string()));
     match cgroup_procs {
@@ -135,4 +138,29 @@ impl Drop for Process {
         }
         let _ = self.child.wait();
     }
+}
+
+/// `prlimit` arguments that raise `RLIMIT_NOFILE` of the command they prefix to `wanted`, or to
+/// the hard limit this process may grant when that is lower (raising the hard limit needs
+/// `CAP_SYS_RESOURCE`, which containers often drop). Returns the arguments and the soft limit.
+pub fn open_files_prefix(wanted: u64) -> anyhow::Result<(Vec<String>, u64)> {
+    // SAFETY: getrlimit writes into the struct we own.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RLIMIT_NOFILE is a valid resource.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    anyhow::ensure!(
+        rc == 0,
+        "getrlimit(RLIMIT_NOFILE): {}",
+        std::io::Error::last_os_error()
+    );
+    let hard = limit.rlim_max;
+    let soft = wanted.min(hard);
+    Ok((
+        vec![
+            "prlimit".to_owned(),
+            format!("--nofile={soft}:{hard}"),
+            "--".to_owned(),
+        ],
+        soft,
+    ))
 }

@@ -122,3 +122,41 @@ async fn two_hundred_concurrent_tunnels_use_two_connections() {
         "{accepted} TLS connections for {tunnels} concurrent tunnels"
     );
 }
+
+/// One echoed tunnel through `outbound`.
+async fn echo_once(outbound: std::net::SocketAddr, what: &str) {
+    let mut client = TcpStream::connect(outbound).await.expect("connect");
+    client.write_all(b"y").await.expect("write");
+    client.shutdown().await.expect("shutdown");
+    let mut echoed = Vec::new();
+    within(what, client.read_to_end(&mut echoed))
+        .await
+        .expect("read");
+    assert_eq!(echoed, b"y", "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_without_tunnels_is_released_after_the_idle_timeout() {
+    let node = Node::start(43).await;
+    node.context
+        .pool
+        .set_idle_timeout(std::time::Duration::from_millis(200));
+    let app = node.app_listener().await;
+    let outbound = node.outbound_to(app.local_addr().unwrap()).await;
+    spawn_echo(app);
+    echo_once(outbound, "first tunnel").await;
+    let pooled_after_first = node.context.pool.pooled_connections().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pooled = pooled_after_first;
+    while pooled > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        pooled = node.context.pool.pooled_connections().await;
+    }
+    echo_once(outbound, "tunnel after the release").await;
+    let opened = node.context.pool.connections_opened();
+    println!(
+        "pooled after the first tunnel: {pooled_after_first}; after the idle timeout: {pooled}; connections opened in all: {opened}"
+    );
+    assert_eq!(pooled, 0, "the idle connection was released");
+    assert_eq!(opened, 2, "the next tunnel needed a new connection");
+}

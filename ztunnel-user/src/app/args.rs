@@ -121,6 +121,13 @@ pub struct DaemonArgs {
     /// it exits, instead of failing.
     #[arg(long)]
     pub takeover: bool,
+    /// How long an outgoing HBONE connection that carries no tunnel is kept for reuse before
+    /// it is closed, in seconds.
+    #[arg(long, default_value_t = crate::hbone::DEFAULT_POOL_IDLE_TIMEOUT.as_secs())]
+    pub hbone_idle_seconds: u64,
+    /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub memory_release_seconds: u64,
 }
 
 impl DaemonArgs {

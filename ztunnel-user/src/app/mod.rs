@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod certificates;
+pub mod memory;
 pub mod pod_handler;
 
 use std::{sync::Arc, time::Duration};
@@ -74,6 +75,9 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         args.identity.cert_refresh_seconds.max(1),
     ));
 
+    let _memory =
+        memory::spawn_periodic_release(Duration::from_secs(args.memory_release_seconds.max(1)));
+
     let (drain, drain_watch) = Drain::new();
     let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));
     let context = ProxyContext::with_observer(
@@ -82,6 +86,9 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         drain_watch,
         observer,
     );
+    context
+        .pool
+        .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
 
     let readiness = Readiness::new();
     let serving = readiness.block("enrolled pods served");

@@ -3,7 +3,8 @@
 //! - [`server`]: accepts a TLS connection, serves its `CONNECT` streams and lets a handler answer
 //!   each one (`200` then raw bytes, or `400`/`401`/`503`).
 //! - [`pool`]: the client side, one pool of TLS+h2 connections per (source identity,
-//!   destination identities, destination address), a new connection past 100 streams.
+//!   destination identities, destination address), a new connection past 100 streams; a
+//!   connection left without tunnels is closed after an idle timeout.
 //! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
 
 pub mod pool;
@@ -33,6 +34,9 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a pooled client connection with no open tunnel is kept for reuse before it is
+/// closed (Istio's ztunnel also releases unused pool connections after 5 minutes).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
 pub const SEND_BUFFER: usize = 1024 * 1024;
 

@@ -4,7 +4,9 @@
 //! as DESIGN §5 says; a connection carries at most [`CLIENT_STREAMS_PER_CONNECTION`] open
 //! tunnels, past that a new one is opened. A connection made with a certificate that has since
 //! been rotated keeps its open tunnels but gets no new ones, so new tunnels use the new
-//! certificate; so does a connection whose server sent `GOAWAY` (it is draining).
+//! certificate; so does a connection whose server sent `GOAWAY` (it is draining). A connection
+//! that has carried no tunnel for the pool's idle timeout is released (its TLS connection
+//! closed), so a burst of tunnels leaves no file descriptors behind.
 
 use std::{
     collections::HashMap,
@@ -13,6 +15,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -21,8 +24,9 @@ use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    CLIENT_STREAMS_PER_CONNECTION, CONNECT_TIMEOUT, CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT,
-    HboneError, MAX_FRAME_SIZE, RESPONSE_TIMEOUT, SEND_BUFFER, STREAM_WINDOW, handshake_error,
+    CLIENT_STREAMS_PER_CONNECTION, CONNECT_TIMEOUT, CONNECTION_WINDOW, DEFAULT_POOL_IDLE_TIMEOUT,
+    H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, RESPONSE_TIMEOUT, SEND_BUFFER,
+    STREAM_WINDOW, handshake_error,
 };
 use crate::{
     identity::{CertificateStore, SpiffeId, tls},
@@ -59,15 +63,70 @@ struct PooledConnection {
     open_streams: AtomicUsize,
     closed: Arc<AtomicBool>,
     certificate_serial: String,
+    /// When the last tunnel ended; `None` while tunnels are open. Guarded by the list's lock
+    /// for decisions (reserve and release both hold it).
+    idle_since: Mutex<Option<Instant>>,
 }
 
-/// Gives a pool slot back when a tunnel ends.
+impl PooledConnection {
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        since.map(|since| now.saturating_duration_since(since))
+    }
+
+    fn set_idle_since(&self, value: Option<Instant>) {
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = value;
+    }
+}
+
+/// Gives a pool slot back when a tunnel ends; the last one out schedules the idle release.
 #[derive(Debug)]
-struct StreamSlot(Arc<PooledConnection>);
+struct StreamSlot {
+    connection: Arc<PooledConnection>,
+    list: ConnectionList,
+    idle_timeout: Duration,
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+        if self.connection.open_streams.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        self.connection.set_idle_since(Some(Instant::now()));
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let list = self.list.clone();
+        let timeout = self.idle_timeout;
+        runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            release_idle(&list, timeout).await;
+        });
+    }
+}
+
+/// Drops the pool's handle of every connection idle for at least `timeout`. With no handle
+/// and no stream left, h2 sends GOAWAY and the TLS connection closes.
+async fn release_idle(list: &ConnectionList, timeout: Duration) {
+    let now = Instant::now();
+    let mut connections = list.lock().await;
+    let before = connections.len();
+    connections.retain(|connection| {
+        connection.open_streams.load(Ordering::Acquire) > 0
+            || connection.idle_for(now).is_none_or(|idle| idle < timeout)
+    });
+    if connections.len() < before {
+        tracing::debug!(
+            released = before - connections.len(),
+            kept = connections.len(),
+            "released idle HBONE client connections"
+        );
     }
 }
 
@@ -80,6 +139,7 @@ pub struct HbonePool {
     pools: Mutex<HashMap<PoolKey, ConnectionList>>,
     next_id: AtomicU64,
     connections_opened: AtomicU64,
+    idle_timeout_ms: AtomicU64,
 }
 
 impl HbonePool {
@@ -90,7 +150,35 @@ impl HbonePool {
             pools: Mutex::default(),
             next_id: AtomicU64::new(1),
             connections_opened: AtomicU64::new(0),
+            idle_timeout_ms: AtomicU64::new(DEFAULT_POOL_IDLE_TIMEOUT.as_millis() as u64),
         }
+    }
+
+    /// How long a connection without tunnels is kept for reuse (applies to tunnels that end
+    /// from now on).
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.idle_timeout_ms.store(millis, Ordering::Relaxed);
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Pooled connections currently kept, over every destination.
+    pub async fn pooled_connections(&self) -> usize {
+        let lists: Vec<ConnectionList> = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut total = 0;
+        for list in lists {
+            total += list.lock().await.len();
+        }
+        total
     }
 
     /// How many TLS connections this pool has opened so far.
@@ -125,13 +213,19 @@ impl HbonePool {
                 source,
             };
             if unprocessed {
-                slot.0.closed.store(true, Ordering::Release);
+                slot.connection.closed.store(true, Ordering::Release);
                 Attempt::Unprocessed(error)
             } else {
                 Attempt::Failed(error)
             }
         };
-        let mut sender = slot.0.sender.clone().ready().await.map_err(h2_error)?;
+        let mut sender = slot
+            .connection
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(h2_error)?;
         let connect = Request::builder()
             .method(Method::CONNECT)
             .uri(request.authority.to_string())
@@ -146,7 +240,7 @@ impl HbonePool {
         let Ok(response) = tokio::time::timeout(RESPONSE_TIMEOUT, response).await else {
             // The peer may be gone without closing the connection (node down, packets
             // dropped): no new tunnel goes on this connection; its open ones run their course.
-            slot.0.closed.store(true, Ordering::Release);
+            slot.connection.closed.store(true, Ordering::Release);
             return Err(Attempt::Failed(HboneError::ResponseTimeout {
                 peer: request.hbone_address,
                 authority: request.authority,
@@ -188,20 +282,26 @@ impl HbonePool {
             !connection.closed.load(Ordering::Acquire)
                 && connection.certificate_serial == certificate.serial
         });
-        for connection in connections.iter() {
-            let open = connection.open_streams.load(Ordering::Acquire);
-            if open < CLIENT_STREAMS_PER_CONNECTION {
-                connection.open_streams.fetch_add(1, Ordering::AcqRel);
-                return Ok(StreamSlot(connection.clone()));
+        let slot = |connection: &Arc<PooledConnection>| {
+            connection.open_streams.fetch_add(1, Ordering::AcqRel);
+            connection.set_idle_since(None);
+            StreamSlot {
+                connection: connection.clone(),
+                list: list.clone(),
+                idle_timeout: self.idle_timeout(),
             }
+        };
+        if let Some(connection) = connections.iter().find(|connection| {
+            connection.open_streams.load(Ordering::Acquire) < CLIENT_STREAMS_PER_CONNECTION
+        }) {
+            return Ok(slot(connection));
         }
         let connection = Arc::new(
             self.open_connection(request, &certificate, expected)
                 .await?,
         );
-        connection.open_streams.fetch_add(1, Ordering::AcqRel);
         connections.push(connection.clone());
-        Ok(StreamSlot(connection))
+        Ok(slot(&connection))
     }
 
     async fn open_connection(
@@ -270,6 +370,7 @@ impl HbonePool {
             open_streams: AtomicUsize::new(0),
             closed,
             certificate_serial: certificate.serial.clone(),
+            idle_since: Mutex::new(None),
         })
     }
 }
