@@ -324,7 +324,7 @@ impl ClusterNode {
             "node {}'s ztunnel is already running",
             self.index
         );
-        let (process, offset) = self.spawn_ztunnel("ztunnel", extra)?;
+        let (process, offset) = self.spawn_ztunnel("ztunnel", extra, open_files)?;
         self.daemon = Some(process);
         self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
         Ok(())
@@ -341,7 +341,7 @@ impl ClusterNode {
         );
         let mut flags = vec!["--takeover"];
         flags.extend_from_slice(extra);
-        let (process, offset) = self.spawn_ztunnel("ztunnel successor", &flags)?;
+        let (process, offset) = self.spawn_ztunnel("ztunnel successor", &flags, None)?;
         self.successor = Some(process);
         self.wait_for_log(
             "the successor to stand by",
@@ -378,9 +378,14 @@ impl ClusterNode {
         old.wait_exit(Duration::from_secs(40))
     }
 
-    /// Spawns `ztunnel daemon` for this node with `extra` flags; returns it and the log offset
-    /// its lines start after.
-    fn spawn_ztunnel(&self, what: &str, extra: &[&str]) -> anyhow::Result<(Process, u64)> {
+    /// Spawns `ztunnel daemon` for this node with `extra` flags (and `RLIMIT_NOFILE` set to
+    /// `open_files` when given); returns it and the log offset its lines start after.
+    fn spawn_ztunnel(
+        &self,
+        what: &str,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> anyhow::Result<(Process, u64)> {
         let binary = binary()?;
         let mut argv: Vec<String> = Vec::new();
         if let Some(wanted) = open_files {
