@@ -16,7 +16,7 @@ pub use args::{DaemonArgs, FailModeArg, IdentityArgs};
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
     config::{ConfigError, reload::Reloader},
-    ebpf::PinLayout,
+    ebpf::{EbpfError, PinLayout},
     identity::IdentityError,
     inpod::{InpodError, daemon::DaemonConfig},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -53,6 +53,14 @@ pub fn run(args: DaemonArgs) -> Result<(), AppError> {
 }
 
 async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
+    // Before anything else starts: a daemon that cannot pin must not take ports or report ready.
+    let layout = PinLayout::new(&args.bpffs_root);
+    layout.check().map_err(|problem| {
+        InpodError::from(EbpfError::Bpffs {
+            root: args.bpffs_root.clone(),
+            problem,
+        })
+    })?;
     let metrics = Metrics::new();
     let (state, reload) = match &args.config_file {
         Some(path) => {
@@ -99,7 +107,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
 
     let handler = Arc::new(pod_handler::MeshHandler::new(context, state, certificates));
     let daemon = DaemonConfig {
-        layout: PinLayout::new(&args.bpffs_root),
+        layout,
         cgroup: args.cgroup.clone(),
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),

@@ -57,10 +57,7 @@ impl LoadedPrograms {
     /// pinned yet, reusing those that are) and loads every program into the kernel.
     /// Minimum kernel 6.6 (TCX; the other hooks need 5.15).
     pub fn load(layout: &PinLayout) -> Result<Self, EbpfError> {
-        layout.create().map_err(|source| EbpfError::Io {
-            action: format!("create pin directories under {}", layout.root().display()),
-            source,
-        })?;
+        layout.create()?;
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
             .iter()

@@ -83,6 +83,14 @@ pub enum EbpfError {
         /// aya's error.
         source: Box<aya::maps::MapError>,
     },
+    /// The bpffs root cannot hold pins.
+    #[error("cannot use bpffs root {root}: {problem}")]
+    Bpffs {
+        /// The `--bpffs-root` given.
+        root: PathBuf,
+        /// What is wrong with it.
+        problem: pins::BpffsProblem,
+    },
     /// A map read or write failed.
     #[error("cannot {action} map {map}: {source}")]
     Map {
