@@ -1,8 +1,19 @@
 //! Kernel and CNI faults: what ztunnel does when the kernel side is not as it expects.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use ztunnel_e2e::{TestEnv, env::checked, ztunnel::daemon_until_exit};
+use ztunnel_e2e::{
+    TestEnv,
+    cluster::{Cluster, ClusterNode, ClusterPod},
+    cni_runtime::PluginFailure,
+    env::checked,
+    server::HttpServer,
+    ztunnel::daemon_until_exit,
+};
 
 /// How long a daemon that cannot use its bpffs root may take to give up (generous: CI is slow;
 /// the figure printed is what matters).
@@ -96,6 +107,119 @@ fn a_bpffs_root_that_is_not_a_writable_bpffs_stops_the_daemon_with_a_clear_messa
     assert!(
         !on_read_only.log.contains("ztunnel daemon ready"),
         "the daemon never reported ready"
+    );
+    Ok(())
+}
+
+/// Node 1 can enroll two pods; `third` is one too many.
+const CAPACITY_MESH: &str = r#"
+workloads:
+- {uid: t//first, name: first, namespace: default, serviceAccount: first, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
+- {uid: t//second, name: second, namespace: default, serviceAccount: second, workloadIps: ["198.18.1.3"], protocol: HBONE, node: node-1}
+- {uid: t//third, name: third, namespace: default, serviceAccount: third, workloadIps: ["198.18.1.4"], protocol: HBONE, node: node-1}
+- {uid: t//web, name: web, namespace: default, serviceAccount: web, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
+"#;
+
+fn curl_from(cluster: &Cluster, pod: &ClusterPod, url: &str) -> anyhow::Result<String> {
+    let output = cluster.run_in_pod(pod, &["curl", "-sS", "--max-time", "10", url])?;
+    println!(
+        "curl {} -> {url}: {}, body {:?}, stderr {:?}",
+        pod.name,
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(if output.status.success() {
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    } else {
+        String::new()
+    })
+}
+
+fn pod_names(node: &ClusterNode) -> anyhow::Result<Vec<String>> {
+    let text = node.ztunnel_cli(&["inspect", "pods", "--json"])?;
+    let rows: serde_json::Value = serde_json::from_str(text.trim())?;
+    let mut names: Vec<String> = rows
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|row| row["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[test]
+fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_working()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new("kernel_faults_capacity", 2, CAPACITY_MESH)?;
+    cluster.node_mut(1).start_ztunnel(&["--max-pods", "2"])?;
+    cluster.node_mut(2).start_ztunnel(&[])?;
+    let web = cluster.pod(2, "default", "web")?;
+    let _server = HttpServer::start(web.netns(), (web.ip, 8080).into(), "web")?;
+    let first = cluster.pod(1, "default", "first")?;
+    let second = cluster.pod(1, "default", "second")?;
+
+    let started = Instant::now();
+    let third = cluster.pod(1, "default", "third");
+    let refused_after = started.elapsed();
+    let failure = match &third {
+        Ok(pod) => anyhow::bail!(
+            "CNI ADD of a third pod succeeded on a node sized for two: {}",
+            pod.ip
+        ),
+        Err(error) => error.downcast_ref::<PluginFailure>(),
+    };
+    let spec_error = failure.and_then(|failure| failure.error.clone());
+    let pods_after = pod_names(cluster.node(1))?;
+    let url = format!("http://{}:8080/", web.ip);
+    let first_body = curl_from(&cluster, &first, &url)?;
+    let second_body = curl_from(&cluster, &second, &url)?;
+    let pins = std::fs::read_dir(cluster.node(1).bpffs_root.join("pod-links"))?.count();
+    println!(
+        "third ADD failed after {refused_after:?}: {}",
+        third
+            .as_ref()
+            .err()
+            .map(|error| format!("{error:#}"))
+            .unwrap_or_default()
+    );
+    println!("spec error: {spec_error:?}");
+    println!("node 1 pods after: {pods_after:?}, pod link pins: {pins}");
+    println!(
+        "figures: kernel_faults pods_map_capacity=2 refused_add_ms={}",
+        refused_after.as_millis()
+    );
+
+    let failure =
+        failure.ok_or_else(|| anyhow::anyhow!("the ADD failure is not a plugin failure"))?;
+    assert_eq!(failure.plugin, "ztunnel-cni", "ztunnel-cni refused the pod");
+    let spec_error = spec_error.ok_or_else(|| anyhow::anyhow!("no CNI error JSON on stdout"))?;
+    assert_eq!(spec_error["code"], 102, "the pod-capacity code");
+    assert_eq!(spec_error["cniVersion"], "1.0.0");
+    assert!(
+        spec_error["msg"]
+            .as_str()
+            .is_some_and(|msg| msg.contains("capacity"))
+    );
+    let details = spec_error["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("default/third") && details.contains("2 enrolled pods"),
+        "details name the pod and the capacity: {details}"
+    );
+    assert_eq!(
+        pods_after,
+        vec!["first", "second"],
+        "the enrolled pods are unchanged"
+    );
+    assert_eq!(pins, 2, "the refused pod left no pinned link");
+    assert!(
+        first_body.starts_with("web peer=198.18.1.2:"),
+        "first still reaches web: {first_body:?}"
+    );
+    assert!(
+        second_body.starts_with("web peer=198.18.1.3:"),
+        "second still reaches web: {second_body:?}"
     );
     Ok(())
 }

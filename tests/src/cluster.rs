@@ -339,10 +339,19 @@ impl ClusterNode {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         };
-        let result = self
-            .cni
-            .add(&sandbox)
-            .with_context(|| format!("CNI ADD of pod {namespace}/{name} on node {}", self.index))?;
+        let result = match self.cni.add(&sandbox) {
+            Ok(result) => result,
+            Err(error) => {
+                // As a runtime does after a failed ADD: DEL, so the chain releases what it took.
+                if let Err(cleanup) = self.cni.del(&sandbox, None) {
+                    eprintln!("CNI DEL after the failed ADD of {namespace}/{name}: {cleanup:#}");
+                }
+                return Err(error.context(format!(
+                    "CNI ADD of pod {namespace}/{name} on node {}",
+                    self.index
+                )));
+            }
+        };
         let addresses = result_addresses(&result);
         let ip = addresses
             .iter()

@@ -16,7 +16,7 @@ pub use args::{DaemonArgs, FailModeArg, IdentityArgs};
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
     config::{ConfigError, reload::Reloader},
-    ebpf::{EbpfError, PinLayout},
+    ebpf::{EbpfError, PinLayout, loader::MapSizes},
     identity::IdentityError,
     inpod::{InpodError, daemon::DaemonConfig},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -112,6 +112,9 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
+        map_sizes: MapSizes {
+            max_pods: args.max_pods,
+        },
     };
     let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
     readiness.set_draining();

@@ -18,6 +18,7 @@ use crate::{
     ebpf::{LoadedPrograms, PinLayout},
     enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME},
     inpod::{
+        InpodError,
         enroll::{self, PodSelector, PodSpec},
         state::read_enrolled,
     },
@@ -79,8 +80,14 @@ impl Enroller for NodeEnroller {
             ips: ips.to_vec(),
             interface: interface.to_owned(),
         };
-        enroll::enroll(&mut programs, &config.run_dir, &spec)
-            .map_err(|error| enrollment_failed("enroll the pod", error))?;
+        enroll::enroll(&mut programs, &config.run_dir, &spec).map_err(|error| match error {
+            InpodError::PodCapacity { .. } => CniError::new(
+                codes::POD_CAPACITY_REACHED,
+                "the node's ztunnel pod capacity is reached",
+                error.to_string(),
+            ),
+            other => enrollment_failed("enroll the pod", other),
+        })?;
 
         let request = Request::Enroll {
             pod: pod.clone(),

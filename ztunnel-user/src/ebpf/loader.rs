@@ -16,7 +16,10 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
-use ztunnel_common::maps::{ALL_MAPS, LOG_RING_BUFFER_MAP, programs};
+use ztunnel_common::maps::{
+    ALL_MAPS, LOG_RING_BUFFER_MAP, MAX_PODS, MAX_WORKLOADS, PODS_MAP, STATS_MAP, WORKLOADS_MAP,
+    programs,
+};
 
 use super::{
     EBPF_OBJECT, EbpfError, PinLayout,
@@ -46,6 +49,27 @@ pub enum AttachOutcome {
     Replaced,
 }
 
+/// Sizes of the maps that grow with the number of pods; they apply only when a map is created
+/// (a pinned map keeps the size it was created with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Capacity of `pods` and `stats`: how many pods the node can enroll.
+    pub max_pods: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { max_pods: MAX_PODS }
+    }
+}
+
+impl MapSizes {
+    /// Capacity of `workloads`: as many addresses per pod as the built-in sizes allow.
+    pub fn max_workloads(&self) -> u32 {
+        self.max_pods.saturating_mul(MAX_WORKLOADS / MAX_PODS)
+    }
+}
+
 /// The kernel programs loaded against the maps pinned under one root.
 pub struct LoadedPrograms {
     ebpf: Ebpf,
@@ -53,12 +77,21 @@ pub struct LoadedPrograms {
 }
 
 impl LoadedPrograms {
-    /// Creates the pin directories, loads the object (creating and pinning any map that is not
-    /// pinned yet, reusing those that are) and loads every program into the kernel.
-    /// Minimum kernel 6.6 (TCX; the other hooks need 5.15).
+    /// [`LoadedPrograms::load_with`] the built-in map sizes.
     pub fn load(layout: &PinLayout) -> Result<Self, EbpfError> {
+        Self::load_with(layout, MapSizes::default())
+    }
+
+    /// Creates the pin directories, loads the object (creating and pinning any map that is not
+    /// pinned yet, with `sizes`; reusing those that are) and loads every program into the
+    /// kernel. Minimum kernel 6.6 (TCX; the other hooks need 5.15).
+    pub fn load_with(layout: &PinLayout, sizes: MapSizes) -> Result<Self, EbpfError> {
         layout.create()?;
         let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(PODS_MAP, sizes.max_pods)
+            .map_max_entries(STATS_MAP, sizes.max_pods)
+            .map_max_entries(WORKLOADS_MAP, sizes.max_workloads());
         let paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
             .iter()
             .chain([LOG_RING_BUFFER_MAP].iter())

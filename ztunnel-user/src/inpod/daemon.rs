@@ -22,7 +22,8 @@ use super::{
 use crate::{
     ebpf::{
         LoadedPrograms, PinLayout, PinnedMaps,
-        maps::{FailMode, KernelLogLevel},
+        loader::MapSizes,
+        maps::{FailMode, KernelLogLevel, pod_capacity},
     },
     enrollment::{EnrollmentServer, SOCKET_NAME},
 };
@@ -47,6 +48,8 @@ pub struct DaemonConfig {
     pub fail_mode: FailMode,
     /// Most verbose record the kernel programs emit.
     pub kernel_log_level: KernelLogLevel,
+    /// Sizes of maps this daemon creates.
+    pub map_sizes: MapSizes,
 }
 
 /// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
@@ -141,7 +144,18 @@ async fn run_controlled(
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
-    let mut programs = LoadedPrograms::load(&config.layout)?;
+    let mut programs = LoadedPrograms::load_with(&config.layout, config.map_sizes)?;
+    let capacity = pod_capacity(&config.layout)?;
+    if capacity == config.map_sizes.max_pods {
+        tracing::info!(max_pods = capacity, "pods map capacity");
+    } else {
+        tracing::warn!(
+            pinned_capacity = capacity,
+            requested = config.map_sizes.max_pods,
+            pods_map = %config.layout.map(ztunnel_common::maps::PODS_MAP).display(),
+            "the pinned pods map keeps the capacity it was created with; --max-pods applies once the pinned maps are removed (drain the node, then delete the pins)"
+        );
+    }
     let mut maps = PinnedMaps::open(&config.layout)?;
     maps.write_config(
         config.fail_mode.record_value(),

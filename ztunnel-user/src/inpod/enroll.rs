@@ -12,7 +12,7 @@ use std::{
 
 use ztunnel_common::{
     POD_FLAG_CAPTURED, POD_FLAG_HBONE, PodRecord, WorkloadRecord,
-    maps::{MAX_PODS, PODS_MAP, WORKLOADS_MAP},
+    maps::{PODS_MAP, WORKLOADS_MAP},
 };
 
 use super::{
@@ -22,7 +22,9 @@ use super::{
     state::{EnrolledPod, StateLock},
 };
 use crate::ebpf::{
-    EbpfError, LoadedPrograms, PinLayout, PinnedMaps, loader::remove_pod_pins, maps::workload_key,
+    EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
+    loader::remove_pod_pins,
+    maps::{pod_capacity, workload_key},
 };
 
 /// What the caller knows about a pod to enroll.
@@ -91,15 +93,19 @@ pub fn enroll(
         .pods
         .iter()
         .position(|pod| pod.netns_cookie == netns_cookie);
+    let capacity = pod_capacity(programs.layout())?;
     let index = match existing {
         Some(position) => set.pods[position].index,
         None => set.free_index(),
     };
-    if index >= MAX_PODS {
-        return Err(InpodError::Invalid(format!(
-            "cannot enroll {}/{}: already {MAX_PODS} pods on this node",
-            spec.namespace, spec.name
-        )));
+    // A new pod needs a free `pods` entry and a `stats` slot below the capacity; checked before
+    // anything is attached, so a refused pod leaves nothing behind.
+    if existing.is_none() && (set.pods.len() >= capacity as usize || index >= capacity) {
+        return Err(InpodError::PodCapacity {
+            pod: format!("{}/{}", spec.namespace, spec.name),
+            capacity,
+            bpffs_root: programs.layout().root().to_owned(),
+        });
     }
     let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
     install_upstream_routing(&netns).map_err(|source| InpodError::Io {
