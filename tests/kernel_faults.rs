@@ -223,3 +223,78 @@ fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_work
     );
     Ok(())
 }
+
+/// `late` is added while node 2's ztunnel is down, `starting` while it starts again.
+const RESTART_MESH: &str = r#"
+workloads:
+- {uid: t//client, name: client, namespace: default, serviceAccount: client, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
+- {uid: t//late, name: late, namespace: default, serviceAccount: late, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
+- {uid: t//starting, name: starting, namespace: default, serviceAccount: starting, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
+"#;
+
+#[test]
+fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_is_back()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new("kernel_faults_add_restart", 2, RESTART_MESH)?;
+    cluster.node_mut(1).start_ztunnel(&[])?;
+    cluster.node_mut(2).start_ztunnel(&[])?;
+    let client = cluster.pod(1, "default", "client")?;
+
+    cluster.node_mut(2).kill_ztunnel()?;
+    let started = Instant::now();
+    let late = cluster.pod(2, "default", "late")?;
+    let add_while_down = started.elapsed();
+    let _late_server = HttpServer::start(late.netns(), (late.ip, 8080).into(), "late")?;
+    let enrolled_while_down = pod_names(cluster.node(2))?;
+    let late_url = format!("http://{}:8080/", late.ip);
+    let while_down = curl_from(&cluster, &client, &late_url)?;
+
+    let offset = cluster.node_mut(2).spawn_ztunnel(&[])?;
+    let restarted = Instant::now();
+    let starting = cluster.pod(2, "default", "starting")?;
+    let add_while_starting = restarted.elapsed();
+    let ready_before_add_returned =
+        cluster.node(2).ztunnel_log()[offset as usize..].contains("ztunnel daemon ready");
+    let _starting_server =
+        HttpServer::start(starting.netns(), (starting.ip, 8080).into(), "starting")?;
+    let node2 = cluster.node(2);
+    node2.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
+    for pod in ["late", "starting"] {
+        node2.wait_for_log(
+            &format!("ztunnel to serve {pod}"),
+            offset,
+            &["serving pod", &format!("pod={pod}")],
+        )?;
+    }
+    let served_after = restarted.elapsed();
+    let late_body = curl_from(&cluster, &client, &late_url)?;
+    let starting_body = curl_from(&cluster, &client, &format!("http://{}:8080/", starting.ip))?;
+    println!("node 2 pods while its ztunnel was down: {enrolled_while_down:?}");
+    println!(
+        "ADD while down took {add_while_down:?}; ADD while starting took {add_while_starting:?} (daemon ready before it returned: {ready_before_add_returned}); both served {served_after:?} after the restart"
+    );
+    println!(
+        "figures: kernel_faults add_while_down_ms={} add_while_starting_ms={} restart_to_served_ms={}",
+        add_while_down.as_millis(),
+        add_while_starting.as_millis(),
+        served_after.as_millis()
+    );
+
+    assert!(
+        enrolled_while_down.contains(&"late".to_owned()),
+        "the ADD while ztunnel was down enrolled the pod durably"
+    );
+    assert!(
+        while_down.is_empty(),
+        "the pod was reachable while no ztunnel served it (fail-closed expected): {while_down:?}"
+    );
+    assert!(
+        late_body.starts_with("late peer=198.18.1.2:"),
+        "the pod added while ztunnel was down is served after the restart: {late_body:?}"
+    );
+    assert!(
+        starting_body.starts_with("starting peer=198.18.1.2:"),
+        "the pod added while ztunnel was starting is served: {starting_body:?}"
+    );
+    Ok(())
+}

@@ -395,6 +395,14 @@ impl ClusterNode {
     /// Starts this node's ztunnel (inside the node netns, in the node cgroup) with `extra` flags
     /// and waits until it logs that it is ready.
     pub fn start_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let offset = self.spawn_ztunnel(extra)?;
+        self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
+        Ok(())
+    }
+
+    /// Starts this node's ztunnel like [`ClusterNode::start_ztunnel`] without waiting for it;
+    /// returns the log offset its lines start at (for [`ClusterNode::wait_for_log`]).
+    pub fn spawn_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<u64> {
         anyhow::ensure!(
             self.daemon.is_none(),
             "node {}'s ztunnel is already running",
@@ -429,8 +437,7 @@ impl ClusterNode {
             self.log.clone(),
         )?;
         self.daemon = Some(process);
-        self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
-        Ok(())
+        Ok(offset)
     }
 
     /// Everything this node's ztunnel has logged (across restarts).
