@@ -6,11 +6,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ztunnel::ebpf::bpf_syscall::{self, CgroupAttachType};
 use ztunnel_e2e::{
     TestEnv,
     cluster::{Cluster, ClusterNode, ClusterPod},
     cni_runtime::PluginFailure,
     env::checked,
+    kernel::{
+        ATTACH_CGROUP_INET4_CONNECT, PROG_TYPE_CGROUP_SOCK_ADDR, PROG_TYPE_SCHED_CLS,
+        cgroup_programs, load_trivial_program, program_id, tcx_ingress_programs,
+    },
     server::HttpServer,
     ztunnel::daemon_until_exit,
 };
@@ -295,6 +300,157 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
     assert!(
         starting_body.starts_with("starting peer=198.18.1.2:"),
         "the pod added while ztunnel was starting is served: {starting_body:?}"
+    );
+    Ok(())
+}
+
+/// Node 1's pinned links get an older build's programs while its ztunnel is down.
+const UPGRADE_MESH: &str = r#"
+workloads:
+- {uid: t//client, name: client, namespace: default, serviceAccount: client, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
+- {uid: t//web, name: web, namespace: default, serviceAccount: web, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
+"#;
+
+/// The programs this build attaches to a node's cgroup, one per hook.
+const CGROUP_PROGRAM_NAMES: [&str; 6] = [
+    "connect4",
+    "connect6",
+    "getpeername4",
+    "getpeername6",
+    "getsockopt",
+    "sockops_rekey",
+];
+
+#[test]
+fn programs_of_an_older_build_behind_the_pinned_links_are_replaced_leaving_one_per_hook()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new("kernel_faults_old_build", 2, UPGRADE_MESH)?;
+    cluster.node_mut(1).start_ztunnel(&[])?;
+    cluster.node_mut(2).start_ztunnel(&[])?;
+    let client = cluster.pod(1, "default", "client")?;
+    let web = cluster.pod(2, "default", "web")?;
+    let _server = HttpServer::start(web.netns(), (web.ip, 8080).into(), "web")?;
+    cluster.node_mut(1).stop_ztunnel()?;
+
+    // What an older build left behind: other programs behind the pinned links of the same hooks
+    // (swapped in through the links), and a link on another hook pinned under a name this build
+    // uses for getpeername4.
+    let node = cluster.node(1);
+    let pods: serde_json::Value =
+        serde_json::from_str(node.ztunnel_cli(&["inspect", "pods", "--json"])?.trim())?;
+    let cookie = pods[0]["netns_cookie"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no netns cookie in {pods}"))?;
+    let connect4_pin = node.bpffs_root.join("links/connect4");
+    let tc_pin = node
+        .bpffs_root
+        .join(format!("pod-links/{cookie}/tc_ingress"));
+    let misplaced_pin = node.bpffs_root.join("links/getpeername4");
+    let old_connect4 = load_trivial_program(
+        PROG_TYPE_CGROUP_SOCK_ADDR,
+        ATTACH_CGROUP_INET4_CONNECT,
+        1,
+        "old_connect4",
+    )?;
+    let old_tc = load_trivial_program(PROG_TYPE_SCHED_CLS, 0, -1, "old_tc")?;
+    let connect4_link = bpf_syscall::open_pin(&connect4_pin)?;
+    bpf_syscall::replace_link_program(&connect4_link, &old_connect4)?;
+    let tc_link = bpf_syscall::open_pin(&tc_pin)?;
+    bpf_syscall::replace_link_program(&tc_link, &old_tc)?;
+    std::fs::remove_file(&misplaced_pin)?;
+    let old_misplaced = load_trivial_program(
+        PROG_TYPE_CGROUP_SOCK_ADDR,
+        ATTACH_CGROUP_INET4_CONNECT,
+        1,
+        "old_misplaced",
+    )?;
+    let cgroup_file = std::fs::File::open(&node.cgroup)?;
+    let misplaced_link = bpf_syscall::create_cgroup_link(
+        &old_misplaced,
+        &cgroup_file,
+        CgroupAttachType::Inet4Connect,
+    )?;
+    bpf_syscall::pin(&misplaced_link, &misplaced_pin)?;
+    let connect4_before = bpf_syscall::link_info(&connect4_link)?;
+    let old_ids = [program_id(&old_connect4)?, program_id(&old_tc)?];
+    drop((connect4_link, tc_link, misplaced_link));
+    let cgroup_before = cgroup_programs(&node.cgroup)?;
+    let tc_before = tcx_ingress_programs(client.netns(), "eth0")?;
+
+    let started = Instant::now();
+    cluster.node_mut(1).start_ztunnel(&[])?;
+    let upgraded_after = started.elapsed();
+    let node = cluster.node(1);
+    let cgroup_after = cgroup_programs(&node.cgroup)?;
+    let tc_after = tcx_ingress_programs(client.netns(), "eth0")?;
+    let connect4_after = bpf_syscall::link_info(&bpf_syscall::open_pin(&connect4_pin)?)?;
+    let stats_before = node.ztunnel_cli(&["inspect", "stats", "--json"])?;
+    let body = curl_from(&cluster, &client, &format!("http://{}:8080/", web.ip))?;
+    let stats_after = node.ztunnel_cli(&["inspect", "stats", "--json"])?;
+    let outcomes: Vec<String> = node
+        .ztunnel_log()
+        .lines()
+        .filter(|line| {
+            line.contains("outcome=") || line.contains("tc=") || line.contains("replacing")
+        })
+        .map(str::to_owned)
+        .collect();
+    println!("before: cgroup {cgroup_before:?}\n        TCX ingress {tc_before:?}");
+    println!("after:  cgroup {cgroup_after:?}\n        TCX ingress {tc_after:?}");
+    println!(
+        "connect4 link before {connect4_before:?}, after {connect4_after:?}; old program ids {old_ids:?}"
+    );
+    println!("adoption log: {outcomes:#?}");
+    println!("stats before curl {stats_before}\nstats after curl {stats_after}");
+    println!(
+        "figures: kernel_faults old_build_restart_to_ready_ms={} cgroup_hooks_after={} tcx_programs_after={}",
+        upgraded_after.as_millis(),
+        cgroup_after.len(),
+        tc_after.len()
+    );
+
+    assert!(
+        cgroup_before.iter().any(|(_, name)| name == "old_connect4")
+            && cgroup_before
+                .iter()
+                .any(|(_, name)| name == "old_misplaced")
+            && tc_before == vec!["old_tc".to_owned()],
+        "the older build's programs were in place before the restart"
+    );
+    let mut names: Vec<&str> = cgroup_after.iter().map(|(_, name)| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names, CGROUP_PROGRAM_NAMES,
+        "exactly this build's programs, one per hook"
+    );
+    let mut hooks: Vec<&str> = cgroup_after.iter().map(|(hook, _)| hook.as_str()).collect();
+    hooks.sort_unstable();
+    hooks.dedup();
+    assert_eq!(
+        hooks.len(),
+        CGROUP_PROGRAM_NAMES.len(),
+        "no hook carries two programs"
+    );
+    assert_eq!(
+        tc_after,
+        vec!["tc_ingress".to_owned()],
+        "one TC program, this build's"
+    );
+    assert_eq!(
+        connect4_after.id, connect4_before.id,
+        "connect4 was upgraded in place (the same link, BPF_LINK_UPDATE)"
+    );
+    assert!(
+        !old_ids.contains(&connect4_after.program_id),
+        "the connect4 link runs a new program"
+    );
+    assert!(
+        body.starts_with("web peer=198.18.1.2:"),
+        "the client reaches web through the upgraded capture: {body:?}"
+    );
+    assert_ne!(
+        stats_before, stats_after,
+        "the client's counters moved: it was captured"
     );
     Ok(())
 }
