@@ -14,7 +14,7 @@ use ztunnel_e2e::{
     env::checked,
     kernel::{
         ATTACH_CGROUP_INET4_CONNECT, PROG_TYPE_CGROUP_SOCK_ADDR, PROG_TYPE_SCHED_CLS,
-        cgroup_programs, load_trivial_program, program_id, tcx_ingress_programs,
+        cgroup_programs, create_hash_map, load_trivial_program, program_id, tcx_ingress_programs,
     },
     server::HttpServer,
     ztunnel::daemon_until_exit,
@@ -457,6 +457,108 @@ fn programs_of_an_older_build_behind_the_pinned_links_are_replaced_leaving_one_p
     assert!(
         redirected(&stats_after) > redirected(&stats_before),
         "the new connect4 redirected the client's connection"
+    );
+    Ok(())
+}
+
+/// `late` is created while node 1's `pods` map has another build's layout.
+const LAYOUT_MESH: &str = r#"
+workloads:
+- {uid: t//client, name: client, namespace: default, serviceAccount: client, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
+- {uid: t//late, name: late, namespace: default, serviceAccount: late, workloadIps: ["198.18.1.3"], protocol: HBONE, node: node-1}
+- {uid: t//web, name: web, namespace: default, serviceAccount: web, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
+"#;
+
+/// `bpftool map show pinned <path>`: (value size, max entries).
+fn map_sizes(node: &ClusterNode, path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let output = node.run(&[
+        "bpftool",
+        "map",
+        "show",
+        "pinned",
+        &path.display().to_string(),
+        "--json",
+    ])?;
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok((
+        info["bytes_value"].as_u64().unwrap_or(0),
+        info["max_entries"].as_u64().unwrap_or(0),
+    ))
+}
+
+#[test]
+fn a_pinned_map_with_another_builds_layout_is_recreated_by_the_daemon_and_refused_by_cni()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::new("kernel_faults_map_layout", 2, LAYOUT_MESH)?;
+    cluster.node_mut(1).start_ztunnel(&[])?;
+    cluster.node_mut(2).start_ztunnel(&[])?;
+    let client = cluster.pod(1, "default", "client")?;
+    let web = cluster.pod(2, "default", "web")?;
+    let _server = HttpServer::start(web.netns(), (web.ip, 8080).into(), "web")?;
+    cluster.node_mut(1).stop_ztunnel()?;
+
+    // Another build's `pods`: same name and key, a 32-byte value.
+    let pods_pin = cluster.node(1).bpffs_root.join("pods");
+    let expected = map_sizes(cluster.node(1), &pods_pin)?;
+    std::fs::remove_file(&pods_pin)?;
+    let old_pods = create_hash_map(8, 32, 64, "pods")?;
+    bpf_syscall::pin(&old_pods, &pods_pin)?;
+    drop(old_pods);
+    let pinned_old = map_sizes(cluster.node(1), &pods_pin)?;
+    let refused = cluster.pod(1, "default", "late");
+    let refusal = refused
+        .as_ref()
+        .err()
+        .and_then(|error| error.downcast_ref::<PluginFailure>())
+        .and_then(|failure| failure.error.clone());
+
+    let started = Instant::now();
+    cluster.node_mut(1).start_ztunnel(&[])?;
+    let restart = started.elapsed();
+    let node = cluster.node(1);
+    let recreated = map_sizes(node, &pods_pin)?;
+    let pods = node.ztunnel_cli(&["inspect", "pods", "--json"])?;
+    let log: Vec<String> = node
+        .ztunnel_log()
+        .lines()
+        .filter(|line| line.contains("recreat"))
+        .map(str::to_owned)
+        .collect();
+    let body = curl_from(&cluster, &client, &format!("http://{}:8080/", web.ip))?;
+    println!(
+        "pods map (value bytes, max entries): this build {expected:?}, pinned by the other build {pinned_old:?}, after the restart {recreated:?}"
+    );
+    println!("CNI ADD while the other layout was pinned: {refusal:?}");
+    println!("daemon log: {log:#?}\nnode 1 pods after: {pods}");
+    println!(
+        "figures: kernel_faults map_layout_restart_to_ready_ms={}",
+        restart.as_millis()
+    );
+
+    let refusal =
+        refusal.ok_or_else(|| anyhow::anyhow!("the CNI ADD did not fail with a spec error"))?;
+    assert!(
+        refusal["details"]
+            .as_str()
+            .is_some_and(|details| details.contains("another ztunnel build's layout")),
+        "the CNI plugin refuses to touch maps of another layout: {refusal}"
+    );
+    assert_eq!(
+        recreated, expected,
+        "the daemon recreated pods with this build's layout"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("map=\"pods\"") || line.contains("map=pods")),
+        "the daemon says it recreated the pods map"
+    );
+    assert!(
+        pods.contains("\"client\""),
+        "the enrolled pod was rebuilt into the new map"
+    );
+    assert!(
+        body.starts_with("web peer=198.18.1.2:"),
+        "the enrolled pod is captured and served through the new map: {body:?}"
     );
     Ok(())
 }

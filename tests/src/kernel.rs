@@ -150,3 +150,33 @@ pub fn program_id(program: &impl std::os::fd::AsFd) -> anyhow::Result<u32> {
     // struct bpf_prog_info { __u32 type; __u32 id; ... }
     Ok(info[1])
 }
+
+/// Creates a `BPF_MAP_TYPE_HASH` map named `name` with these sizes: what another build's map
+/// looks like to the kernel. Minimum kernel 4.15 (map names).
+pub fn create_hash_map(
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_HASH.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key_size.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value_size.to_ne_bytes());
+    attr[12..16].copy_from_slice(&max_entries.to_ne_bytes());
+    let name_bytes = name.as_bytes();
+    let length = name_bytes.len().min(15);
+    attr[28..28 + length].copy_from_slice(&name_bytes[..length]);
+    // SAFETY: attr is a zeroed 128-byte bpf_attr.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, attr.as_mut_ptr(), 128u32) };
+    anyhow::ensure!(
+        fd >= 0,
+        "cannot create the map {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new descriptor the kernel gave us and nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}

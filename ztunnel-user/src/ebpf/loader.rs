@@ -33,6 +33,7 @@ use super::{
         self, ATTACH_TYPE_TCX_INGRESS, CgroupAttachType, LINK_TYPE_CGROUP, LINK_TYPE_TCX,
     },
     logs::TracingLog,
+    map_layout::{IncompatibleMaps, check_pinned_maps},
 };
 use crate::inpod::netns::Netns;
 
@@ -82,19 +83,27 @@ impl MapSizes {
 pub struct LoadedPrograms {
     ebpf: Ebpf,
     layout: PinLayout,
+    recreated_maps: Vec<&'static str>,
 }
 
 impl LoadedPrograms {
-    /// [`LoadedPrograms::load_with`] the built-in map sizes.
+    /// [`LoadedPrograms::load_with`] the built-in map sizes, refusing pinned maps of another
+    /// layout (for the CNI plugin and the CLI; only the daemon recreates maps).
     pub fn load(layout: &PinLayout) -> Result<Self, EbpfError> {
-        Self::load_with(layout, MapSizes::default())
+        Self::load_with(layout, MapSizes::default(), IncompatibleMaps::Refuse)
     }
 
     /// Creates the pin directories, loads the object (creating and pinning any map that is not
-    /// pinned yet, with `sizes`; reusing those that are) and loads every program into the
-    /// kernel. Minimum kernel 6.6 (TCX; the other hooks need 5.15).
-    pub fn load_with(layout: &PinLayout, sizes: MapSizes) -> Result<Self, EbpfError> {
+    /// pinned yet, with `sizes`; reusing those that are, after applying `incompatible` to those
+    /// of another layout) and loads every program into the kernel. Minimum kernel 6.6 (TCX; the
+    /// other hooks need 5.15).
+    pub fn load_with(
+        layout: &PinLayout,
+        sizes: MapSizes,
+        incompatible: IncompatibleMaps,
+    ) -> Result<Self, EbpfError> {
         layout.create()?;
+        let recreated_maps = check_pinned_maps(layout, &ALL_MAPS, incompatible)?;
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(PODS_MAP, sizes.max_pods)
@@ -131,7 +140,14 @@ impl LoadedPrograms {
         Ok(Self {
             ebpf,
             layout: layout.clone(),
+            recreated_maps,
         })
+    }
+
+    /// Maps that were pinned with another build's layout and were created afresh by this load:
+    /// the caller rebuilds their entries.
+    pub fn recreated_maps(&self) -> &[&'static str] {
+        &self.recreated_maps
     }
 
     /// The pin layout these programs were loaded for.

@@ -134,7 +134,9 @@ pub enum BpffsProblem {
         checked: PathBuf,
     },
     /// Mounted read-write, but we may not write there.
-    #[error("{checked} on the bpf filesystem is not writable: {source} (run as root with CAP_BPF, or pass --bpffs-root)")]
+    #[error(
+        "{checked} on the bpf filesystem is not writable: {source} (run as root with CAP_BPF, or pass --bpffs-root)"
+    )]
     NotWritable {
         /// The directory that was examined.
         checked: PathBuf,
@@ -142,7 +144,9 @@ pub enum BpffsProblem {
         source: io::Error,
     },
     /// The path exists and is not a directory.
-    #[error("{checked} is not a directory (pass a directory on a bpf filesystem with --bpffs-root)")]
+    #[error(
+        "{checked} is not a directory (pass a directory on a bpf filesystem with --bpffs-root)"
+    )]
     NotDirectory {
         /// The path that was examined.
         checked: PathBuf,
@@ -241,8 +245,14 @@ mod tests {
         let layout = PinLayout::new(directory.join("not-yet/ztunnel"));
         let problem = layout.check().unwrap_err();
         let message = problem.to_string();
-        assert!(matches!(problem, BpffsProblem::NotBpffs { .. }), "{message}");
-        assert!(message.contains(&directory.display().to_string()), "{message}");
+        assert!(
+            matches!(problem, BpffsProblem::NotBpffs { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains(&directory.display().to_string()),
+            "{message}"
+        );
         assert!(message.contains("not on a bpf filesystem"), "{message}");
         let error = layout.create().unwrap_err().to_string();
         assert!(error.contains("not-yet/ztunnel"), "{error}");
@@ -255,7 +265,10 @@ mod tests {
         let file = std::env::temp_dir().join(format!("ztunnel-pins-file-{}", std::process::id()));
         std::fs::write(&file, b"").unwrap();
         let problem = PinLayout::new(&file).check().unwrap_err();
-        assert!(matches!(problem, BpffsProblem::NotDirectory { .. }), "{problem}");
+        assert!(
+            matches!(problem, BpffsProblem::NotDirectory { .. }),
+            "{problem}"
+        );
         std::fs::remove_file(&file).unwrap();
     }
 

@@ -12,7 +12,7 @@ use tokio::{
 use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
-    enroll::{forget_pod, still_exists},
+    enroll::{forget_pod, still_exists, write_map_entries},
     handler::{PodContext, PodTrafficHandler},
     listeners::PodListeners,
     netns::Netns,
@@ -23,6 +23,7 @@ use crate::{
     ebpf::{
         LoadedPrograms, PinLayout, PinnedMaps,
         loader::MapSizes,
+        map_layout::IncompatibleMaps,
         maps::{FailMode, KernelLogLevel, pod_capacity},
     },
     enrollment::{EnrollmentServer, SOCKET_NAME},
@@ -144,7 +145,8 @@ async fn run_controlled(
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
-    let mut programs = LoadedPrograms::load_with(&config.layout, config.map_sizes)?;
+    let mut programs =
+        LoadedPrograms::load_with(&config.layout, config.map_sizes, IncompatibleMaps::Recreate)?;
     let capacity = pod_capacity(&config.layout)?;
     if capacity == config.map_sizes.max_pods {
         tracing::info!(max_pods = capacity, "pods map capacity");
@@ -161,6 +163,15 @@ async fn run_controlled(
         config.fail_mode.record_value(),
         config.kernel_log_level.record_value(),
     )?;
+    // Before any link runs the new programs: they must find every enrolled pod in fresh maps.
+    if !programs.recreated_maps().is_empty() {
+        let set = read_enrolled(&config.run_dir)
+            .map_err(|source| InpodError::state(&config.run_dir, source))?;
+        for pod in &set.pods {
+            write_map_entries(&mut maps, pod)?;
+        }
+        tracing::warn!(maps = ?programs.recreated_maps(), pods = set.pods.len(), "pods and workloads rebuilt from the enrolled set after maps were recreated; whatever else the recreated maps held (counters, in-flight original destinations) starts empty");
+    }
     for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
         tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
     }

@@ -119,20 +119,6 @@ pub fn enroll(
     if existing.is_none() {
         maps.reset_pod_counters(index)?;
     }
-    let flags = POD_FLAG_CAPTURED | POD_FLAG_HBONE;
-    for ip in &spec.ips {
-        let record = WorkloadRecord {
-            netns_cookie,
-            ifindex,
-            flags,
-        };
-        maps.workloads
-            .insert(workload_key(*ip), record, 0)
-            .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
-    }
-    maps.pods
-        .insert(netns_cookie, PodRecord { index, flags }, 0)
-        .map_err(|source| EbpfError::map(PODS_MAP, "write", source))?;
     let pod = EnrolledPod {
         name: spec.name.clone(),
         namespace: spec.namespace.clone(),
@@ -143,6 +129,7 @@ pub fn enroll(
         netns_cookie,
         index,
     };
+    write_map_entries(&mut maps, &pod)?;
     match existing {
         Some(position) => set.pods[position] = pod.clone(),
         None => set.pods.push(pod.clone()),
@@ -151,6 +138,29 @@ pub fn enroll(
         .map_err(|source| InpodError::state(run_dir, source))?;
     tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, tc = ?outcome, "pod enrolled");
     Ok(pod)
+}
+
+/// Writes an enrolled pod's `workloads` entries (one per IP) and its `pods` entry, the one the
+/// kernel programs look for first.
+pub fn write_map_entries(maps: &mut PinnedMaps, pod: &EnrolledPod) -> Result<(), EbpfError> {
+    let flags = POD_FLAG_CAPTURED | POD_FLAG_HBONE;
+    for ip in &pod.ips {
+        let record = WorkloadRecord {
+            netns_cookie: pod.netns_cookie,
+            ifindex: pod.ifindex,
+            flags,
+        };
+        maps.workloads
+            .insert(workload_key(*ip), record, 0)
+            .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
+    }
+    let record = PodRecord {
+        index: pod.index,
+        flags,
+    };
+    maps.pods
+        .insert(pod.netns_cookie, record, 0)
+        .map_err(|source| EbpfError::map(PODS_MAP, "write", source))
 }
 
 /// Unenrolls a pod: map entries, pinned TC link and enrolled-set record. Returns the pod, or
