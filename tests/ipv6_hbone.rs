@@ -90,6 +90,16 @@ fn ipv6_pod_to_pod_across_nodes_is_captured_and_tunnelled_in_hbone_over_ipv6() -
             &url,
         ],
     )?;
+    // A port nobody listens on: the refusal must come back through the tunnel at once (the
+    // server pod's RST to ztunnel's transparent upstream socket stays in the pod), not leak onto
+    // the underlay and leave the client waiting for a timeout.
+    let closed_url = format!("http://[{server_v6}]:8081/");
+    let closed_started = std::time::Instant::now();
+    let closed = cluster.run_in_pod(
+        &client,
+        &["curl", "-6", "-g", "-sS", "--max-time", "10", &closed_url],
+    )?;
+    let closed_elapsed = closed_started.elapsed();
     let pcap_path = capture.pcap.clone();
     let pcap = capture.finish()?;
     let iperf3_bits = iperf3_over_ipv6(&cluster, &client, &server_pod)?;
@@ -129,11 +139,17 @@ fn ipv6_pod_to_pod_across_nodes_is_captured_and_tunnelled_in_hbone_over_ipv6() -
         ipv4_tcp.len(),
         hbone_v6.first()
     );
+    println!(
+        "curl {closed_url} (closed port): {} after {closed_elapsed:?}, stderr {:?}",
+        closed.status,
+        String::from_utf8_lossy(&closed.stderr).trim()
+    );
     println!("client stats {client_before} -> {client_after}");
     println!("server stats {server_before} -> {server_after}");
     println!("node 1 access log: {access:#?}");
     println!(
-        "figures: ipv6_hbone {timing} iperf3_mbit_per_s={:.1} underlay_hbone_v6_packets={} client_outbound_redirected_delta={outbound_delta} server_inbound_passed_delta={inbound_passed_delta}",
+        "figures: ipv6_hbone {timing} closed_port_refusal_ms={} iperf3_mbit_per_s={:.1} underlay_hbone_v6_packets={} client_outbound_redirected_delta={outbound_delta} server_inbound_passed_delta={inbound_passed_delta}",
+        closed_elapsed.as_millis(),
         iperf3_bits / 1e6,
         hbone_v6.len()
     );
@@ -145,8 +161,12 @@ fn ipv6_pod_to_pod_across_nodes_is_captured_and_tunnelled_in_hbone_over_ipv6() -
     );
     assert!(iperf3_bits > 0.0, "iperf3 over IPv6 moved no data");
     assert!(
-        outbound_delta >= 2,
-        "connect6 did not redirect the client's connections (curl and iperf3)"
+        !closed.status.success() && closed.status.code() != Some(28),
+        "a closed port on the server pod is refused through the tunnel, not left to time out (curl exit 28)"
+    );
+    assert!(
+        outbound_delta >= 3,
+        "connect6 did not redirect the client's connections (two curls and iperf3)"
     );
     assert!(
         inbound_passed_delta >= 1,
