@@ -177,6 +177,12 @@ fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_work
     };
     let spec_error = failure.and_then(|failure| failure.error.clone());
     let pods_after = pod_names(cluster.node(1))?;
+    let config: serde_json::Value = serde_json::from_str(
+        cluster
+            .node(1)
+            .ztunnel_cli(&["inspect", "config", "--json"])?
+            .trim(),
+    )?;
     let url = format!("http://{}:8080/", web.ip);
     let first_body = curl_from(&cluster, &first, &url)?;
     let second_body = curl_from(&cluster, &second, &url)?;
@@ -190,7 +196,10 @@ fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_work
             .unwrap_or_default()
     );
     println!("spec error: {spec_error:?}");
-    println!("node 1 pods after: {pods_after:?}, pod link pins: {pins}");
+    println!(
+        "node 1 pods after: {pods_after:?}, pod link pins: {pins}; inspect config: pods {}/{}",
+        config["pods_enrolled"], config["pods_capacity"]
+    );
     println!(
         "figures: kernel_faults pods_map_capacity=2 refused_add_ms={}",
         refused_after.as_millis()
@@ -218,6 +227,14 @@ fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_work
         "the enrolled pods are unchanged"
     );
     assert_eq!(pins, 2, "the refused pod left no pinned link");
+    assert_eq!(
+        (
+            config["pods_enrolled"].as_u64(),
+            config["pods_capacity"].as_u64()
+        ),
+        (Some(2), Some(2)),
+        "`ztunnel inspect config` shows the node is at its capacity"
+    );
     assert!(
         first_body.starts_with("web peer=198.18.1.2:"),
         "first still reaches web: {first_body:?}"
