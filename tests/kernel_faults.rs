@@ -246,13 +246,57 @@ fn a_full_pods_map_fails_cni_add_with_the_spec_error_and_existing_pods_keep_work
     Ok(())
 }
 
-/// `late` is added while node 2's ztunnel is down, `starting` while it starts again.
+/// `late` is added while node 2's ztunnel is down, `stopping` while its socket accepts and
+/// hangs up without answering (a ztunnel on its way out), `starting` while it starts again.
 const RESTART_MESH: &str = r#"
 workloads:
 - {uid: t//client, name: client, namespace: default, serviceAccount: client, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
 - {uid: t//late, name: late, namespace: default, serviceAccount: late, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
-- {uid: t//starting, name: starting, namespace: default, serviceAccount: starting, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
+- {uid: t//stopping, name: stopping, namespace: default, serviceAccount: stopping, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
+- {uid: t//starting, name: starting, namespace: default, serviceAccount: starting, workloadIps: ["198.18.2.4"], protocol: HBONE, node: node-2}
 "#;
+
+/// While alive, the enrollment socket of `run_dir` accepts connections and closes them unread,
+/// as a ztunnel that is shutting down does.
+struct HangingUpSocket {
+    path: PathBuf,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl HangingUpSocket {
+    fn bind(run_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let path = run_dir.join(ztunnel::enrollment::SOCKET_NAME);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let thread = std::thread::spawn(move || {
+            for connection in listener.incoming() {
+                let Ok(connection) = connection else { break };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(connection);
+            }
+        });
+        Ok(Self {
+            path,
+            accepted,
+            _thread: thread,
+        })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for HangingUpSocket {
+    /// Unlinking the path is enough for the next ztunnel; the accept thread stays blocked on a
+    /// socket nobody can reach any more and ends with the test process.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
 
 #[test]
 fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_is_back()
@@ -271,6 +315,15 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
     let late_url = format!("http://{}:8080/", late.ip);
     let while_down = curl_from(&cluster, &client, &late_url)?;
 
+    let hanging_up = HangingUpSocket::bind(&cluster.node(2).run_dir)?;
+    let started = Instant::now();
+    let stopping = cluster.pod(2, "default", "stopping")?;
+    let add_while_stopping = started.elapsed();
+    let hung_up = hanging_up.accepted();
+    drop(hanging_up);
+    let _stopping_server =
+        HttpServer::start(stopping.netns(), (stopping.ip, 8080).into(), "stopping")?;
+
     let offset = cluster.node_mut(2).spawn_ztunnel(&[])?;
     let restarted = Instant::now();
     let starting = cluster.pod(2, "default", "starting")?;
@@ -281,7 +334,7 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
         HttpServer::start(starting.netns(), (starting.ip, 8080).into(), "starting")?;
     let node2 = cluster.node(2);
     node2.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
-    for pod in ["late", "starting"] {
+    for pod in ["late", "stopping", "starting"] {
         node2.wait_for_log(
             &format!("ztunnel to serve {pod}"),
             offset,
@@ -291,13 +344,15 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
     let served_after = restarted.elapsed();
     let late_body = curl_from(&cluster, &client, &late_url)?;
     let starting_body = curl_from(&cluster, &client, &format!("http://{}:8080/", starting.ip))?;
+    let stopping_body = curl_from(&cluster, &client, &format!("http://{}:8080/", stopping.ip))?;
     println!("node 2 pods while its ztunnel was down: {enrolled_while_down:?}");
     println!(
-        "ADD while down took {add_while_down:?}; ADD while starting took {add_while_starting:?} (daemon ready before it returned: {ready_before_add_returned}); both served {served_after:?} after the restart"
+        "ADD while down took {add_while_down:?}; ADD while the socket hung up ({hung_up} connections) took {add_while_stopping:?}; ADD while starting took {add_while_starting:?} (daemon ready before it returned: {ready_before_add_returned}); all three served {served_after:?} after the restart"
     );
     println!(
-        "figures: kernel_faults add_while_down_ms={} add_while_starting_ms={} restart_to_served_ms={}",
+        "figures: kernel_faults add_while_down_ms={} add_while_hung_up_ms={} add_while_starting_ms={} restart_to_served_ms={}",
         add_while_down.as_millis(),
+        add_while_stopping.as_millis(),
         add_while_starting.as_millis(),
         served_after.as_millis()
     );
@@ -313,6 +368,11 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
     assert!(
         late_body.starts_with("late peer=198.18.1.2:"),
         "the pod added while ztunnel was down is served after the restart: {late_body:?}"
+    );
+    assert!(hung_up >= 1, "the ADD reached the hanging-up socket");
+    assert!(
+        stopping_body.starts_with("stopping peer=198.18.1.2:"),
+        "the pod added while ztunnel hung up is served after the restart: {stopping_body:?}"
     );
     assert!(
         starting_body.starts_with("starting peer=198.18.1.2:"),
