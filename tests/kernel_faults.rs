@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ztunnel::ebpf::bpf_syscall::{self, CgroupAttachType};
+use ztunnel::ebpf::{
+    bpf_syscall::{self, CgroupAttachType},
+    loader::CGROUP_PROGRAMS,
+};
 use ztunnel_e2e::{
     TestEnv,
     cluster::{Cluster, ClusterNode, ClusterPod},
@@ -388,16 +391,6 @@ workloads:
 - {uid: t//web, name: web, namespace: default, serviceAccount: web, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
 "#;
 
-/// The programs this build attaches to a node's cgroup, one per hook.
-const CGROUP_PROGRAM_NAMES: [&str; 6] = [
-    "connect4",
-    "connect6",
-    "getpeername4",
-    "getpeername6",
-    "getsockopt",
-    "sockops_rekey",
-];
-
 #[test]
 fn programs_of_an_older_build_behind_the_pinned_links_are_replaced_leaving_one_per_hook()
 -> anyhow::Result<()> {
@@ -496,8 +489,10 @@ fn programs_of_an_older_build_behind_the_pinned_links_are_replaced_leaving_one_p
     );
     let mut names: Vec<&str> = cgroup_after.iter().map(|(_, name)| name.as_str()).collect();
     names.sort_unstable();
+    let mut expected_names = CGROUP_PROGRAMS.to_vec();
+    expected_names.sort_unstable();
     assert_eq!(
-        names, CGROUP_PROGRAM_NAMES,
+        names, expected_names,
         "exactly this build's programs, one per hook"
     );
     let mut hooks: Vec<&str> = cgroup_after.iter().map(|(hook, _)| hook.as_str()).collect();
@@ -505,7 +500,7 @@ fn programs_of_an_older_build_behind_the_pinned_links_are_replaced_leaving_one_p
     hooks.dedup();
     assert_eq!(
         hooks.len(),
-        CGROUP_PROGRAM_NAMES.len(),
+        CGROUP_PROGRAMS.len(),
         "no hook carries two programs"
     );
     assert_eq!(
