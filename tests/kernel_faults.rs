@@ -327,7 +327,7 @@ fn a_cni_add_while_ztunnel_restarts_succeeds_and_the_pod_is_served_once_ztunnel_
     let _stopping_server =
         HttpServer::start(stopping.netns(), (stopping.ip, 8080).into(), "stopping")?;
 
-    let offset = cluster.node_mut(2).spawn_ztunnel(&[])?;
+    let offset = cluster.node_mut(2).start_ztunnel_without_waiting(&[])?;
     let restarted = Instant::now();
     let starting = cluster.pod(2, "default", "starting")?;
     let add_while_starting = restarted.elapsed();

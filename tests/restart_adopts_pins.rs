@@ -101,11 +101,13 @@ fn crash_keeps_capture_and_restarts_leave_one_copy_per_hook() -> anyhow::Result<
         sorted,
         vec![
             ("cgroup_getsockopt".to_owned(), "getsockopt".to_owned()),
+            ("cgroup_inet4_bind".to_owned(), "bind4".to_owned()),
             ("cgroup_inet4_connect".to_owned(), "connect4".to_owned()),
             (
                 "cgroup_inet4_getpeername".to_owned(),
                 "getpeername4".to_owned()
             ),
+            ("cgroup_inet6_bind".to_owned(), "bind6".to_owned()),
             ("cgroup_inet6_connect".to_owned(), "connect6".to_owned()),
             (
                 "cgroup_inet6_getpeername".to_owned(),

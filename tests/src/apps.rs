@@ -144,6 +144,9 @@ impl UnderlayCapture {
                 "-i",
                 "any",
                 "--immediate-mode",
+                // A 32 MiB buffer: a capture that drops packets would prove nothing.
+                "-B",
+                "32768",
                 "-U",
                 "-n",
                 "-s",

@@ -51,6 +51,8 @@ pub struct Cluster {
 /// One simulated node.
 pub struct ClusterNode {
     daemon: Option<Process>,
+    /// A second ztunnel started beside `daemon` (an upgrade), until it takes over.
+    successor: Option<Process>,
     /// 1-based index.
     pub index: u8,
     /// The node's network namespace (ztunnel runs here).
@@ -262,6 +264,7 @@ impl Cluster {
         );
         Ok(ClusterNode {
             daemon: None,
+            successor: None,
             index,
             netns,
             underlay_ip,
@@ -393,21 +396,78 @@ impl ClusterNode {
     }
 
     /// Starts this node's ztunnel (inside the node netns, in the node cgroup) with `extra` flags
-    /// and waits until it logs that it is ready.
+    /// and waits until it logs that it is ready. It issues certificates from the cluster's mesh
+    /// root (`--ca-dir`) unless `extra` gives it `--cert-dir`.
     pub fn start_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<()> {
-        let offset = self.spawn_ztunnel(extra)?;
+        let offset = self.start_ztunnel_without_waiting(extra)?;
         self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
         Ok(())
     }
 
     /// Starts this node's ztunnel like [`ClusterNode::start_ztunnel`] without waiting for it;
     /// returns the log offset its lines start at (for [`ClusterNode::wait_for_log`]).
-    pub fn spawn_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<u64> {
+    pub fn start_ztunnel_without_waiting(&mut self, extra: &[&str]) -> anyhow::Result<u64> {
         anyhow::ensure!(
             self.daemon.is_none(),
             "node {}'s ztunnel is already running",
             self.index
         );
+        let (process, offset) = self.spawn_ztunnel("ztunnel", extra)?;
+        self.daemon = Some(process);
+        Ok(offset)
+    }
+
+    /// Starts a second ztunnel beside the running one, as an upgrade's surge pod does
+    /// (`--takeover`, same run dir, bpffs root and cgroup; both log to [`Self::log`]), and waits
+    /// until it stands by, serving every enrolled pod beside the running one.
+    pub fn start_successor(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.daemon.is_some() && self.successor.is_none(),
+            "node {}: a successor needs a running ztunnel and no other successor",
+            self.index
+        );
+        let mut flags = vec!["--takeover"];
+        flags.extend_from_slice(extra);
+        let (process, offset) = self.spawn_ztunnel("ztunnel successor", &flags)?;
+        self.successor = Some(process);
+        self.wait_for_log(
+            "the successor to stand by",
+            offset,
+            &["ztunnel daemon standing by"],
+        )?;
+        Ok(())
+    }
+
+    /// Ends an upgrade: SIGTERMs the running ztunnel (it closes its listeners and drains), waits
+    /// until the successor has taken over and is ready, then until the old one has exited. The
+    /// successor is this node's ztunnel afterwards. Returns the old one's exit status.
+    pub fn retire_ztunnel(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        anyhow::ensure!(
+            self.successor.is_some(),
+            "node {}: no successor to hand over to",
+            self.index
+        );
+        let mut old = self
+            .daemon
+            .take()
+            .with_context(|| format!("node {}: no running ztunnel to retire", self.index))?;
+        let offset = std::fs::metadata(&self.log)
+            .map(|meta| meta.len())
+            .unwrap_or(0);
+        old.signal(libc::SIGTERM)?;
+        self.daemon = self.successor.take();
+        self.wait_for_log("the successor to take over", offset, &["taking over"])?;
+        self.wait_for_log(
+            "the successor to be ready",
+            offset,
+            &["ztunnel daemon ready"],
+        )?;
+        old.wait_exit(Duration::from_secs(40))
+    }
+
+    /// Spawns `ztunnel daemon` for this node with `extra` flags; returns it and the log offset
+    /// its lines start after.
+    fn spawn_ztunnel(&self, what: &str, extra: &[&str]) -> anyhow::Result<(Process, u64)> {
         let binary = binary()?;
         let mut argv: Vec<String> = vec![
             binary.display().to_string(),
@@ -418,11 +478,13 @@ impl ClusterNode {
             self.run_dir.display().to_string(),
             "--cgroup".into(),
             self.cgroup.display().to_string(),
-            "--ca-dir".into(),
-            self.ca_dir.display().to_string(),
             "--config".into(),
             self.mesh_config.display().to_string(),
         ];
+        // Certificates come from the mesh root unless the test hands the node certificate files.
+        if !extra.contains(&"--cert-dir") {
+            argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);
+        }
         argv.extend(extra.iter().map(|arg| arg.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let procs = self.cgroup.join("cgroup.procs");
@@ -430,14 +492,13 @@ impl ClusterNode {
             .map(|meta| meta.len())
             .unwrap_or(0);
         let process = Process::spawn(
-            &format!("ztunnel node {}", self.index),
+            &format!("{what} node {}", self.index),
             Some(&procs),
             Some(&self.netns.name),
             &argv,
             self.log.clone(),
         )?;
-        self.daemon = Some(process);
-        Ok(offset)
+        Ok((process, offset))
     }
 
     /// Everything this node's ztunnel has logged (across restarts).
@@ -521,6 +582,7 @@ impl ClusterNode {
 
 impl Drop for ClusterNode {
     fn drop(&mut self) {
+        drop(self.successor.take());
         if let Some(process) = self.daemon.take() {
             drop(process);
         }

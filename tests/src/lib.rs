@@ -20,9 +20,12 @@ pub mod cni_runtime;
 pub mod env;
 pub mod kernel;
 pub mod net;
+pub mod probe;
 pub mod process;
 pub mod server;
+pub mod traffic;
 pub mod wait;
+pub mod waypoint;
 pub mod ztunnel;
 
 pub use env::TestEnv;

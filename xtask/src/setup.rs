@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "iperf3",
     "iproute2",
+    // `ztunnel daemon --capture iptables` (the fallback and the benchmark baseline); nft backend.
+    "iptables",
     "netcat-openbsd",
     "nginx-light",
     "procps",

@@ -52,6 +52,10 @@ pub mod programs {
     pub const GETPEERNAME4: &str = "getpeername4";
     /// `cgroup/getpeername6` (`ztunnel-ebpf/src/getpeername.rs`).
     pub const GETPEERNAME6: &str = "getpeername6";
+    /// `cgroup/bind4` (`ztunnel-ebpf/src/bind.rs`).
+    pub const BIND4: &str = "bind4";
+    /// `cgroup/bind6` (`ztunnel-ebpf/src/bind.rs`).
+    pub const BIND6: &str = "bind6";
     /// TC ingress classifier (`ztunnel-ebpf/src/tc_ingress.rs`).
     pub const TC_INGRESS: &str = "tc_ingress";
 }

@@ -1,10 +1,11 @@
 //! ztunnel's kernel programs. Read the files in the order the kernel runs them:
 //! outbound `connect.rs` → `sockops.rs` → `getsockopt.rs` (the proxy) and `getpeername.rs` (the
-//! application); inbound `tc_ingress.rs`.
+//! application); inbound `tc_ingress.rs`. `bind.rs` keeps ztunnel's in-pod ports for ztunnel.
 //! `maps.rs` declares every map; `helpers.rs` holds what the hooks share.
 #![no_std]
 #![no_main]
 
+mod bind;
 mod connect;
 mod getpeername;
 mod getsockopt;

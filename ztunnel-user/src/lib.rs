@@ -16,3 +16,4 @@ pub mod inspect;
 pub mod proxy;
 pub mod socket;
 pub mod state;
+pub mod waypoint;

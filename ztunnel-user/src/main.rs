@@ -35,6 +35,8 @@ enum Command {
     },
     /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
     Daemon(ztunnel::app::DaemonArgs),
+    /// Run an L4 waypoint: HBONE in, the destination's policy, HBONE out with its own identity.
+    Waypoint(ztunnel::waypoint::WaypointArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
     Enroll(EnrollArgs),
     /// Unenroll a pod by netns path or by namespace and name.
@@ -195,6 +197,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Daemon(args) => ztunnel::app::run(args)?,
+        Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
             let mut programs = LoadedPrograms::load(&layout)?;

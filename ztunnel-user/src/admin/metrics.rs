@@ -24,6 +24,8 @@ pub enum Reporter {
     Source,
     /// The proxy of the server (inbound).
     Destination,
+    /// A waypoint between the two.
+    Waypoint,
 }
 
 /// The application protocol; always TCP at L4.
@@ -98,7 +100,7 @@ macro_rules! label_values {
     };
 }
 
-label_values!(Reporter { Source => "source", Destination => "destination" });
+label_values!(Reporter { Source => "source", Destination => "destination", Waypoint => "waypoint" });
 label_values!(RequestProtocol { Tcp => "tcp" });
 label_values!(ResponseFlags {
     None => "-",
@@ -263,6 +265,19 @@ struct IdentityFailureLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointRetryLabels {
+    endpoint: LabelText,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceMismatchLabels {
+    reporter: Reporter,
+    source_principal: LabelText,
+    claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: LabelText,
 }
@@ -277,6 +292,8 @@ struct Inner {
     received_bytes: Family<ConnectionLabels, Counter>,
     denied: Family<ConnectionLabels, Counter>,
     identity_failures: Family<IdentityFailureLabels, Counter>,
+    endpoint_retries: Family<EndpointRetryLabels, Counter>,
+    source_mismatches: Family<SourceMismatchLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -303,6 +320,8 @@ impl Metrics {
         let received_bytes = Family::default();
         let denied = Family::default();
         let identity_failures = Family::default();
+        let endpoint_retries = Family::default();
+        let source_mismatches = Family::default();
         let config_reloads = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
@@ -345,6 +364,17 @@ impl Metrics {
                 identity_failures.clone(),
             );
             own.register(
+                "endpoint_retries",
+                "Connections routed to another endpoint (waypoint replica or service endpoint) \
+                 because the one picked could not be reached; that one is then skipped for a while",
+                endpoint_retries.clone(),
+            );
+            own.register(
+                "source_address_mismatches",
+                "HBONE streams refused because the source address they carried belongs to a workload of another identity",
+                source_mismatches.clone(),
+            );
+            own.register(
                 "config_reloads",
                 "Configuration reload attempts by result",
                 config_reloads.clone(),
@@ -360,6 +390,8 @@ impl Metrics {
                 received_bytes,
                 denied,
                 identity_failures,
+                endpoint_retries,
+                source_mismatches,
                 config_reloads,
             }),
         }
@@ -401,6 +433,31 @@ impl Metrics {
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
+            .inc();
+    }
+
+    /// The HBONE server at `endpoint` could not be reached (`reason`); the connection was
+    /// routed to another endpoint.
+    pub fn endpoint_retried(&self, endpoint: std::net::SocketAddr, reason: &'static str) {
+        self.inner
+            .endpoint_retries
+            .get_or_create(&EndpointRetryLabels {
+                endpoint: endpoint.to_string().into(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A stream from `source_principal` carried a source address that belongs to a workload of
+    /// `claimed_principal`, and was refused.
+    pub fn source_mismatch(&self, source_principal: &SpiffeId, claimed_principal: &SpiffeId) {
+        self.inner
+            .source_mismatches
+            .get_or_create(&SourceMismatchLabels {
+                reporter: Reporter::Destination,
+                source_principal: source_principal.to_string().into(),
+                claimed_principal: claimed_principal.to_string().into(),
+            })
             .inc();
     }
 

@@ -129,15 +129,27 @@ pub struct AdminServers {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Binds with `SO_REUSEPORT`, so that during an upgrade the new daemon can serve beside the old
+/// one when both share a network namespace (`hostNetwork`, or the test cluster's nodes); the old
+/// one's listeners go away when it exits. Without a shared netns it changes nothing.
 fn bind(server: &'static str, address: SocketAddr) -> Result<std::net::TcpListener, AdminError> {
     let bind_error = |source| AdminError::Bind {
         server,
         address,
         source,
     };
-    let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    Ok(listener)
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.set_reuse_port(true).map_err(bind_error)?;
+    socket.bind(&address.into()).map_err(bind_error)?;
+    socket.listen(128).map_err(bind_error)?;
+    socket.set_nonblocking(true).map_err(bind_error)?;
+    Ok(socket.into())
 }
 
 fn local_address(listener: &std::net::TcpListener, requested: SocketAddr) -> SocketAddr {

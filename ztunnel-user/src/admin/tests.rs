@@ -159,19 +159,33 @@ fn admin_must_stay_on_localhost() {
 }
 
 #[test]
-fn a_taken_port_is_reported_with_the_server_and_address() {
-    let first = AdminServers::start(&ephemeral(), sources()).unwrap();
+fn a_port_taken_by_another_program_is_reported_with_the_server_and_address() {
+    // A plain listener, without SO_REUSEPORT: what any other program holding the port looks like.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap();
     let config = AdminConfig {
-        metrics_address: first.metrics_address,
+        metrics_address: taken,
         ..ephemeral()
     };
     let error = AdminServers::start(&config, sources())
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("metrics") && error.contains(&first.metrics_address.to_string()),
+        error.contains("metrics") && error.contains(&taken.to_string()),
         "{error}"
     );
+}
+
+#[test]
+fn an_upgrades_new_daemon_can_bind_beside_the_old_one() {
+    let old = AdminServers::start(&ephemeral(), sources()).unwrap();
+    let config = AdminConfig {
+        admin_address: old.admin_address,
+        metrics_address: old.metrics_address,
+        readiness_address: old.readiness_address,
+    };
+    let new = AdminServers::start(&config, sources()).unwrap();
+    assert_eq!(new.metrics_address, old.metrics_address);
 }
 
 #[test]

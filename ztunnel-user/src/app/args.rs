@@ -9,7 +9,7 @@ use crate::{
     admin::AdminArgs,
     ebpf::maps::{FailMode, KernelLogLevel},
     identity::DEFAULT_TRUST_DOMAIN,
-    inpod::state::DEFAULT_RUN_DIR,
+    inpod::{capture::CaptureRequest, state::DEFAULT_RUN_DIR},
 };
 
 /// What enrolled pods' traffic does while ztunnel is not serving them.
@@ -26,6 +26,28 @@ impl From<FailModeArg> for FailMode {
         match mode {
             FailModeArg::Closed => FailMode::Closed,
             FailModeArg::Open => FailMode::Open,
+        }
+    }
+}
+
+/// How enrolled pods' traffic is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureArg {
+    /// eBPF hooks (cgroup connect/sockops/getsockopt/getpeername, TCX ingress); fail if they
+    /// cannot be attached.
+    Ebpf,
+    /// iptables nat REDIRECT rules in each pod netns, as Istio's in-pod redirection does.
+    Iptables,
+    /// eBPF, falling back to iptables (with a warning) when the hooks cannot be attached.
+    Auto,
+}
+
+impl From<CaptureArg> for CaptureRequest {
+    fn from(capture: CaptureArg) -> Self {
+        match capture {
+            CaptureArg::Ebpf => CaptureRequest::Ebpf,
+            CaptureArg::Iptables => CaptureRequest::Iptables,
+            CaptureArg::Auto => CaptureRequest::Auto,
         }
     }
 }
@@ -69,9 +91,13 @@ pub struct DaemonArgs {
     /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub cgroup: PathBuf,
-    /// What enrolled pods' traffic does while ztunnel is not serving them.
+    /// What enrolled pods' traffic does while ztunnel is not serving them (iptables capture is
+    /// always closed).
     #[arg(long, value_enum, default_value = "closed")]
     pub fail_mode: FailModeArg,
+    /// How enrolled pods' traffic is captured; `auto` allows the iptables fallback.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    pub capture: CaptureArg,
     /// Most verbose record the kernel programs emit (tracing target `ztunnel::ebpf`; debug logs
     /// every redirected or refused connection).
     #[arg(long, value_enum, default_value = "warn")]
@@ -94,6 +120,11 @@ pub struct DaemonArgs {
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,
+    /// If another daemon holds the run dir (an upgrade's old pod), serve every enrolled pod
+    /// beside it (SO_REUSEPORT listeners) and take over capture and the enrollment socket when
+    /// it exits, instead of failing.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 impl DaemonArgs {

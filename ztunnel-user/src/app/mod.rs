@@ -11,7 +11,7 @@ pub mod pod_handler;
 
 use std::{sync::Arc, time::Duration};
 
-pub use args::{DaemonArgs, FailModeArg, IdentityArgs};
+pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs};
 
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
@@ -115,6 +115,8 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         map_sizes: MapSizes {
             max_pods: args.max_pods,
         },
+        takeover: args.takeover,
+        capture: args.capture.into(),
     };
     let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
     readiness.set_draining();

@@ -19,7 +19,6 @@ use crate::{
     state::{StateHandle, workload::DEFAULT_SERVICE_ACCOUNT},
 };
 
-
 /// A [`PodTrafficHandler`] that runs the HBONE proxy.
 pub struct MeshHandler {
     context: Arc<ProxyContext>,
@@ -106,7 +105,9 @@ impl MeshHandler {
         let context = self.context.clone();
         let pod_context = self.pod_context(&pod);
         Box::pin(async move {
-            let Some(pod_context) = pod_context else { return };
+            let Some(pod_context) = pod_context else {
+                return;
+            };
             if let Err(error) = work(context, pod_context).await {
                 tracing::debug!(pod = %pod.name, namespace = %pod.namespace, %error, "{what} failed");
             }
@@ -115,16 +116,30 @@ impl MeshHandler {
 }
 
 impl PodTrafficHandler for MeshHandler {
-    fn outbound(&self, pod: Arc<ListenerPod>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
+    fn outbound(
+        &self,
+        pod: Arc<ListenerPod>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture {
         self.serve(pod, "outbound connection", move |context, pod| async move {
             proxy::outbound::handle(&context, &pod, stream, original_destination).await
         })
     }
 
-    fn inbound_plaintext(&self, pod: Arc<ListenerPod>, stream: TcpStream, original_destination: SocketAddr) -> HandlerFuture {
-        self.serve(pod, "inbound plaintext connection", move |context, pod| async move {
-            proxy::passthrough::handle_to(&context, &pod, stream, original_destination).await
-        })
+    fn inbound_plaintext(
+        &self,
+        pod: Arc<ListenerPod>,
+        stream: TcpStream,
+        original_destination: SocketAddr,
+    ) -> HandlerFuture {
+        self.serve(
+            pod,
+            "inbound plaintext connection",
+            move |context, pod| async move {
+                proxy::passthrough::handle_to(&context, &pod, stream, original_destination).await
+            },
+        )
     }
 
     fn inbound_hbone(&self, pod: Arc<ListenerPod>, stream: TcpStream) -> HandlerFuture {

@@ -112,6 +112,10 @@ pub const ATTACH_TYPE_TCX_INGRESS: u32 = 46;
 pub enum CgroupAttachType {
     /// `BPF_CGROUP_SOCK_OPS`.
     SockOps = 3,
+    /// `BPF_CGROUP_INET4_BIND`.
+    Inet4Bind = 8,
+    /// `BPF_CGROUP_INET6_BIND`.
+    Inet6Bind = 9,
     /// `BPF_CGROUP_INET4_CONNECT`.
     Inet4Connect = 10,
     /// `BPF_CGROUP_INET6_CONNECT`.

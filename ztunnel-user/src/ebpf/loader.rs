@@ -37,14 +37,16 @@ use super::{
 };
 use crate::inpod::netns::Netns;
 
-/// The cgroup programs, in the order a connection meets them.
-pub const CGROUP_PROGRAMS: [&str; 6] = [
+/// The cgroup programs, in the order a connection meets them; then the bind guards.
+pub const CGROUP_PROGRAMS: [&str; 8] = [
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SOCKOPS,
     programs::GETSOCKOPT,
     programs::GETPEERNAME4,
     programs::GETPEERNAME6,
+    programs::BIND4,
+    programs::BIND6,
 ];
 
 /// What happened to a hook when attaching.
@@ -166,7 +168,7 @@ impl LoadedPrograms {
         }
     }
 
-    /// Attaches (or adopts) the connect4/connect6/sockops/getsockopt links on the cgroup-v2
+    /// Attaches (or adopts) the links of every program in [`CGROUP_PROGRAMS`] on the cgroup-v2
     /// directory `cgroup`. Minimum kernel 5.15.
     pub fn attach_cgroup_programs(
         &mut self,
@@ -353,6 +355,8 @@ fn cgroup_attach_type(name: &'static str) -> Result<CgroupAttachType, EbpfError>
         programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
         programs::GETPEERNAME4 => CgroupAttachType::Inet4GetPeerName,
         programs::GETPEERNAME6 => CgroupAttachType::Inet6GetPeerName,
+        programs::BIND4 => CgroupAttachType::Inet4Bind,
+        programs::BIND6 => CgroupAttachType::Inet6Bind,
         _ => return Err(EbpfError::MissingProgram(name)),
     })
 }
@@ -385,6 +389,38 @@ fn replacement_pin(pin: &Path) -> std::path::PathBuf {
     // bpffs refuses names with a dot.
     name.push("-replacing");
     pin.with_file_name(name)
+}
+
+/// Removes the pinned cgroup links under `layout` (detaching their programs); returns how many
+/// there were. Used when the node runs iptables capture instead.
+pub fn remove_cgroup_links(layout: &PinLayout) -> Result<usize, EbpfError> {
+    let mut removed = 0;
+    for name in CGROUP_PROGRAMS {
+        let pin = layout.cgroup_link(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(EbpfError::Io {
+                    action: format!("remove pinned link {}", pin.display()),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the running kernel has TCX (6.6+), read from `uname -r`; the TC ingress hook needs it.
+pub fn kernel_has_tcx() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .trim()
+        .split(['.', '-'])
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 6)
 }
 
 /// Removes a pod's pinned links (detaching them) and its pin directory.
@@ -431,7 +467,8 @@ fn cgroup_id(cgroup: &Path) -> Result<u64, EbpfError> {
 }
 
 /// The index of `interface` in the calling thread's netns.
-fn interface_index(interface: &str) -> std::io::Result<u32> {
+/// The index of `interface` in the calling thread's netns.
+pub fn interface_index(interface: &str) -> std::io::Result<u32> {
     let name = std::ffi::CString::new(interface)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: `name` is a valid NUL-terminated string.

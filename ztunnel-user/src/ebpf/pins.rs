@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <root>/<map>                         every map of ztunnel_common::maps (+ AYA_LOGS)
-//! <root>/links/<program>               cgroup links: connect4, connect6, sockops_rekey, getsockopt
+//! <root>/links/<program>               cgroup links: connect4, connect6, sockops_rekey, getsockopt,
+//!                                      getpeername4, getpeername6, bind4, bind6
 //! <root>/pod-links/<netns cookie>/tc_ingress  the TCX link inside each enrolled pod's netns
 //! ```
 //! Everything under the root is ours; nothing outside it is ever touched.

@@ -4,7 +4,7 @@
 //! as DESIGN §5 says; a connection carries at most [`CLIENT_STREAMS_PER_CONNECTION`] open
 //! tunnels, past that a new one is opened. A connection made with a certificate that has since
 //! been rotated keeps its open tunnels but gets no new ones, so new tunnels use the new
-//! certificate.
+//! certificate; so does a connection whose server sent `GOAWAY` (it is draining).
 
 use std::{
     collections::HashMap,
@@ -99,18 +99,39 @@ impl HbonePool {
     }
 
     /// Opens a tunnel: a `CONNECT` stream on a pooled (or new) connection, answered `200`.
+    ///
+    /// A pooled connection whose server is going away (it sent `GOAWAY`, e.g. an old ztunnel
+    /// draining during an upgrade) refuses new streams without processing them; such a
+    /// connection takes no more tunnels and the tunnel is retried once on a new connection.
     pub async fn connect(&self, request: TunnelRequest<'_>) -> Result<H2Stream, HboneError> {
-        let slot = self.reserve(&request).await?;
-        let mut sender = slot
-            .0
-            .sender
-            .clone()
-            .ready()
-            .await
-            .map_err(|source| HboneError::H2 {
+        match self.connect_once(&request).await {
+            Err(Attempt::Unprocessed(error)) => {
+                tracing::debug!(peer = %request.hbone_address, %error, "HBONE connection is going away; retrying the tunnel on a new connection");
+                self.connect_once(&request)
+                    .await
+                    .map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    async fn connect_once(&self, request: &TunnelRequest<'_>) -> Result<H2Stream, Attempt> {
+        let slot = self.reserve(request).await?;
+        let h2_error = |source: h2::Error| {
+            let unprocessed = source.is_go_away() && source.is_remote()
+                || source.reason() == Some(h2::Reason::REFUSED_STREAM);
+            let error = HboneError::H2 {
                 peer: request.hbone_address,
                 source,
-            })?;
+            };
+            if unprocessed {
+                slot.0.closed.store(true, Ordering::Release);
+                Attempt::Unprocessed(error)
+            } else {
+                Attempt::Failed(error)
+            }
+        };
+        let mut sender = slot.0.sender.clone().ready().await.map_err(h2_error)?;
         let connect = Request::builder()
             .method(Method::CONNECT)
             .uri(request.authority.to_string())
@@ -121,23 +142,14 @@ impl HbonePool {
                 authority: request.authority,
                 detail: error.to_string(),
             })?;
-        let (response, send) =
-            sender
-                .send_request(connect, false)
-                .map_err(|source| HboneError::H2 {
-                    peer: request.hbone_address,
-                    source,
-                })?;
-        let response = response.await.map_err(|source| HboneError::H2 {
-            peer: request.hbone_address,
-            source,
-        })?;
+        let (response, send) = sender.send_request(connect, false).map_err(h2_error)?;
+        let response = response.await.map_err(h2_error)?;
         if response.status() != StatusCode::OK {
-            return Err(HboneError::Refused {
+            return Err(Attempt::Failed(HboneError::Refused {
                 peer: request.hbone_address,
                 authority: request.authority,
                 status: response.status(),
-            });
+            }));
         }
         Ok(H2Stream::new(send, response.into_body()).with_guard(slot))
     }
@@ -238,6 +250,28 @@ impl HbonePool {
             closed,
             certificate_serial: certificate.serial.clone(),
         })
+    }
+}
+
+/// How one attempt to open a tunnel failed.
+enum Attempt {
+    /// The server did not process the stream (`GOAWAY`, `REFUSED_STREAM`): safe to retry.
+    Unprocessed(HboneError),
+    /// Anything else.
+    Failed(HboneError),
+}
+
+impl Attempt {
+    fn into_error(self) -> HboneError {
+        match self {
+            Attempt::Unprocessed(error) | Attempt::Failed(error) => error,
+        }
+    }
+}
+
+impl From<HboneError> for Attempt {
+    fn from(error: HboneError) -> Self {
+        Attempt::Failed(error)
     }
 }
 

@@ -78,6 +78,30 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// Joins this tunnel to `onward` (a waypoint's two hops) until both directions have ended,
+    /// or one failed (then both streams are reset). `sent` counts bytes from this tunnel into
+    /// `onward`, `received` the way back.
+    pub async fn splice(mut self, mut onward: H2Stream) -> (Transferred, io::Result<()>) {
+        let sent = AtomicU64::new(0);
+        let received = AtomicU64::new(0);
+        let result = {
+            let forward = h2_to_h2(&mut self.recv, &mut onward.send, &sent);
+            let backward = h2_to_h2(&mut onward.recv, &mut self.send, &received);
+            first_error(forward, backward).await
+        };
+        if result.is_err() {
+            self.send.send_reset(h2::Reason::CANCEL);
+            onward.send.send_reset(h2::Reason::CANCEL);
+        }
+        let transferred = Transferred {
+            sent: sent.load(Ordering::Relaxed),
+            received: received.load(Ordering::Relaxed),
+        };
+        (transferred, result)
+    }
+}
+
 /// Runs both directions; returns when both succeeded or as soon as one failed.
 pub(crate) async fn first_error(
     first: impl Future<Output = io::Result<()>>,
@@ -110,25 +134,48 @@ async fn tcp_to_h2(
             return send.send_data(Bytes::new(), true).map_err(h2_to_io);
         }
         total.fetch_add(count as u64, Ordering::Relaxed);
-        let mut chunk = buffer.split().freeze();
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let capacity = match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(capacity) => capacity.map_err(h2_to_io)?,
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "HBONE stream closed",
-                    ));
-                }
-            };
-            if capacity == 0 {
-                continue;
-            }
-            let part = chunk.split_to(capacity.min(chunk.len()));
-            send.send_data(part, false).map_err(h2_to_io)?;
-        }
+        send_all(send, buffer.split().freeze()).await?;
     }
+}
+
+/// Sends `chunk` on the stream as flow control allows.
+async fn send_all(send: &mut SendStream<Bytes>, mut chunk: Bytes) -> io::Result<()> {
+    while !chunk.is_empty() {
+        send.reserve_capacity(chunk.len());
+        let capacity = match poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(capacity) => capacity.map_err(h2_to_io)?,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "HBONE stream closed",
+                ));
+            }
+        };
+        if capacity == 0 {
+            continue;
+        }
+        let part = chunk.split_to(capacity.min(chunk.len()));
+        send.send_data(part, false).map_err(h2_to_io)?;
+    }
+    Ok(())
+}
+
+/// Forwards one tunnel's incoming data into another tunnel, then ends the other's stream.
+async fn h2_to_h2(
+    recv: &mut RecvStream,
+    send: &mut SendStream<Bytes>,
+    total: &AtomicU64,
+) -> io::Result<()> {
+    while let Some(data) = recv.data().await {
+        let data = data.map_err(h2_to_io)?;
+        let length = data.len();
+        send_all(send, data).await?;
+        total.fetch_add(length as u64, Ordering::Relaxed);
+        recv.flow_control()
+            .release_capacity(length)
+            .map_err(h2_to_io)?;
+    }
+    send.send_data(Bytes::new(), true).map_err(h2_to_io)
 }
 
 async fn h2_to_tcp(

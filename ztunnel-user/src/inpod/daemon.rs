@@ -12,7 +12,8 @@ use tokio::{
 use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
-    enroll::{forget_pod, still_exists, write_map_entries},
+    capture::{CaptureMode, CaptureRequest, decide},
+    enroll::{apply_capture, forget_pod, still_exists, write_map_entries},
     handler::{PodContext, PodTrafficHandler},
     listeners::PodListeners,
     netns::Netns,
@@ -21,8 +22,8 @@ use super::{
 };
 use crate::{
     ebpf::{
-        LoadedPrograms, PinLayout, PinnedMaps,
-        loader::MapSizes,
+        EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
+        loader::{MapSizes, kernel_has_tcx, remove_cgroup_links},
         map_layout::IncompatibleMaps,
         maps::{FailMode, KernelLogLevel, pod_capacity},
     },
@@ -30,7 +31,7 @@ use crate::{
 };
 
 /// How often the daemon re-reads the enrolled set for pods enrolled or removed by the CLI.
-const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
+pub(super) const RECONCILE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How often the daemon looks for enrolled pods whose netns disappeared without an unenroll
 /// (its own open listeners would otherwise keep such a namespace alive).
@@ -51,6 +52,11 @@ pub struct DaemonConfig {
     pub kernel_log_level: KernelLogLevel,
     /// Sizes of maps this daemon creates.
     pub map_sizes: MapSizes,
+    /// When another daemon holds the run dir: serve beside it and take over when it exits
+    /// ([`super::takeover`]) instead of failing.
+    pub takeover: bool,
+    /// eBPF, iptables, or eBPF with the iptables fallback.
+    pub capture: CaptureRequest,
 }
 
 /// Runs until SIGTERM or SIGINT; calls `on_ready` once every enrolled pod is served and the
@@ -61,12 +67,35 @@ pub async fn run(
     on_ready: impl FnOnce() + Send + 'static,
 ) -> Result<(), InpodError> {
     // The lock comes first: the enrollment socket of a daemon already running must not be taken.
-    let _only_daemon = DaemonLock::acquire(&config.run_dir).map_err(|source| {
-        InpodError::Invalid(format!(
-            "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it or pass another --run-dir",
-            config.run_dir.display()
-        ))
-    })?;
+    let mut serving: HashMap<u64, PodListeners> = HashMap::new();
+    let mut on_ready = Some(on_ready);
+    let _only_daemon = match DaemonLock::acquire(&config.run_dir) {
+        Ok(lock) => lock,
+        Err(source) if config.takeover && source.kind() == std::io::ErrorKind::WouldBlock => {
+            let ready = on_ready.take();
+            let standing_by = super::takeover::stand_by(&config, &handler, &mut serving, || {
+                if let Some(ready) = ready {
+                    ready();
+                }
+            });
+            match standing_by.await? {
+                Some(lock) => lock,
+                None => {
+                    tracing::info!(
+                        pods = serving.len(),
+                        "stopped while standing by: in-pod listeners closed"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        Err(source) => {
+            return Err(InpodError::Invalid(format!(
+                "cannot start: another ztunnel daemon uses run dir {} ({source}); stop it, pass another --run-dir, or pass --takeover to serve beside it and take over when it exits",
+                config.run_dir.display()
+            )));
+        }
+    };
     let (control, receiver) = control_channel();
     let socket_path = config.run_dir.join(SOCKET_NAME);
     let server = EnrollmentServer::bind(&socket_path).map_err(|error| InpodError::Io {
@@ -74,17 +103,19 @@ pub async fn run(
         source: std::io::Error::other(error.to_string()),
     })?;
     // The loop answers its first control request only after its first reconcile.
-    let ready_probe = control.clone();
-    tokio::spawn(async move {
-        if ready_probe.reconcile().await.is_ok() {
-            on_ready();
-        }
-    });
+    if let Some(on_ready) = on_ready {
+        let ready_probe = control.clone();
+        tokio::spawn(async move {
+            if ready_probe.reconcile().await.is_ok() {
+                on_ready();
+            }
+        });
+    }
     let enrollment = tokio::spawn(server.serve(Arc::new(DaemonEnrollmentHandler::new(
         control,
         config.run_dir.clone(),
     ))));
-    let outcome = run_controlled(config, handler, Some(receiver)).await;
+    let outcome = run_controlled(config, handler, serving, Some(receiver)).await;
     enrollment.abort();
     let _ = std::fs::remove_file(&socket_path);
     outcome
@@ -138,10 +169,11 @@ impl DaemonControl {
 }
 
 /// [`run`] after it holds the run dir, also answering [`DaemonControl`] requests when `control`
-/// is given.
+/// is given. `serving` holds listeners already open (those of a daemon that stood by).
 async fn run_controlled(
     config: DaemonConfig,
     handler: Arc<dyn PodTrafficHandler>,
+    mut serving: HashMap<u64, PodListeners>,
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
@@ -172,17 +204,14 @@ async fn run_controlled(
         }
         tracing::warn!(maps = ?programs.recreated_maps(), pods = set.pods.len(), "pods and workloads rebuilt from the enrolled set after maps were recreated; whatever else the recreated maps held (counters, in-flight original destinations) starts empty");
     }
-    for (program, outcome) in programs.attach_cgroup_programs(&config.cgroup)? {
-        tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
-    }
+    let capture = choose_capture(&mut programs, &config)?;
     let _kernel_logs = programs
         .take_logger()
         .map(|logger| tokio::spawn(crate::ebpf::logs::forward(logger)));
-    adopt_enrolled_pods(&mut programs, &config)?;
+    adopt_enrolled_pods(&mut programs, &config, capture)?;
     let maps = Arc::new(maps);
-    let mut serving: HashMap<u64, PodListeners> = HashMap::new();
     reconcile(&config, &handler, &maps, &mut serving);
-    tracing::info!(bpffs_root = %config.layout.root().display(), fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
+    tracing::info!(bpffs_root = %config.layout.root().display(), capture = ?capture, fail_mode = ?config.fail_mode, pods = serving.len(), "ztunnel daemon ready");
 
     let signal_error = |source| InpodError::Io {
         action: "install signal handlers".into(),
@@ -214,19 +243,59 @@ async fn run_controlled(
     Ok(())
 }
 
+/// Attaches the cgroup programs unless iptables capture is asked for, and settles the node's
+/// capture mode ([`decide`]). In iptables mode no cgroup link of ours stays pinned.
+fn choose_capture(
+    programs: &mut LoadedPrograms,
+    config: &DaemonConfig,
+) -> Result<CaptureMode, InpodError> {
+    let hooks = match config.capture {
+        CaptureRequest::Iptables => None,
+        CaptureRequest::Ebpf | CaptureRequest::Auto => {
+            let attached = if kernel_has_tcx() {
+                programs.attach_cgroup_programs(&config.cgroup)
+            } else {
+                Err(EbpfError::Io {
+                    action: "attach the pods' TC ingress programs".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "this kernel has no TCX (needs Linux 6.6)",
+                    ),
+                })
+            };
+            Some(attached.map(|outcomes| {
+                for (program, outcome) in outcomes {
+                    tracing::info!(program, ?outcome, cgroup = %config.cgroup.display(), "cgroup program in place");
+                }
+            }))
+        }
+    };
+    let mode = decide(config.capture, hooks)?;
+    if mode == CaptureMode::Iptables {
+        let removed = remove_cgroup_links(&config.layout)?;
+        tracing::info!(
+            removed_cgroup_links = removed,
+            "capture by iptables rules in each pod netns (REDIRECT to 15001/15006)"
+        );
+    }
+    Ok(mode)
+}
+
 /// Re-attaches (adopts) the TC link of every enrolled pod and forgets pods whose netns is gone,
 /// along with pod pins that no enrolled pod owns.
 fn adopt_enrolled_pods(
     programs: &mut LoadedPrograms,
     config: &DaemonConfig,
+    capture: CaptureMode,
 ) -> Result<(), InpodError> {
     let lock = StateLock::acquire(&config.run_dir)
         .map_err(|source| InpodError::state(&config.run_dir, source))?;
     let mut set = lock
         .load()
         .map_err(|source| InpodError::state(&config.run_dir, source))?;
+    set.capture = capture;
     let mut kept = Vec::new();
-    for pod in set.pods.drain(..) {
+    for mut pod in set.pods.drain(..) {
         if !still_exists(&pod) {
             tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns = %pod.netns.display(), "enrolled pod's netns is gone; removing its entries and pins");
             forget_pod(&config.layout, &pod)?;
@@ -236,11 +305,19 @@ fn adopt_enrolled_pods(
             path: pod.netns.clone(),
             source,
         })?;
-        let (_, outcome) = programs.attach_tc_ingress(&netns, &pod.interface, pod.netns_cookie)?;
+        let (_, outcome) = apply_capture(
+            programs,
+            &netns,
+            &pod.interface,
+            pod.netns_cookie,
+            capture,
+            Some(pod.capture),
+        )?;
+        pod.capture = capture;
         if let Err(error) = super::routing::install_upstream_routing(&netns) {
             tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot install the in-pod upstream routing; the application will not see client addresses");
         }
-        tracing::info!(pod = %pod.name, namespace = %pod.namespace, tc = ?outcome, "enrolled pod adopted");
+        tracing::info!(pod = %pod.name, namespace = %pod.namespace, capture = ?capture, tc = %outcome, "enrolled pod adopted");
         kept.push(pod);
     }
     set.pods = kept;
@@ -342,7 +419,7 @@ fn served(config: &DaemonConfig, serving: &HashMap<u64, PodListeners>) -> Vec<Se
 }
 
 /// Opens listeners for newly enrolled pods and closes those of pods no longer enrolled.
-fn reconcile(
+pub(super) fn reconcile(
     config: &DaemonConfig,
     handler: &Arc<dyn PodTrafficHandler>,
     maps: &Arc<PinnedMaps>,
@@ -384,7 +461,7 @@ fn reconcile(
             sockets: Arc::new(PodSocketFactory::new(netns.clone())),
             netns,
         });
-        match PodListeners::open(context, handler.clone(), maps.clone()) {
+        match PodListeners::open(context, handler.clone(), maps.clone(), pod.capture) {
             Ok(listeners) => {
                 tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = pod.netns_cookie, "serving pod: in-pod listeners open");
                 serving.insert(pod.netns_cookie, listeners);

@@ -1,9 +1,11 @@
 //! Enrolling and unenrolling a pod: the library API the CLI, the daemon and (later) the CNI
 //! plugin's Unix-socket protocol call.
 //!
-//! Enrollment = `pods` + `workloads` entries, a pinned TCX link in the pod netns and a record in
-//! the enrolled set; the daemon then opens the pod's listeners. Until it does, the pod is
-//! fail-closed (or fail-open if the node is configured so).
+//! Enrollment = `pods` + `workloads` entries, the node's kind of capture in the pod netns (a
+//! pinned TCX link, or iptables rules: [`super::capture`]) and a record in the enrolled set;
+//! the daemon then opens the pod's listeners. Until it does, the pod is fail-closed (or
+//! fail-open if the node is configured so; iptables capture is always fail-closed: the
+//! redirect finds no listener).
 
 use std::{
     net::IpAddr,
@@ -17,13 +19,15 @@ use ztunnel_common::{
 
 use super::{
     InpodError,
+    capture::CaptureMode,
+    iptables::{install_iptables_capture, remove_iptables_capture},
     netns::Netns,
     routing::{install_upstream_routing, remove_upstream_routing},
     state::{EnrolledPod, StateLock},
 };
 use crate::ebpf::{
     EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
-    loader::remove_pod_pins,
+    loader::{interface_index, remove_pod_pins},
     maps::{pod_capacity, workload_key},
 };
 
@@ -107,7 +111,15 @@ pub fn enroll(
             bpffs_root: programs.layout().root().to_owned(),
         });
     }
-    let (ifindex, outcome) = programs.attach_tc_ingress(&netns, &spec.interface, netns_cookie)?;
+    let previous = existing.map(|position| set.pods[position].capture);
+    let (ifindex, outcome) = apply_capture(
+        programs,
+        &netns,
+        &spec.interface,
+        netns_cookie,
+        set.capture,
+        previous,
+    )?;
     install_upstream_routing(&netns).map_err(|source| InpodError::Io {
         action: format!(
             "install the upstream routing (fwmark rule, local table) in netns {}",
@@ -128,6 +140,7 @@ pub fn enroll(
         ifindex,
         netns_cookie,
         index,
+        capture: set.capture,
     };
     write_map_entries(&mut maps, &pod)?;
     match existing {
@@ -136,7 +149,7 @@ pub fn enroll(
     }
     lock.save(&set)
         .map_err(|source| InpodError::state(run_dir, source))?;
-    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, tc = ?outcome, "pod enrolled");
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, capture = ?set.capture, tc = %outcome, "pod enrolled");
     Ok(pod)
 }
 
@@ -161,6 +174,46 @@ pub fn write_map_entries(maps: &mut PinnedMaps, pod: &EnrolledPod) -> Result<(),
     maps.pods
         .insert(pod.netns_cookie, record, 0)
         .map_err(|source| EbpfError::map(PODS_MAP, "write", source))
+}
+
+/// Puts the pod under `mode`'s capture — its pinned TCX ingress link, or its iptables rules —
+/// and removes the other kind if the pod had it (`previous`). Returns the interface index and
+/// the TC hook outcome, for the log.
+pub fn apply_capture(
+    programs: &mut LoadedPrograms,
+    netns: &Netns,
+    interface: &str,
+    netns_cookie: u64,
+    mode: CaptureMode,
+    previous: Option<CaptureMode>,
+) -> Result<(u32, String), InpodError> {
+    let io_error = |action: String| {
+        move |source| InpodError::Io {
+            action: format!("{action} in netns {}", netns.path().display()),
+            source,
+        }
+    };
+    match mode {
+        CaptureMode::Ebpf => {
+            let (ifindex, outcome) = programs.attach_tc_ingress(netns, interface, netns_cookie)?;
+            if previous == Some(CaptureMode::Iptables) {
+                remove_iptables_capture(netns)
+                    .map_err(io_error("remove the iptables capture rules".into()))?;
+            }
+            Ok((ifindex, format!("{outcome:?}")))
+        }
+        CaptureMode::Iptables => {
+            let name = interface.to_owned();
+            let ifindex = netns
+                .run(move || interface_index(&name))
+                .map_err(io_error(format!("find interface {interface}")))?;
+            // A TCX link left from eBPF mode would capture inbound traffic a second time.
+            remove_pod_pins(programs.layout(), netns_cookie)?;
+            install_iptables_capture(netns)
+                .map_err(io_error("install the iptables capture rules".into()))?;
+            Ok((ifindex, "none (iptables capture)".to_owned()))
+        }
+    }
 }
 
 /// Unenrolls a pod: map entries, pinned TC link and enrolled-set record. Returns the pod, or
@@ -202,6 +255,15 @@ pub fn forget_pod(layout: &PinLayout, pod: &EnrolledPod) -> Result<(), InpodErro
         && let Err(error) = remove_upstream_routing(&netns)
     {
         tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot remove the in-pod upstream routing");
+    }
+    if pod.capture == CaptureMode::Iptables
+        && let Ok(netns) = Netns::open(&pod.netns)
+        && netns
+            .cookie()
+            .is_ok_and(|cookie| cookie == pod.netns_cookie)
+        && let Err(error) = remove_iptables_capture(&netns)
+    {
+        tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot remove the in-pod iptables capture rules");
     }
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! | HBONE | each pod IP :15008 | [`PodTrafficHandler::inbound_hbone`] |
 //!
 //! Dropping [`PodListeners`] closes them all; the kernel then sees no listener and applies the
-//! node's fail mode to the pod.
+//! node's fail mode to the pod — unless another daemon's listeners share the ports (an upgrade,
+//! [`super::takeover`]): every listener is `SO_REUSEPORT`, and `tcp_migrate_req` is on in the pod,
+//! so the closing listener's queued connections move to the other daemon's.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -19,9 +21,10 @@ use ztunnel_common::constants::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_POR
 
 use super::{
     InpodError,
+    capture::CaptureMode,
     handler::{PodContext, PodTrafficHandler},
     original_destination::original_destination,
-    socket_factory::listen_in,
+    socket_factory::{enable_request_migration, listen_in},
 };
 use crate::ebpf::PinnedMaps;
 
@@ -45,6 +48,7 @@ impl PodListeners {
         pod: Arc<PodContext>,
         handler: Arc<dyn PodTrafficHandler>,
         maps: Arc<PinnedMaps>,
+        capture: CaptureMode,
     ) -> Result<Self, InpodError> {
         let mut wanted = vec![
             (
@@ -73,6 +77,9 @@ impl PodListeners {
                 .iter()
                 .map(|ip| (SocketAddr::new(*ip, HBONE_PORT), Role::Hbone, false)),
         );
+        if let Err(error) = enable_request_migration(&pod.netns) {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %error, "cannot set net.ipv4.tcp_migrate_req in the pod (kernel < 5.14?); an upgrade may reset connections queued on the old daemon's listeners");
+        }
         let mut accept_loops = JoinSet::new();
         for (address, role, transparent) in wanted {
             let listener = match listen_in(&pod.netns, address, transparent)
@@ -100,6 +107,7 @@ impl PodListeners {
                 pod.clone(),
                 handler.clone(),
                 maps.clone(),
+                capture,
             ));
         }
         Ok(Self {
@@ -114,6 +122,7 @@ async fn accept_loop(
     pod: Arc<PodContext>,
     handler: Arc<dyn PodTrafficHandler>,
     maps: Arc<PinnedMaps>,
+    capture: CaptureMode,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -132,15 +141,27 @@ async fn accept_loop(
         };
         let work = match role {
             Role::Outbound => {
-                let Some(destination) = outbound_destination(&stream, peer, local, &pod, &maps)
-                else {
+                let destination = match capture {
+                    CaptureMode::Ebpf => outbound_destination(&stream, peer, local, &pod, &maps),
+                    CaptureMode::Iptables => conntrack_destination(&stream, peer, local, &pod),
+                };
+                let Some(destination) = destination else {
                     continue;
                 };
                 handler.outbound(pod.clone(), stream, destination)
             }
             Role::InboundPlaintext => {
-                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %local, "inbound plaintext connection captured");
-                handler.inbound_plaintext(pod.clone(), stream, local)
+                // eBPF hands the connection over unchanged (TPROXY semantics); iptables
+                // REDIRECT rewrote the destination, which conntrack remembers.
+                let destination = match capture {
+                    CaptureMode::Ebpf => Some(local),
+                    CaptureMode::Iptables => conntrack_destination(&stream, peer, local, &pod),
+                };
+                let Some(destination) = destination else {
+                    continue;
+                };
+                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %destination, "inbound plaintext connection captured");
+                handler.inbound_plaintext(pod.clone(), stream, destination)
             }
             Role::Hbone => {
                 tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, local_address = %local, "inbound HBONE connection accepted");
@@ -148,6 +169,27 @@ async fn accept_loop(
             }
         };
         tokio::spawn(work);
+    }
+}
+
+/// The original destination of a connection iptables redirected: `SO_ORIGINAL_DST`, answered
+/// by conntrack. A connection that was not redirected (someone dialled the listener directly)
+/// has none and is closed.
+fn conntrack_destination(
+    stream: &tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    pod: &PodContext,
+) -> Option<SocketAddr> {
+    match original_destination(stream, local.is_ipv6()) {
+        Ok(destination) if destination != local => {
+            tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, original_destination = %destination, "connection captured by iptables");
+            Some(destination)
+        }
+        outcome => {
+            tracing::warn!(pod = %pod.name, namespace = %pod.namespace, %peer, %local, ?outcome, "connection without an iptables original destination; closing");
+            None
+        }
     }
 }
 

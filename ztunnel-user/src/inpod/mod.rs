@@ -1,5 +1,7 @@
 //! Everything ztunnel does inside enrolled pods' network namespaces:
 //!
+//! - [`capture`]: eBPF or iptables capture (the node's mode); [`iptables`]: the in-pod rules
+//!   of the latter.
 //! - [`netns`]: entering a pod's netns around `socket()`/`bind()`.
 //! - [`enroll`]: the enroll/unenroll library API; [`state`]: the durable enrolled set.
 //! - [`listeners`]: the in-pod listeners 15001/15006/15008 and their accept loops, which hand
@@ -8,19 +10,23 @@
 //!   sockets that keep the client's address; [`routing`]: the in-pod rule that brings the
 //!   application's replies to those back to ztunnel.
 //! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
-//!   plugin on the enrollment socket.
+//!   plugin on the enrollment socket; [`takeover`]: an upgrade's new daemon serving beside the
+//!   old one until it can take over.
 
+pub mod capture;
 pub mod daemon;
 pub mod enroll;
 pub mod enrollment_handler;
 pub mod forwarder;
 pub mod handler;
+pub mod iptables;
 pub mod listeners;
 pub mod netns;
 pub mod original_destination;
 pub mod routing;
 pub mod socket_factory;
 pub mod state;
+pub mod takeover;
 
 use std::{
     net::SocketAddr,

@@ -68,6 +68,10 @@ impl SocketFactory for PodSocketFactory {
 }
 
 /// Makes a non-blocking listening socket inside `netns`, marked with the bypass mark.
+///
+/// `SO_REUSEPORT`: during an upgrade the new daemon opens the same listeners beside the old
+/// one's (same user, so the kernel puts them in one reuseport group), so at every instant one of
+/// them accepts; see [`super::takeover`]. Minimum kernel 3.9.
 pub fn listen_in(
     netns: &Netns,
     address: std::net::SocketAddr,
@@ -81,6 +85,7 @@ pub fn listen_in(
         };
         let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
         socket.set_mark(BYPASS_MARK)?;
         if address.is_ipv6() {
             socket.set_only_v6(true)?;
@@ -98,6 +103,14 @@ pub fn listen_in(
         Ok(socket)
     })?;
     Ok(socket.into())
+}
+
+/// `net.ipv4.tcp_migrate_req=1` in `netns` (it covers IPv6 too): when a listener of a
+/// reuseport group closes — the old daemon's, in an upgrade — the connections in its accept
+/// queue and its half-open ones move to another listener of the group instead of being reset.
+/// Minimum kernel 5.14.
+pub fn enable_request_migration(netns: &Netns) -> io::Result<()> {
+    netns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", b"1"))
 }
 
 /// `IP_BIND_ADDRESS_NO_PORT`: defer the local port choice to `connect()`, which checks the whole

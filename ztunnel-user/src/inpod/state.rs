@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::capture::CaptureMode;
+
 /// Default run directory (`--run-dir`).
 pub const DEFAULT_RUN_DIR: &str = "/run/ztunnel";
 const STATE_FILE: &str = "enrolled-pods.json";
@@ -38,6 +40,9 @@ pub struct EnrolledPod {
     pub netns_cookie: u64,
     /// Slot in the `stats` map.
     pub index: u32,
+    /// How its traffic is captured (records written before iptables capture existed: eBPF).
+    #[serde(default)]
+    pub capture: CaptureMode,
 }
 
 /// The whole file.
@@ -45,6 +50,10 @@ pub struct EnrolledPod {
 pub struct EnrolledSet {
     /// Every enrolled pod.
     pub pods: Vec<EnrolledPod>,
+    /// The node's capture mode, set by the daemon at start; pods enrolled without the daemon
+    /// (CLI, CNI plugin) get this kind of capture.
+    #[serde(default)]
+    pub capture: CaptureMode,
 }
 
 impl EnrolledSet {
@@ -150,6 +159,7 @@ mod tests {
             ifindex: 2,
             netns_cookie: 4096 + u64::from(index),
             index,
+            capture: CaptureMode::Ebpf,
         }
     }
 
@@ -171,6 +181,7 @@ mod tests {
     fn free_index_fills_gaps() {
         let set = EnrolledSet {
             pods: vec![pod(0), pod(2)],
+            ..EnrolledSet::default()
         };
         assert_eq!(set.free_index(), 1);
         assert_eq!(EnrolledSet::default().free_index(), 0);
@@ -181,7 +192,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ztunnel-state-test-{}", std::process::id()));
         let lock = StateLock::acquire(&dir).unwrap();
         assert_eq!(lock.load().unwrap(), EnrolledSet::default());
-        let set = EnrolledSet { pods: vec![pod(0)] };
+        let set = EnrolledSet {
+            pods: vec![pod(0)],
+            capture: CaptureMode::Iptables,
+        };
         lock.save(&set).unwrap();
         assert_eq!(read_enrolled(&dir).unwrap(), set);
         std::fs::write(dir.join(STATE_FILE), b"{not json").unwrap();

@@ -10,7 +10,7 @@ pub const TARGET: &str = "ztunnel::access";
 /// What the access log says about one connection.
 #[derive(Debug)]
 pub struct ConnectionRecord {
-    /// `outbound`, `inbound` or `passthrough`.
+    /// `outbound`, `inbound`, `passthrough` or `waypoint`.
     pub direction: &'static str,
     /// Original source.
     pub source: SocketAddr,

@@ -92,6 +92,25 @@ pub trait Directory: Send + Sync + 'static {
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool;
     /// Tells the balancer `address` refused a connection, so it is skipped for a while.
     fn report_refused(&self, _address: SocketAddr) {}
+    /// Where a waypoint sends a connection it accepted for `original_destination`: straight to
+    /// the destination workload (a service VIP is resolved to one endpoint), never to a
+    /// waypoint again. A directory that knows no waypoints refuses.
+    fn route_from_waypoint(&self, original_destination: SocketAddr) -> OutboundRoute {
+        OutboundRoute::Refuse {
+            reason: format!("{original_destination}: this directory does not serve waypoints"),
+        }
+    }
+    /// When the workload at `ip` sits behind a waypoint, the identities its replicas present:
+    /// inbound HBONE from any other identity did not come through the waypoint and is refused.
+    /// `None` when the workload has no waypoint (or is unknown).
+    fn waypoint_identities(&self, _ip: IpAddr) -> Option<Vec<SpiffeId>> {
+        None
+    }
+    /// Whether `identity` is a waypoint's: a waypoint relays other workloads' connections, so
+    /// the source address it forwards belongs to another identity by design.
+    fn is_waypoint(&self, _identity: &SpiffeId) -> bool {
+        false
+    }
 }
 
 /// How a [`StaticDirectory`] workload is reached.

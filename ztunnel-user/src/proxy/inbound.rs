@@ -7,7 +7,7 @@ use http::StatusCode;
 use tokio::net::TcpStream;
 
 use super::{
-    InboundConnection, PodContext, ProxyContext, ProxyError,
+    InboundConnection, PodContext, ProxyContext, ProxyError, WorkloadInfo,
     access_log::ConnectionRecord,
     metrics::HandshakeSide,
     observer::FailureKind,
@@ -76,6 +76,28 @@ impl ConnectHandler for InboundHandler {
             via: Some(request.authority),
             started: Instant::now(),
         };
+        if let Some(claimed) = self.claimed_by_another_identity(&request) {
+            let status = StatusCode::UNAUTHORIZED;
+            self.context.metrics.answered(status);
+            self.context
+                .observer
+                .source_mismatch(&request.peer.identity, &claimed.identity);
+            tracing::warn!(peer = %request.peer.address, identity = %request.peer.identity,
+                claimed_source = %record.source, claimed_workload = %claimed.name,
+                claimed_identity = %claimed.identity, authority = %request.authority,
+                status = status.as_u16(),
+                "HBONE request refused: its source address belongs to a workload of another identity");
+            answer.refuse(status);
+            let error = ProxyError::NoRoute {
+                destination: request.authority,
+                reason: format!(
+                    "answered {status}: source address {} belongs to {} ({}), not to the peer's identity",
+                    record.source, claimed.name, claimed.identity
+                ),
+            };
+            let _ = finish(&self.context, &record, Outcome::Failed(FailureKind::Denied, error));
+            return;
+        }
         let mut upstream = match self.admit(&request).await {
             Ok(upstream) => upstream,
             Err((status, why)) => {
@@ -127,6 +149,27 @@ impl ConnectHandler for InboundHandler {
 }
 
 impl InboundHandler {
+    /// The workload of another identity that owns the source address this stream claims (the
+    /// `forwarded` address, else the TCP peer), if any.
+    ///
+    /// A connection's identity is the peer's certificate, never an address: the sending ztunnel
+    /// takes it from the pod whose listener accepted the connection. The source address it
+    /// forwards is only a claim, and policy (`ipBlocks`), access logs and metrics read it; a pod
+    /// that adds a neighbour's IP to its interface would otherwise travel under its own
+    /// certificate with the neighbour's address. So the address must belong to a workload of the
+    /// peer's identity, or to no known workload (a client outside the mesh, relayed by a
+    /// gateway). Waypoints relay other workloads' connections and are exempt.
+    fn claimed_by_another_identity(&self, request: &HboneRequest) -> Option<WorkloadInfo> {
+        let claimed = request.forwarded_for.unwrap_or(request.peer.address);
+        let owner = self.context.directory.workload(claimed.ip())?;
+        if owner.identity == request.peer.identity
+            || self.context.directory.is_waypoint(&request.peer.identity)
+        {
+            return None;
+        }
+        Some(owner)
+    }
+
     /// Decides a stream: the upstream connection, or the status to refuse it with.
     async fn admit(&self, request: &HboneRequest) -> Result<TcpStream, (StatusCode, &'static str)> {
         let destination = request.authority;
@@ -139,6 +182,16 @@ impl InboundHandler {
         let Some(workload) = self.context.directory.workload(destination.ip()) else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no such workload"));
         };
+        // Istio's rule: a workload behind a waypoint takes HBONE only from the waypoint, so
+        // its policy cannot be bypassed by a client that tunnels to the workload directly.
+        if let Some(waypoint) = self.context.directory.waypoint_identities(destination.ip())
+            && !waypoint.contains(&request.peer.identity)
+        {
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "the workload is behind a waypoint and the connection did not come through it",
+            ));
+        }
         let connection = InboundConnection {
             source_identity: Some(&request.peer.identity),
             source: request.forwarded_for.unwrap_or(request.peer.address),

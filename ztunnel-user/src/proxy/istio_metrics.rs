@@ -13,6 +13,7 @@ use crate::{
         ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
     },
     hbone::Transferred,
+    identity::SpiffeId,
     state::StateHandle,
 };
 
@@ -30,15 +31,23 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = if record.direction == "outbound" {
-            Reporter::Source
-        } else {
-            Reporter::Destination
+        let reporter = match record.direction {
+            "outbound" => Reporter::Source,
+            crate::waypoint::DIRECTION => Reporter::Waypoint,
+            _ => Reporter::Destination,
         };
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
         let mut labels = ConnectionLabels::new(reporter);
-        labels = match workload_at(record.source) {
+        // The source workload is named only when it has the identity the peer proved: an
+        // address is a claim, the certificate is the fact.
+        let source_workload = workload_at(record.source).filter(|workload| {
+            record
+                .source_identity
+                .as_ref()
+                .is_none_or(|identity| workload.identity() == *identity)
+        });
+        labels = match source_workload {
             Some(source) => labels.with_source(&source, record.source_identity.as_ref()),
             None => labels.with_source_principal(record.source_identity.as_ref()),
         };
@@ -84,6 +93,10 @@ impl ConnectionObserver for IstioMetrics {
         }
     }
 
+    fn endpoint_retried(&self, address: SocketAddr, reason: &'static str) {
+        self.metrics.endpoint_retried(address, reason);
+    }
+
     fn identity_failure(&self, side: HandshakeSide, reason: &'static str) {
         let reporter = match side {
             HandshakeSide::Outbound => Reporter::Source,
@@ -100,5 +113,9 @@ impl ConnectionObserver for IstioMetrics {
             _ => IdentityFailureReason::Other,
         };
         self.metrics.identity_failure(reporter, reason);
+    }
+
+    fn source_mismatch(&self, peer: &SpiffeId, claimed: &SpiffeId) {
+        self.metrics.source_mismatch(peer, claimed);
     }
 }

@@ -31,6 +31,8 @@ pub struct ProxyMetrics {
     pub bytes_received: AtomicU64,
     /// TLS connections accepted by HBONE listeners (handshake completed).
     pub hbone_connections_accepted: AtomicU64,
+    /// Connections routed to another HBONE server because the first could not be reached.
+    pub endpoint_retries: AtomicU64,
     /// HBONE streams answered, by status code.
     answers: Mutex<BTreeMap<u16, u64>>,
     /// Failed TLS handshakes, by side and reason.

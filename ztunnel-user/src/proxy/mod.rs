@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod observer;
 pub mod outbound;
 pub mod passthrough;
+pub mod retry;
 pub mod state_directory;
 pub mod upstream;
 
@@ -95,6 +96,15 @@ impl ProxyContext {
             .connections_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.observer.opened(record);
+    }
+
+    /// The HBONE server at `address` could not be reached (`reason`) and the connection was
+    /// routed to another one: counted here and exported.
+    pub(crate) fn endpoint_retried(&self, address: std::net::SocketAddr, reason: &'static str) {
+        self.metrics
+            .endpoint_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.observer.endpoint_retried(address, reason);
     }
 
     /// A handshake failed for `reason`: counted here and exported.

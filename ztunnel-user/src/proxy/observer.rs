@@ -2,7 +2,7 @@
 //! the daemon, see [`super::istio_metrics`]); the proxy's own counters are in [`super::metrics`].
 
 use super::{access_log::ConnectionRecord, metrics::HandshakeSide};
-use crate::hbone::Transferred;
+use crate::{hbone::Transferred, identity::SpiffeId};
 
 /// Why a connection never carried bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +23,14 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn closed(&self, _record: &ConnectionRecord, _transferred: Transferred) {}
     /// The connection was never established.
     fn failed(&self, _record: &ConnectionRecord, _kind: FailureKind) {}
+    /// The HBONE server at `address` was unreachable (`reason`); the connection was retried on
+    /// another endpoint.
+    fn endpoint_retried(&self, _address: std::net::SocketAddr, _reason: &'static str) {}
     /// A TLS handshake failed because of identity or protocol.
     fn identity_failure(&self, _side: HandshakeSide, _reason: &'static str) {}
+    /// An inbound stream from `peer` claimed a source address of a workload whose identity is
+    /// `claimed` (see [`super::inbound`]); it was refused.
+    fn source_mismatch(&self, _peer: &SpiffeId, _claimed: &SpiffeId) {}
 }
 
 /// Observes nothing.

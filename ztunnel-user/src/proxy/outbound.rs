@@ -6,10 +6,17 @@ use std::{net::SocketAddr, time::Instant};
 use tokio::net::TcpStream;
 
 use super::{
-    OutboundRoute, PodContext, ProxyContext, ProxyError, access_log::ConnectionRecord, copy,
-    metrics::HandshakeSide, observer::FailureKind,
+    OutboundRoute, PodContext, ProxyContext, ProxyError,
+    access_log::ConnectionRecord,
+    copy,
+    metrics::HandshakeSide,
+    observer::FailureKind,
+    retry::{HboneHop, TunnelSource, open_tunnel},
 };
-use crate::hbone::{HboneError, Transferred, TunnelRequest};
+use crate::{
+    hbone::{HboneError, Transferred},
+    identity::SpiffeId,
+};
 
 /// Proxies one accepted outbound connection to `original_destination`.
 pub async fn handle(
@@ -40,31 +47,39 @@ pub async fn handle(
             authority,
             expected,
         } => {
-            record.via = Some(hbone_address);
-            record.mutual_tls = true;
-            record.destination_identity = expected.first().cloned();
-            let request = TunnelRequest {
-                source: &pod.workload.identity,
-                expected: &expected,
+            let first = HboneHop {
                 hbone_address,
                 authority,
+                expected,
+            };
+            let tunnel_source = TunnelSource {
+                identity: &pod.workload.identity,
                 forwarded_for: source,
                 sockets: &*pod.sockets,
             };
-            match context.pool.connect(request).await {
+            let reroute = || {
+                context
+                    .directory
+                    .route_outbound(&pod.workload, original_destination)
+            };
+            let (hop, tunnel) = open_tunnel(context, tunnel_source, first, reroute).await;
+            record.via = Some(hop.hbone_address);
+            record.mutual_tls = true;
+            record.destination_identity = hop.expected.first().cloned();
+            match tunnel {
                 Ok(tunnel) => {
                     context.opened(&record);
                     let (transferred, result) = tunnel.copy_with(&mut client).await;
                     Outcome::Closed(
                         transferred,
                         result.map_err(|source| ProxyError::Interrupted {
-                            address: hbone_address,
+                            address: hop.hbone_address,
                             source,
                         }),
                     )
                 }
                 Err(error) => Outcome::Failed(
-                    tunnel_failure(context, pod, hbone_address, &error),
+                    tunnel_failure(context, &pod.workload.identity, hop.hbone_address, &error),
                     ProxyError::Hbone(error),
                 ),
             }
@@ -136,16 +151,16 @@ pub(crate) fn finish(
 }
 
 /// Counts and logs why a tunnel could not be opened; tells the balancer about refusals.
-fn tunnel_failure(
+pub(crate) fn tunnel_failure(
     context: &ProxyContext,
-    pod: &PodContext,
+    source: &SpiffeId,
     hbone_address: SocketAddr,
     error: &HboneError,
 ) -> FailureKind {
     match error {
         HboneError::Handshake { reason, .. } => {
             context.identity_failure(HandshakeSide::Outbound, reason);
-            tracing::warn!(source = %pod.workload.identity, %hbone_address, reason, %error,
+            tracing::warn!(%source, %hbone_address, reason, %error,
                 "HBONE server refused; connection closed");
             FailureKind::Tls
         }

@@ -12,7 +12,7 @@ use super::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
 use crate::{
     authz::{Authorizer, ConnectionAttributes},
     identity::SpiffeId,
-    state::{GatewayAddress, Protocol, State, StateHandle, Workload},
+    state::{GatewayAddress, Protocol, Service, State, StateHandle, Workload},
 };
 
 /// A [`Directory`] over the store and the authorizer.
@@ -54,23 +54,7 @@ impl Directory for StateDirectory {
             if let Some(waypoint) = &service.waypoint {
                 return via_waypoint(&state, waypoint, original_destination);
             }
-            let Some(picked) = state.pick_endpoint(&service, original_destination.port()) else {
-                return OutboundRoute::Refuse {
-                    reason: format!(
-                        "service {} has no healthy endpoint for port {}",
-                        service.hostname,
-                        original_destination.port()
-                    ),
-                };
-            };
-            let mut expected = vec![picked.workload.identity()];
-            expected.extend(
-                service
-                    .subject_alt_names
-                    .iter()
-                    .filter_map(|san| san.parse::<SpiffeId>().ok()),
-            );
-            return to_workload(&picked.workload, picked.address, expected);
+            return to_service_endpoint(&state, &service, original_destination);
         }
         match state.workload_by_ip(original_destination.ip()) {
             Some(workload) => match &workload.waypoint {
@@ -118,6 +102,65 @@ impl Directory for StateDirectory {
     fn report_refused(&self, address: SocketAddr) {
         self.state.mark_refused(address);
     }
+
+    fn route_from_waypoint(&self, original_destination: SocketAddr) -> OutboundRoute {
+        let state = self.state.snapshot();
+        if let Some(service) = state.service_by_vip(original_destination) {
+            return to_service_endpoint(&state, &service, original_destination);
+        }
+        match state.workload_by_ip(original_destination.ip()) {
+            Some(workload) => {
+                to_workload(&workload, original_destination, vec![workload.identity()])
+            }
+            None => OutboundRoute::Refuse {
+                reason: format!(
+                    "{original_destination} is not a workload or service of the mesh config"
+                ),
+            },
+        }
+    }
+
+    fn waypoint_identities(&self, ip: IpAddr) -> Option<Vec<SpiffeId>> {
+        let state = self.state.snapshot();
+        let workload = state.workload_by_ip(ip)?;
+        let waypoint = workload.waypoint.as_ref()?;
+        Some(state.waypoint_identities(waypoint))
+    }
+
+    fn is_waypoint(&self, identity: &SpiffeId) -> bool {
+        let state = self.state.snapshot();
+        state
+            .workloads()
+            .filter_map(|workload| workload.waypoint.clone())
+            .chain(state.services().filter_map(|service| service.waypoint.clone()))
+            .any(|gateway| state.waypoint_identities(&gateway).contains(identity))
+    }
+}
+
+/// One healthy endpoint of `service`; the server may prove the endpoint's identity or one of
+/// the service's `subjectAltNames`.
+fn to_service_endpoint(
+    state: &State,
+    service: &Service,
+    original_destination: SocketAddr,
+) -> OutboundRoute {
+    let Some(picked) = state.pick_endpoint(service, original_destination.port()) else {
+        return OutboundRoute::Refuse {
+            reason: format!(
+                "service {} has no healthy endpoint for port {}",
+                service.hostname,
+                original_destination.port()
+            ),
+        };
+    };
+    let mut expected = vec![picked.workload.identity()];
+    expected.extend(
+        service
+            .subject_alt_names
+            .iter()
+            .filter_map(|san| san.parse::<SpiffeId>().ok()),
+    );
+    to_workload(&picked.workload, picked.address, expected)
 }
 
 fn to_workload(

@@ -28,7 +28,7 @@ pub use workload::{HealthStatus, Protocol, Workload};
 use crate::{
     authz::{Policy, Scope},
     config::LocalConfig,
-    identity::spiffe::DEFAULT_TRUST_DOMAIN,
+    identity::{SpiffeId, spiffe::DEFAULT_TRUST_DOMAIN},
 };
 
 /// Why a configuration cannot become the state.
@@ -364,6 +364,31 @@ impl State {
                 })
             }
         }
+    }
+
+    /// The identities of every replica behind `waypoint`, whatever their health (a replica
+    /// going away still finishes its connections). Empty when the waypoint is unknown.
+    pub fn waypoint_identities(&self, waypoint: &GatewayAddress) -> Vec<SpiffeId> {
+        let service = match &waypoint.destination {
+            GatewayDestination::Address(address) => {
+                if let Some(workload) = self.workload_by_ip(address.address) {
+                    return vec![workload.identity()];
+                }
+                self.services_by_vip.get(&address.address).cloned()
+            }
+            GatewayDestination::Hostname(name) => {
+                self.service_by_hostname(&name.namespace, &name.hostname)
+            }
+        };
+        let mut identities: Vec<SpiffeId> = service
+            .iter()
+            .flat_map(|service| service.endpoints.values())
+            .filter_map(|endpoint| self.workloads.get(&endpoint.workload_uid))
+            .map(|workload| workload.identity())
+            .collect();
+        identities.sort();
+        identities.dedup();
+        identities
     }
 
     /// Records that `address` refused a connection, so that picks skip it for a while.

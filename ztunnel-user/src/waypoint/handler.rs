@@ -1,0 +1,199 @@
+//! One `CONNECT` stream at a waypoint: resolve the destination, apply its policy with the
+//! client's identity, open the onward tunnel with the waypoint's identity, join the two.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::StatusCode;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    hbone::{
+        Answer, ConnectHandler, HboneError, HboneRequest,
+        server::{accept_tls, serve},
+    },
+    identity::SpiffeId,
+    proxy::{
+        InboundConnection, OutboundRoute, ProxyContext, ProxyError,
+        access_log::ConnectionRecord,
+        metrics::HandshakeSide,
+        observer::FailureKind,
+        outbound::{Outcome, finish, tunnel_failure},
+        retry::{HboneHop, TunnelSource, open_tunnel},
+    },
+    socket::HostSocketFactory,
+};
+
+/// The access-log `direction` (and metrics reporter) of connections a waypoint proxies.
+pub const DIRECTION: &str = "waypoint";
+
+/// Answers the `CONNECT` streams a waypoint accepts.
+pub struct WaypointHandler {
+    context: Arc<ProxyContext>,
+    identity: SpiffeId,
+}
+
+impl WaypointHandler {
+    /// A handler proxying with `context`, presenting `identity` onward.
+    pub fn new(context: Arc<ProxyContext>, identity: SpiffeId) -> Self {
+        Self { context, identity }
+    }
+
+    /// Serves one accepted TCP connection until it closes (or drains). Handshake failures are
+    /// logged with their reason and counted; they never stop the listener.
+    pub async fn serve_connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: TcpStream) {
+        let Ok(peer_address) = tcp.peer_addr() else {
+            return;
+        };
+        let (tls, peer) = match accept_tls(&acceptor, tcp, peer_address).await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                let reason = error.reason();
+                self.context
+                    .identity_failure(HandshakeSide::Inbound, reason);
+                tracing::warn!(peer = %peer_address, reason, %error, "HBONE connection to the waypoint refused");
+                return;
+            }
+        };
+        self.context
+            .metrics
+            .hbone_connections_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let drain = self.context.drain.clone();
+        if let Err(error) = serve(tls, peer, self, async move { drain.signaled().await }).await {
+            tracing::debug!(peer = %peer_address, %error, "HBONE connection to the waypoint ended with an error");
+        }
+    }
+
+    /// The onward hop for `request` and the destination's policy decision, or the status to
+    /// refuse the stream with.
+    fn admit(
+        &self,
+        request: &HboneRequest,
+        source: SocketAddr,
+    ) -> Result<(HboneHop, SpiffeId), (StatusCode, String)> {
+        let directory = &self.context.directory;
+        let hop = match directory.route_from_waypoint(request.authority) {
+            OutboundRoute::Hbone {
+                hbone_address,
+                authority,
+                expected,
+            } => HboneHop {
+                hbone_address,
+                authority,
+                expected,
+            },
+            OutboundRoute::Passthrough { address } => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{address} does not speak HBONE; this waypoint only forwards HBONE"),
+                ));
+            }
+            OutboundRoute::Refuse { reason } => {
+                return Err((StatusCode::SERVICE_UNAVAILABLE, reason));
+            }
+        };
+        let Some(workload) = directory.workload(hop.authority.ip()) else {
+            return Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no workload at {}", hop.authority),
+            ));
+        };
+        let connection = InboundConnection {
+            source_identity: Some(&request.peer.identity),
+            source,
+            destination: hop.authority,
+            destination_workload: &workload,
+        };
+        if !directory.authorize(&connection) {
+            return Err((StatusCode::UNAUTHORIZED, "denied by policy".to_owned()));
+        }
+        Ok((hop, workload.identity))
+    }
+
+    fn refuse(&self, record: &ConnectionRecord, answer: Answer, status: StatusCode, why: String) {
+        self.context.metrics.answered(status);
+        tracing::info!(src = %record.source, identity = ?record.source_identity,
+            authority = %record.destination, status = status.as_u16(), why, "waypoint refused a stream");
+        answer.refuse(status);
+        let kind = if status == StatusCode::UNAUTHORIZED {
+            FailureKind::Denied
+        } else {
+            FailureKind::Connect
+        };
+        let error = ProxyError::NoRoute {
+            destination: record.destination,
+            reason: format!("answered {status}: {why}"),
+        };
+        let _ = finish(&self.context, record, Outcome::Failed(kind, error));
+    }
+}
+
+impl ConnectHandler for WaypointHandler {
+    async fn handle(&self, request: HboneRequest, answer: Answer) {
+        let _guard = self.context.drain.track();
+        let source = request.forwarded_for.unwrap_or(request.peer.address);
+        let mut record = ConnectionRecord {
+            direction: DIRECTION,
+            source,
+            destination: request.authority,
+            source_identity: Some(request.peer.identity.clone()),
+            destination_identity: None,
+            mutual_tls: true,
+            via: None,
+            started: Instant::now(),
+        };
+        let (hop, destination_identity) = match self.admit(&request, source) {
+            Ok(admitted) => admitted,
+            Err((status, why)) => return self.refuse(&record, answer, status, why),
+        };
+        record.destination_identity = Some(destination_identity);
+        let tunnel_source = TunnelSource {
+            identity: &self.identity,
+            forwarded_for: source,
+            sockets: &HostSocketFactory,
+        };
+        let reroute = || {
+            self.context
+                .directory
+                .route_from_waypoint(request.authority)
+        };
+        let (hop, onward) = open_tunnel(&self.context, tunnel_source, hop, reroute).await;
+        record.via = Some(hop.hbone_address);
+        let onward = match onward {
+            Ok(onward) => onward,
+            Err(error) => {
+                let status = match &error {
+                    HboneError::Refused { status, .. } if *status == StatusCode::UNAUTHORIZED => {
+                        StatusCode::UNAUTHORIZED
+                    }
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                tunnel_failure(&self.context, &self.identity, hop.hbone_address, &error);
+                return self.refuse(&record, answer, status, error.to_string());
+            }
+        };
+        self.context.metrics.answered(StatusCode::OK);
+        let outcome = match answer.accept() {
+            Ok(downstream) => {
+                self.context.opened(&record);
+                let (transferred, result) = downstream.splice(onward).await;
+                Outcome::Closed(
+                    transferred,
+                    result.map_err(|source| ProxyError::Interrupted {
+                        address: hop.hbone_address,
+                        source,
+                    }),
+                )
+            }
+            Err(error) => Outcome::Failed(
+                FailureKind::Connect,
+                ProxyError::Hbone(HboneError::H2 {
+                    peer: request.peer.address,
+                    source: error,
+                }),
+            ),
+        };
+        let _ = finish(&self.context, &record, outcome);
+    }
+}
