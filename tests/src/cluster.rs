@@ -4,12 +4,15 @@
 //! and `host-local` plugins from `/usr/lib/cni`, with `ztunnel-cni` chained last.
 //!
 //! Addresses: node *i* is 198.18.0.*i* on the underlay and owns pod subnet 198.18.*i*.0/24.
-//! Every namespace only has routes inside 198.18.0.0/15, so nothing can leave. Everything is
+//! Every namespace only has routes inside 198.18.0.0/15, so nothing can leave. A dual-stack
+//! cluster ([`Cluster::new_dual_stack`]) adds IPv6 from the documentation range: node *i* is
+//! 2001:db8::*i* on the underlay and owns 2001:db8:*i*::/64, routes only inside 2001:db8::/32.
+//! Everything is
 //! torn down in `Drop` (pods first: CNI `DEL`, then their netns; then ztunnels, nodes, the
 //! underlay, the cgroups and the bpffs mount).
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -19,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::{
     TestEnv,
-    cni_runtime::{CniRuntime, PodSandbox, ptp_conflist, result_addresses},
+    cni_runtime::{CniRuntime, PodFamily, PodSandbox, ptp_conflist_families, result_addresses},
     env::checked,
     net::Netns,
     process::{self, Process},
@@ -29,6 +32,8 @@ use crate::{
 
 /// The whole simulated cluster range: the only destination any namespace has a route to.
 pub const CLUSTER_RANGE: &str = "198.18.0.0/15";
+/// The IPv6 cluster range of a dual-stack cluster (documentation space).
+pub const CLUSTER_RANGE_V6: &str = "2001:db8::/32";
 
 /// A simulated cluster. Drop order is field order: nodes (and their daemons), then the
 /// underlay, then the environment (cgroup, bpffs, scratch).
@@ -40,6 +45,7 @@ pub struct Cluster {
     pub env: TestEnv,
     /// The workload config file every ztunnel and CNI plugin reads.
     pub mesh_config: PathBuf,
+    dual_stack: bool,
 }
 
 /// One simulated node.
@@ -53,6 +59,8 @@ pub struct ClusterNode {
     pub netns: Netns,
     /// Its underlay address.
     pub underlay_ip: Ipv4Addr,
+    /// Its IPv6 underlay address (dual-stack clusters only).
+    pub underlay_ipv6: Option<Ipv6Addr>,
     /// Its cgroup (the connect hooks attach here; the node's processes live here).
     pub cgroup: PathBuf,
     /// Its ztunnel's bpffs pin root.
@@ -76,6 +84,8 @@ pub struct ClusterPod {
     pub namespace: String,
     /// Its address, from the CNI result.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, from the CNI result (dual-stack clusters only).
+    pub ipv6: Option<Ipv6Addr>,
     /// The node it runs on (1-based).
     pub node: u8,
     /// The result the chain returned for ADD.
@@ -90,6 +100,16 @@ pub struct ClusterPod {
 impl Cluster {
     /// Creates `nodes` nodes on an underlay, with `mesh_config` (YAML) as the workload config.
     pub fn new(test: &str, nodes: u8, mesh_config: &str) -> anyhow::Result<Self> {
+        Self::build(test, nodes, mesh_config, false)
+    }
+
+    /// Like [`Cluster::new`], with IPv6 too: underlay addresses 2001:db8::*i*, pod subnets
+    /// 2001:db8:*i*::/64 as a second host-local range, so every pod gets one address per family.
+    pub fn new_dual_stack(test: &str, nodes: u8, mesh_config: &str) -> anyhow::Result<Self> {
+        Self::build(test, nodes, mesh_config, true)
+    }
+
+    fn build(test: &str, nodes: u8, mesh_config: &str, dual_stack: bool) -> anyhow::Result<Self> {
         let env = TestEnv::new(test)?;
         let mesh_config_path = env.scratch.join("mesh.yaml");
         std::fs::write(&mesh_config_path, mesh_config).context("cannot write the mesh config")?;
@@ -106,6 +126,7 @@ impl Cluster {
             underlay,
             env,
             mesh_config: mesh_config_path,
+            dual_stack,
         };
         for index in 1..=nodes {
             let node = cluster.create_node(index, &plugin_dir)?;
@@ -125,13 +146,24 @@ impl Cluster {
                     "via",
                     &other.underlay_ip.to_string(),
                 ])?;
+                if let Some(gateway) = other.underlay_ipv6 {
+                    node.netns.ip(&[
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("2001:db8:{}::/64", other.index),
+                        "via",
+                        &gateway.to_string(),
+                    ])?;
+                }
             }
         }
         println!(
-            "[{test}] cluster {}: {} nodes on underlay {}, mesh config {}",
+            "[{test}] cluster {}: {} nodes on underlay {}{}, mesh config {}",
             cluster.env.prefix,
             nodes,
             cluster.underlay.name,
+            if dual_stack { " (dual stack)" } else { "" },
             cluster.mesh_config.display()
         );
         Ok(cluster)
@@ -161,6 +193,25 @@ impl Cluster {
         netns.ip(&["addr", "add", &format!("{underlay_ip}/24"), "dev", "ul0"])?;
         netns.ip(&["link", "set", "ul0", "up"])?;
         sysctl(&netns.name, "net.ipv4.ip_forward", "1")?;
+        let underlay_ipv6 = if self.dual_stack {
+            let address = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(index));
+            // nodad: usable at once, no duplicate-address wait on a bridge we own.
+            netns.ip(&[
+                "addr",
+                "add",
+                &format!("{address}/64"),
+                "dev",
+                "ul0",
+                "nodad",
+            ])?;
+            sysctl(&netns.name, "net.ipv6.conf.all.forwarding", "1")?;
+            // ptp puts the pod gateway on every host-side veth; without this, duplicate address
+            // detection keeps it tentative for a second and a new pod's first packets wait for it.
+            sysctl(&netns.name, "net.ipv6.conf.default.accept_dad", "0")?;
+            Some(address)
+        } else {
+            None
+        };
 
         let node_dir = self.env.scratch.join(format!("n{index}"));
         std::fs::create_dir_all(&node_dir)?;
@@ -177,11 +228,26 @@ impl Cluster {
             "excludeNamespaces": ["kube-system"],
             "timeoutSeconds": 15,
         });
-        let conflist = ptp_conflist(
+        let (subnet, gateway) = (format!("198.18.{index}.0/24"), format!("198.18.{index}.1"));
+        let (subnet_v6, gateway_v6) = (
+            format!("2001:db8:{index}::/64"),
+            format!("2001:db8:{index}::1"),
+        );
+        let mut families = vec![PodFamily {
+            subnet: &subnet,
+            gateway: &gateway,
+            cluster_range: CLUSTER_RANGE,
+        }];
+        if self.dual_stack {
+            families.push(PodFamily {
+                subnet: &subnet_v6,
+                gateway: &gateway_v6,
+                cluster_range: CLUSTER_RANGE_V6,
+            });
+        }
+        let conflist = ptp_conflist_families(
             &format!("{}-net", self.env.prefix),
-            &format!("198.18.{index}.0/24"),
-            &format!("198.18.{index}.1"),
-            CLUSTER_RANGE,
+            &families,
             &node_dir.join("ipam"),
             &[ztunnel_section],
         );
@@ -202,6 +268,7 @@ impl Cluster {
             index,
             netns,
             underlay_ip,
+            underlay_ipv6,
             cgroup,
             bpffs_root,
             run_dir,
@@ -275,25 +342,49 @@ impl ClusterNode {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
         };
-        let result = self
-            .cni
-            .add(&sandbox)
-            .with_context(|| format!("CNI ADD of pod {namespace}/{name} on node {}", self.index))?;
-        let ip = result_addresses(&result)
-            .into_iter()
+        let result = match self.cni.add(&sandbox) {
+            Ok(result) => result,
+            Err(error) => {
+                // As a runtime does after a failed ADD: DEL, so the chain releases what it took.
+                if let Err(cleanup) = self.cni.del(&sandbox, None) {
+                    eprintln!("CNI DEL after the failed ADD of {namespace}/{name}: {cleanup:#}");
+                }
+                return Err(error.context(format!(
+                    "CNI ADD of pod {namespace}/{name} on node {}",
+                    self.index
+                )));
+            }
+        };
+        let addresses = result_addresses(&result);
+        let ip = addresses
+            .iter()
             .find_map(|address| match address {
-                std::net::IpAddr::V4(v4) => Some(v4),
-                std::net::IpAddr::V6(_) => None,
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
             })
             .with_context(|| format!("the CNI result has no IPv4 address: {result}"))?;
+        let ipv6 = addresses.iter().find_map(|address| match address {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        if self.underlay_ipv6.is_some() {
+            anyhow::ensure!(
+                ipv6.is_some(),
+                "dual-stack node {}: the CNI result has no IPv6 address: {result}",
+                self.index
+            );
+        }
         println!(
-            "pod {namespace}/{name} on node {}: netns {}, ip {ip}",
-            self.index, netns.name
+            "pod {namespace}/{name} on node {}: netns {}, ip {ip}{}",
+            self.index,
+            netns.name,
+            ipv6.map(|v6| format!(", ipv6 {v6}")).unwrap_or_default()
         );
         Ok(ClusterPod {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
             ip,
+            ipv6,
             node: self.index,
             cni_result: result,
             sandbox,
@@ -319,6 +410,18 @@ impl ClusterNode {
         extra: &[&str],
         open_files: Option<u64>,
     ) -> anyhow::Result<()> {
+        let offset = self.launch_ztunnel(extra, open_files)?;
+        self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
+        Ok(())
+    }
+
+    /// Starts this node's ztunnel like [`ClusterNode::start_ztunnel`] without waiting for it;
+    /// returns the log offset its lines start at (for [`ClusterNode::wait_for_log`]).
+    pub fn start_ztunnel_without_waiting(&mut self, extra: &[&str]) -> anyhow::Result<u64> {
+        self.launch_ztunnel(extra, None)
+    }
+
+    fn launch_ztunnel(&mut self, extra: &[&str], open_files: Option<u64>) -> anyhow::Result<u64> {
         anyhow::ensure!(
             self.daemon.is_none(),
             "node {}'s ztunnel is already running",
@@ -326,8 +429,7 @@ impl ClusterNode {
         );
         let (process, offset) = self.spawn_ztunnel("ztunnel", extra, open_files)?;
         self.daemon = Some(process);
-        self.wait_for_log("ztunnel to be ready", offset, &["ztunnel daemon ready"])?;
-        Ok(())
+        Ok(offset)
     }
 
     /// Starts a second ztunnel beside the running one, as an upgrade's surge pod does

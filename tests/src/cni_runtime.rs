@@ -228,14 +228,49 @@ pub fn ptp_conflist(
     ipam_dir: &Path,
     chained: &[Value],
 ) -> Value {
+    let family = PodFamily {
+        subnet: pod_subnet,
+        gateway,
+        cluster_range,
+    };
+    ptp_conflist_families(network, &[family], ipam_dir, chained)
+}
+
+/// One address family of a pod network: host-local hands out `subnet` with `gateway`, and the
+/// pod routes only `cluster_range` through it.
+#[derive(Debug, Clone, Copy)]
+pub struct PodFamily<'a> {
+    /// The node's pod subnet of this family.
+    pub subnet: &'a str,
+    /// Its gateway (the node side of every pod's ptp link).
+    pub gateway: &'a str,
+    /// The only destination the pod gets a route to.
+    pub cluster_range: &'a str,
+}
+
+/// [`ptp_conflist`] with one host-local range per family (dual stack: an IPv4 and an IPv6 one).
+pub fn ptp_conflist_families(
+    network: &str,
+    families: &[PodFamily<'_>],
+    ipam_dir: &Path,
+    chained: &[Value],
+) -> Value {
+    let ranges: Vec<Value> = families
+        .iter()
+        .map(|family| json!([{ "subnet": family.subnet, "gateway": family.gateway }]))
+        .collect();
+    let routes: Vec<Value> = families
+        .iter()
+        .map(|family| json!({ "dst": family.cluster_range, "gw": family.gateway }))
+        .collect();
     let mut plugins = vec![json!({
         "type": "ptp",
         "ipMasq": false,
         "mtu": 1500,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{ "subnet": pod_subnet, "gateway": gateway }]],
-            "routes": [{ "dst": cluster_range, "gw": gateway }],
+            "ranges": ranges,
+            "routes": routes,
             "dataDir": ipam_dir,
         },
     })];

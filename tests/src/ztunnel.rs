@@ -184,6 +184,74 @@ impl Daemon {
     }
 }
 
+/// How a daemon that was expected to refuse to start ended.
+#[derive(Debug)]
+pub struct RefusedStart {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// Everything it wrote.
+    pub log: String,
+    /// From spawn to exit.
+    pub elapsed: Duration,
+}
+
+/// Starts `ztunnel daemon` with `--bpffs-root bpffs_root` (otherwise like [`Daemon::start`])
+/// and waits up to `timeout` for it to exit on its own; fails if it is still running then.
+pub fn daemon_until_exit(
+    env: &TestEnv,
+    bpffs_root: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<RefusedStart> {
+    let binary = binary()?;
+    let ca_dir = mesh_root(&env.scratch)?;
+    let argv: Vec<String> = vec![
+        binary.display().to_string(),
+        "daemon".into(),
+        "--ca-dir".into(),
+        ca_dir.display().to_string(),
+        "--bpffs-root".into(),
+        bpffs_root.display().to_string(),
+        "--run-dir".into(),
+        env.run_dir().display().to_string(),
+        "--cgroup".into(),
+        env.cgroup.display().to_string(),
+        "--admin-address".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-address".into(),
+        "127.0.0.1:0".into(),
+        "--readiness-address".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    // One log per attempt: the roots of two attempts may share a file name.
+    let log = env.scratch.join(format!(
+        "refused-daemon-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let started = std::time::Instant::now();
+    let mut process = Process::spawn(
+        "ztunnel daemon (expected to refuse)",
+        Some(&env.cgroup_procs()),
+        None,
+        &argv,
+        log,
+    )?;
+    let status = process.wait_exit(timeout).map_err(|error| {
+        error.context(format!(
+            "the daemon did not exit on its own; its log:\n{}",
+            process.log_text()
+        ))
+    })?;
+    Ok(RefusedStart {
+        status,
+        log: process.log_text(),
+        elapsed: started.elapsed(),
+    })
+}
+
 /// A pod's kernel counters, as `ztunnel inspect stats --json` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {

@@ -77,6 +77,10 @@ struct ConfigView {
     inbound_plaintext_port: u16,
     hbone_port: u16,
     log_level: String,
+    /// `max_entries` of `pods`: how many pods this node can enroll.
+    pods_capacity: u32,
+    /// How many are enrolled.
+    pods_enrolled: usize,
 }
 
 /// Renders `view` of the maps pinned under `layout` as a table, or JSON when `json`.
@@ -210,19 +214,23 @@ pub fn render(
                 inbound_plaintext_port: record.inbound_plaintext_port,
                 hbone_port: record.hbone_port,
                 log_level: KernelLogLevel::from_record_value(record.log_level).to_string(),
+                pods_capacity: crate::ebpf::maps::pod_capacity(layout)?,
+                pods_enrolled: pods.len(),
             };
             if json {
                 return Ok(serde_json::to_string_pretty(&view)?);
             }
             Ok(format!(
-                "fail_mode              {}\nbypass_mark            {:#x}\nupstream_mark          {:#x}\noutbound_port          {}\ninbound_plaintext_port {}\nhbone_port             {}\nlog_level              {}\n",
+                "fail_mode              {}\nbypass_mark            {:#x}\nupstream_mark          {:#x}\noutbound_port          {}\ninbound_plaintext_port {}\nhbone_port             {}\nlog_level              {}\npods                   {}/{}\n",
                 view.fail_mode,
                 view.bypass_mark,
                 view.upstream_mark,
                 view.outbound_port,
                 view.inbound_plaintext_port,
                 view.hbone_port,
-                view.log_level
+                view.log_level,
+                view.pods_enrolled,
+                view.pods_capacity
             ))
         }
     }

@@ -113,6 +113,10 @@ pub struct DaemonArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    /// How many pods this node can enroll: the size of the `pods` and `stats` maps when they are
+    /// created (maps already pinned keep their size until they are removed).
+    #[arg(long, default_value_t = ztunnel_common::maps::MAX_PODS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pods: u32,
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,

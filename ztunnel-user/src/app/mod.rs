@@ -17,7 +17,7 @@ pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs};
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
     config::{ConfigError, reload::Reloader},
-    ebpf::PinLayout,
+    ebpf::{EbpfError, PinLayout, loader::MapSizes},
     identity::IdentityError,
     inpod::{InpodError, daemon::DaemonConfig},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -54,6 +54,14 @@ pub fn run(args: DaemonArgs) -> Result<(), AppError> {
 }
 
 async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
+    // Before anything else starts: a daemon that cannot pin must not take ports or report ready.
+    let layout = PinLayout::new(&args.bpffs_root);
+    layout.check().map_err(|problem| {
+        InpodError::from(EbpfError::Bpffs {
+            root: args.bpffs_root.clone(),
+            problem,
+        })
+    })?;
     let metrics = Metrics::new();
     let (state, reload) = match &args.config_file {
         Some(path) => {
@@ -106,11 +114,14 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
 
     let handler = Arc::new(pod_handler::MeshHandler::new(context, state, certificates));
     let daemon = DaemonConfig {
-        layout: PinLayout::new(&args.bpffs_root),
+        layout,
         cgroup: args.cgroup.clone(),
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
+        map_sizes: MapSizes {
+            max_pods: args.max_pods,
+        },
         takeover: args.takeover,
         capture: args.capture.into(),
     };

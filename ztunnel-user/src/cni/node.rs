@@ -3,8 +3,14 @@
 //! ADD enrolls the pod durably itself (map entries, the pinned TC link, the enrolled-set record,
 //! through the same library the daemon uses), so a pod created while ztunnel is down is captured
 //! and fail-closed at once. It then hands ztunnel the pod's netns over the enrollment socket and
-//! waits until ztunnel says the pod's in-pod listeners are open. If ztunnel refuses, the
-//! enrollment is rolled back, so nothing half-enrolled is left behind.
+//! waits (at most `timeoutSeconds`) until ztunnel says the pod's in-pod listeners are open.
+//!
+//! While ztunnel restarts, ADD still succeeds: whether the socket is gone (ztunnel down), the
+//! connection drops (ztunnel stopping) or the answer does not come in time (ztunnel still
+//! starting), the pod stays enrolled and fail-closed, and the next ztunnel serves it from the
+//! enrolled set as it starts. Failing the ADD instead would only make the kubelet tear the
+//! sandbox down and retry into the same state. Only when ztunnel answers and refuses the pod is
+//! the enrollment rolled back and ADD failed, so nothing half-enrolled is left behind.
 
 use std::{fs::File, net::IpAddr, os::fd::AsFd, path::Path, time::Duration};
 
@@ -18,6 +24,7 @@ use crate::{
     ebpf::{LoadedPrograms, PinLayout},
     enrollment::{EnrollmentClient, EnrollmentError, PodRef, Request, SOCKET_NAME},
     inpod::{
+        InpodError,
         enroll::{self, PodSelector, PodSpec},
         state::read_enrolled,
     },
@@ -79,20 +86,27 @@ impl Enroller for NodeEnroller {
             ips: ips.to_vec(),
             interface: interface.to_owned(),
         };
-        enroll::enroll(&mut programs, &config.run_dir, &spec)
-            .map_err(|error| enrollment_failed("enroll the pod", error))?;
+        enroll::enroll(&mut programs, &config.run_dir, &spec).map_err(|error| match error {
+            InpodError::PodCapacity { .. } => CniError::new(
+                codes::POD_CAPACITY_REACHED,
+                "the node's ztunnel pod capacity is reached",
+                error.to_string(),
+            ),
+            other => enrollment_failed("enroll the pod", other),
+        })?;
 
         let request = Request::Enroll {
             pod: pod.clone(),
             ips: ips.to_vec(),
             netns_path: netns.display().to_string(),
         };
-        match client(config).send(&request, Some(netns_file.as_fd())) {
+        let client = client(config);
+        match client.send(&request, Some(netns_file.as_fd())) {
             Ok(()) => Ok(()),
-            Err(EnrollmentError::Connect { path, source }) => {
-                // ztunnel is down (crashed, restarting): the pod stays enrolled and fail-closed,
-                // and ztunnel opens its listeners when it starts.
-                warn!(socket = %path.display(), %source, pod = %pod.name, "ztunnel is not running; the pod is enrolled and will be served when it starts");
+            Err(error) if ztunnel_is_away(&error) => {
+                // ztunnel is down, stopping or still starting: the pod stays enrolled and
+                // fail-closed, and ztunnel opens its listeners when it (re)starts.
+                warn!(socket = %client.path().display(), %error, pod = %pod.name, namespace = %pod.namespace, "ztunnel is not answering; the pod is enrolled (fail-closed) and will be served when ztunnel is back");
                 Ok(())
             }
             Err(error) => {
@@ -177,6 +191,15 @@ impl Enroller for NodeEnroller {
     }
 }
 
+/// Whether a failed hand-off means ztunnel is not there to answer (down, stopping, still
+/// starting) rather than that it refused the pod.
+fn ztunnel_is_away(error: &EnrollmentError) -> bool {
+    matches!(
+        error,
+        EnrollmentError::Connect { .. } | EnrollmentError::Io { .. }
+    )
+}
+
 /// A pod is a mesh workload when the workload config lists an HBONE workload with its namespace
 /// and one of its addresses (`protocol: TCP` workloads are outside the mesh and never captured);
 /// without a `workloadConfig` in the plugin's section, every pod is.
@@ -208,5 +231,45 @@ impl WorkloadDirectory for ConfigDirectory {
                     && (workload.name.is_empty() || workload.name == name)
             })
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+    use crate::enrollment::{EnrollmentClient, Request};
+
+    fn request() -> Request {
+        Request::Unenroll {
+            pod: PodRef {
+                name: "p".into(),
+                namespace: "default".into(),
+                container_id: "c".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn no_socket_or_a_dropped_connection_means_ztunnel_is_away_but_a_refusal_does_not() {
+        let directory =
+            std::env::temp_dir().join(format!("ztunnel-cni-away-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("enroll.sock");
+        let client = EnrollmentClient::new(&path, Duration::from_secs(2));
+        let down = client.send(&request(), None).unwrap_err();
+        assert!(ztunnel_is_away(&down), "{down}");
+
+        // A ztunnel that is stopping: it accepts, then closes without answering.
+        let listener = UnixListener::bind(&path).unwrap();
+        let stopping = std::thread::spawn(move || drop(listener.accept()));
+        let dropped = client.send(&request(), None).unwrap_err();
+        stopping.join().unwrap();
+        assert!(ztunnel_is_away(&dropped), "{dropped}");
+
+        let refused = EnrollmentError::Refused("not a mesh pod".into());
+        assert!(!ztunnel_is_away(&refused));
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 }

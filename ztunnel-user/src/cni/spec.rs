@@ -32,6 +32,8 @@ pub mod codes {
     pub const ENROLLMENT_FAILED: u32 = 100;
     /// The pod is not enrolled although it should be (CHECK).
     pub const NOT_ENROLLED: u32 = 101;
+    /// The node's pods map is full: no more pods can be enrolled on it.
+    pub const POD_CAPACITY_REACHED: u32 = 102;
 }
 
 /// The error object a failing plugin prints on stdout.

@@ -32,6 +32,8 @@ pub struct LinkInfo {
     pub program_id: u32,
     /// Cgroup id (cgroup links) or ifindex (TCX links); 0 once the target is gone.
     pub target: u64,
+    /// The hook (`bpf_attach_type`) of a cgroup or TCX link; 0 for other link types.
+    pub attach_type: u32,
 }
 
 fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
@@ -72,15 +74,19 @@ pub fn link_info(link: &impl AsFd) -> io::Result<LinkInfo> {
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     let link_type = (info[0] & 0xffff_ffff) as u32;
-    let target = match link_type {
-        LINK_TYPE_TCX => info[2] & 0xffff_ffff,
-        _ => info[2],
+    // The type-specific union: cgroup {u64 cgroup_id; u32 attach_type}, tcx {u32 ifindex;
+    // u32 attach_type}.
+    let (target, attach_type) = match link_type {
+        LINK_TYPE_TCX => (info[2] & 0xffff_ffff, (info[2] >> 32) as u32),
+        LINK_TYPE_CGROUP => (info[2], (info[3] & 0xffff_ffff) as u32),
+        _ => (info[2], 0),
     };
     Ok(LinkInfo {
         link_type,
         id: (info[0] >> 32) as u32,
         program_id: (info[1] & 0xffff_ffff) as u32,
         target,
+        attach_type,
     })
 }
 
@@ -96,6 +102,9 @@ pub fn replace_link_program(link: &impl AsFd, program: &impl AsFd) -> io::Result
 
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `bpf_attach_type` of TC ingress through TCX.
+pub const ATTACH_TYPE_TCX_INGRESS: u32 = 46;
 
 /// `bpf_attach_type` of the cgroup hooks ztunnel uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

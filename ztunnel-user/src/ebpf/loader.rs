@@ -1,10 +1,16 @@
 //! Loading the kernel programs against the pinned maps, and attaching or adopting their links.
 //!
 //! Adoption: a hook whose link is already pinned is not attached again; instead the pinned
-//! link's program is swapped in place for the freshly loaded one (`BPF_LINK_UPDATE`). So a
-//! restart never leaves two copies of a program on a hook and never leaves a hook empty. A
-//! pinned link whose target is gone (cgroup or interface deleted) or that points at another
-//! cgroup is unpinned (it is ours: it lives under our root) and attached afresh.
+//! link's program is swapped in place for the freshly loaded one (`BPF_LINK_UPDATE`), whatever
+//! build put the old program there. So a restart or an upgrade never leaves two copies of a
+//! program on a hook and never leaves a hook empty.
+//!
+//! A pinned link that cannot be updated — its target is gone (cgroup or interface deleted), it
+//! points at another cgroup, or it is of another link or program type (the kernel refuses the
+//! update with `EINVAL`) — is replaced make-before-break: the new link is attached and pinned
+//! beside it, then renamed over the old pin, which drops the old link (it is ours: it lives
+//! under our root). Only in that last case do two programs share a hook, for the moment
+//! between the attach and the rename; the hook is never empty.
 
 use std::{
     fs::File,
@@ -16,12 +22,18 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions},
 };
-use ztunnel_common::maps::{ALL_MAPS, LOG_RING_BUFFER_MAP, programs};
+use ztunnel_common::maps::{
+    ALL_MAPS, LOG_RING_BUFFER_MAP, MAX_PODS, MAX_WORKLOADS, PODS_MAP, STATS_MAP, WORKLOADS_MAP,
+    programs,
+};
 
 use super::{
     EBPF_OBJECT, EbpfError, PinLayout,
-    bpf_syscall::{self, CgroupAttachType, LINK_TYPE_CGROUP, LINK_TYPE_TCX},
+    bpf_syscall::{
+        self, ATTACH_TYPE_TCX_INGRESS, CgroupAttachType, LINK_TYPE_CGROUP, LINK_TYPE_TCX,
+    },
     logs::TracingLog,
+    map_layout::{IncompatibleMaps, check_pinned_maps},
 };
 use crate::inpod::netns::Netns;
 
@@ -48,22 +60,57 @@ pub enum AttachOutcome {
     Replaced,
 }
 
+/// Sizes of the maps that grow with the number of pods; they apply only when a map is created
+/// (a pinned map keeps the size it was created with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Capacity of `pods` and `stats`: how many pods the node can enroll.
+    pub max_pods: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { max_pods: MAX_PODS }
+    }
+}
+
+impl MapSizes {
+    /// Capacity of `workloads`: as many addresses per pod as the built-in sizes allow.
+    pub fn max_workloads(&self) -> u32 {
+        self.max_pods.saturating_mul(MAX_WORKLOADS / MAX_PODS)
+    }
+}
+
 /// The kernel programs loaded against the maps pinned under one root.
 pub struct LoadedPrograms {
     ebpf: Ebpf,
     layout: PinLayout,
+    recreated_maps: Vec<&'static str>,
 }
 
 impl LoadedPrograms {
-    /// Creates the pin directories, loads the object (creating and pinning any map that is not
-    /// pinned yet, reusing those that are) and loads every program into the kernel.
-    /// Minimum kernel 6.6 (TCX; the other hooks need 5.15).
+    /// [`LoadedPrograms::load_with`] the built-in map sizes, refusing pinned maps of another
+    /// layout (for the CNI plugin and the CLI; only the daemon recreates maps).
     pub fn load(layout: &PinLayout) -> Result<Self, EbpfError> {
-        layout.create().map_err(|source| EbpfError::Io {
-            action: format!("create pin directories under {}", layout.root().display()),
-            source,
-        })?;
+        Self::load_with(layout, MapSizes::default(), IncompatibleMaps::Refuse)
+    }
+
+    /// Creates the pin directories, loads the object (creating and pinning any map that is not
+    /// pinned yet, with `sizes`; reusing those that are, after applying `incompatible` to those
+    /// of another layout) and loads every program into the kernel. Minimum kernel 6.6 (TCX; the
+    /// other hooks need 5.15).
+    pub fn load_with(
+        layout: &PinLayout,
+        sizes: MapSizes,
+        incompatible: IncompatibleMaps,
+    ) -> Result<Self, EbpfError> {
+        layout.create()?;
+        let recreated_maps = check_pinned_maps(layout, &ALL_MAPS, incompatible)?;
         let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(PODS_MAP, sizes.max_pods)
+            .map_max_entries(STATS_MAP, sizes.max_pods)
+            .map_max_entries(WORKLOADS_MAP, sizes.max_workloads());
         let paths: Vec<(&str, std::path::PathBuf)> = ALL_MAPS
             .iter()
             .chain([LOG_RING_BUFFER_MAP].iter())
@@ -95,7 +142,14 @@ impl LoadedPrograms {
         Ok(Self {
             ebpf,
             layout: layout.clone(),
+            recreated_maps,
         })
+    }
+
+    /// Maps that were pinned with another build's layout and were created afresh by this load:
+    /// the caller rebuilds their entries.
+    pub fn recreated_maps(&self) -> &[&'static str] {
+        &self.recreated_maps
     }
 
     /// The pin layout these programs were loaded for.
@@ -130,7 +184,12 @@ impl LoadedPrograms {
             let pin = self.layout.cgroup_link(name);
             let mut outcome = AttachOutcome::Attached;
             if pin.exists() {
-                match self.adopt(&pin, name, LINK_TYPE_CGROUP, cgroup_id)? {
+                let hook = LinkTarget {
+                    link_type: LINK_TYPE_CGROUP,
+                    attach_type: cgroup_attach_type(name)? as u32,
+                    target: cgroup_id,
+                };
+                match self.adopt(&pin, name, hook)? {
                     true => {
                         outcomes.push((name, AttachOutcome::Adopted));
                         continue;
@@ -139,10 +198,7 @@ impl LoadedPrograms {
                 }
             }
             let link = self.attach_cgroup_program(name, &cgroup_file, cgroup)?;
-            bpf_syscall::pin(&link, &pin).map_err(|source| EbpfError::Io {
-                action: format!("pin the {name} link at {}", pin.display()),
-                source,
-            })?;
+            pin_replacing(&pin, |path| bpf_syscall::pin(&link, path))?;
             outcomes.push((name, outcome));
         }
         Ok(outcomes)
@@ -154,17 +210,7 @@ impl LoadedPrograms {
         cgroup_file: &File,
         cgroup: &Path,
     ) -> Result<OwnedFd, EbpfError> {
-        let attach_type = match name {
-            programs::CONNECT4 => CgroupAttachType::Inet4Connect,
-            programs::CONNECT6 => CgroupAttachType::Inet6Connect,
-            programs::SOCKOPS => CgroupAttachType::SockOps,
-            programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
-            programs::GETPEERNAME4 => CgroupAttachType::Inet4GetPeerName,
-            programs::GETPEERNAME6 => CgroupAttachType::Inet6GetPeerName,
-            programs::BIND4 => CgroupAttachType::Inet4Bind,
-            programs::BIND6 => CgroupAttachType::Inet6Bind,
-            _ => return Err(EbpfError::MissingProgram(name)),
-        };
+        let attach_type = cgroup_attach_type(name)?;
         let program = self
             .ebpf
             .program(name)
@@ -181,22 +227,21 @@ impl LoadedPrograms {
         )
     }
 
-    /// Swaps the program of the link pinned at `pin` if it still targets `target`; otherwise
-    /// removes the stale pin. Returns whether the link was adopted.
-    fn adopt(
-        &self,
-        pin: &Path,
-        name: &'static str,
-        link_type: u32,
-        target: u64,
-    ) -> Result<bool, EbpfError> {
+    /// Swaps the program of the link pinned at `pin` if it still targets `target` and the
+    /// kernel accepts the new program for it. Returns whether the link was adopted; if not, the
+    /// caller replaces the pin (see the module documentation).
+    fn adopt(&self, pin: &Path, name: &'static str, hook: LinkTarget) -> Result<bool, EbpfError> {
         let io_error = |action: &str, source| EbpfError::Io {
             action: format!("{action} {}", pin.display()),
             source,
         };
         let link = bpf_syscall::open_pin(pin).map_err(|e| io_error("open pinned link", e))?;
         let info = bpf_syscall::link_info(&link).map_err(|e| io_error("read pinned link", e))?;
-        if info.link_type == link_type && info.target == target && target != 0 {
+        if info.link_type == hook.link_type
+            && info.attach_type == hook.attach_type
+            && info.target == hook.target
+            && hook.target != 0
+        {
             let program = self
                 .ebpf
                 .program(name)
@@ -205,12 +250,19 @@ impl LoadedPrograms {
                 program: name,
                 source: Box::new(source),
             })?;
-            bpf_syscall::replace_link_program(&link, &program_fd.as_fd())
-                .map_err(|e| io_error("replace the program of pinned link", e))?;
-            return Ok(true);
+            match bpf_syscall::replace_link_program(&link, &program_fd.as_fd()) {
+                Ok(()) => {
+                    tracing::debug!(pin = %pin.display(), link_id = info.id, previous_program_id = info.program_id, "pinned link now runs this build's program");
+                    return Ok(true);
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(pin = %pin.display(), link_id = info.id, previous_program_id = info.program_id, %error, "the pinned link runs a program of another type (an incompatible build?); replacing the link");
+                    return Ok(false);
+                }
+                Err(error) => return Err(io_error("replace the program of pinned link", error)),
+            }
         }
-        tracing::info!(pin = %pin.display(), ?info, expected_target = target, "removing stale pinned link");
-        std::fs::remove_file(pin).map_err(|e| io_error("remove stale pinned link", e))?;
+        tracing::info!(pin = %pin.display(), ?info, expected = ?hook, "replacing a pinned link that is stale or on another hook");
         Ok(false)
     }
 
@@ -240,12 +292,12 @@ impl LoadedPrograms {
             })?;
         let mut outcome = AttachOutcome::Attached;
         if pin.exists() {
-            if self.adopt(
-                &pin,
-                programs::TC_INGRESS,
-                LINK_TYPE_TCX,
-                u64::from(ifindex),
-            )? {
+            let hook = LinkTarget {
+                link_type: LINK_TYPE_TCX,
+                attach_type: ATTACH_TYPE_TCX_INGRESS,
+                target: u64::from(ifindex),
+            };
+            if self.adopt(&pin, programs::TC_INGRESS, hook)? {
                 return Ok((ifindex, AttachOutcome::Adopted));
             }
             outcome = AttachOutcome::Replaced;
@@ -278,12 +330,65 @@ impl LoadedPrograms {
                 action: format!("attach {name} to {target}"),
                 source,
             })?;
-        link.pin(&pin).map_err(|source| EbpfError::Pin {
-            path: pin.clone(),
-            source: Box::new(source),
+        pin_replacing(&pin, |path| {
+            link.pin(path).map(drop).map_err(std::io::Error::other)
         })?;
         Ok((ifindex, outcome))
     }
+}
+
+/// The hook a pinned link must be on to be adopted.
+#[derive(Debug, Clone, Copy)]
+struct LinkTarget {
+    link_type: u32,
+    attach_type: u32,
+    /// Cgroup id or ifindex.
+    target: u64,
+}
+
+/// The cgroup hook of one of [`CGROUP_PROGRAMS`].
+fn cgroup_attach_type(name: &'static str) -> Result<CgroupAttachType, EbpfError> {
+    Ok(match name {
+        programs::CONNECT4 => CgroupAttachType::Inet4Connect,
+        programs::CONNECT6 => CgroupAttachType::Inet6Connect,
+        programs::SOCKOPS => CgroupAttachType::SockOps,
+        programs::GETSOCKOPT => CgroupAttachType::GetSockopt,
+        programs::GETPEERNAME4 => CgroupAttachType::Inet4GetPeerName,
+        programs::GETPEERNAME6 => CgroupAttachType::Inet6GetPeerName,
+        programs::BIND4 => CgroupAttachType::Inet4Bind,
+        programs::BIND6 => CgroupAttachType::Inet6Bind,
+        _ => return Err(EbpfError::MissingProgram(name)),
+    })
+}
+
+/// Pins a new link at `pin` through `pin_at`, replacing whatever is pinned there in one step:
+/// pinned beside it first, then renamed over it (bpffs renames atomically). Dropping the old
+/// pin detaches the old link unless something else holds it.
+fn pin_replacing(
+    pin: &Path,
+    pin_at: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<(), EbpfError> {
+    let io_error = |action: &str, source| EbpfError::Io {
+        action: format!("{action} {}", pin.display()),
+        source,
+    };
+    let beside = replacement_pin(pin);
+    // Left over by a daemon that died between the two steps: its link must not stay attached.
+    match std::fs::remove_file(&beside) {
+        Ok(()) => tracing::info!(pin = %beside.display(), "removed an unfinished replacement pin"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error("remove the unfinished replacement of", error)),
+    }
+    pin_at(&beside).map_err(|error| io_error("pin the new link beside", error))?;
+    std::fs::rename(&beside, pin).map_err(|error| io_error("move the new link pin over", error))
+}
+
+/// Where a replacement for `pin` is pinned before it is renamed over it.
+fn replacement_pin(pin: &Path) -> std::path::PathBuf {
+    let mut name = pin.file_name().unwrap_or_default().to_owned();
+    // bpffs refuses names with a dot.
+    name.push("-replacing");
+    pin.with_file_name(name)
 }
 
 /// Removes the pinned cgroup links under `layout` (detaching their programs); returns how many
@@ -322,7 +427,8 @@ pub fn kernel_has_tcx() -> bool {
 pub fn remove_pod_pins(layout: &PinLayout, netns_cookie: u64) -> Result<(), EbpfError> {
     let dir = layout.pod_dir(netns_cookie);
     let pin = layout.pod_tc_link(netns_cookie);
-    for (path, is_dir) in [(pin, false), (dir, true)] {
+    let beside = replacement_pin(&pin);
+    for (path, is_dir) in [(pin, false), (beside, false), (dir, true)] {
         let result = if is_dir {
             std::fs::remove_dir(&path)
         } else {

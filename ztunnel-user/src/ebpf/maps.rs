@@ -52,6 +52,20 @@ fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
     })
 }
 
+/// How many pods the `pods` map pinned under `layout` holds at most (its `max_entries`, fixed
+/// when it was created). Minimum kernel 4.13.
+pub fn pod_capacity(layout: &PinLayout) -> Result<u32, EbpfError> {
+    let path = layout.map(PODS_MAP);
+    let data = MapData::from_pin(&path).map_err(|source| EbpfError::OpenPinnedMap {
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    let info = data
+        .info()
+        .map_err(|source| EbpfError::map(PODS_MAP, "read the size of", source))?;
+    Ok(info.max_entries())
+}
+
 impl PinnedMaps {
     /// Opens every map pinned under `layout` (they exist once a daemon or `enroll` ran).
     pub fn open(layout: &PinLayout) -> Result<Self, EbpfError> {

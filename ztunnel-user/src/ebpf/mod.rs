@@ -2,6 +2,7 @@
 //!
 //! - [`pins`]: where everything is pinned under the bpffs root.
 //! - [`loader`]: load against pinned maps; attach or adopt cgroup and TC links.
+//! - [`map_layout`]: whether pinned maps have this build's layout, and what to do if not.
 //! - [`maps`]: typed access to the pinned maps (daemon, enrollment, `inspect`).
 //! - [`logs`]: kernel aya-log records into `tracing`.
 //! - [`bpf_syscall`]: the link commands aya does not expose.
@@ -9,6 +10,7 @@
 pub mod bpf_syscall;
 pub mod loader;
 pub mod logs;
+pub mod map_layout;
 pub mod maps;
 pub mod pins;
 
@@ -82,6 +84,26 @@ pub enum EbpfError {
         path: PathBuf,
         /// aya's error.
         source: Box<aya::maps::MapError>,
+    },
+    /// A pinned map has another build's layout and this caller may not recreate it.
+    #[error(
+        "the map pinned at {path} has another ztunnel build's layout ({pinned}; this build: {expected}); start this build's `ztunnel daemon`, which recreates it, or remove the pin"
+    )]
+    IncompatibleMap {
+        /// Pin path.
+        path: PathBuf,
+        /// What is pinned.
+        pinned: map_layout::MapShape,
+        /// What this build needs.
+        expected: map_layout::MapShape,
+    },
+    /// The bpffs root cannot hold pins.
+    #[error("cannot use bpffs root {root}: {problem}")]
+    Bpffs {
+        /// The `--bpffs-root` given.
+        root: PathBuf,
+        /// What is wrong with it.
+        problem: pins::BpffsProblem,
     },
     /// A map read or write failed.
     #[error("cannot {action} map {map}: {source}")]

@@ -13,7 +13,7 @@ use super::enrollment_handler::DaemonEnrollmentHandler;
 use super::{
     InpodError,
     capture::{CaptureMode, CaptureRequest, decide},
-    enroll::{apply_capture, forget_pod, still_exists},
+    enroll::{apply_capture, forget_pod, still_exists, write_map_entries},
     handler::{PodContext, PodTrafficHandler},
     listeners::PodListeners,
     netns::Netns,
@@ -23,8 +23,9 @@ use super::{
 use crate::{
     ebpf::{
         EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
-        loader::{kernel_has_tcx, remove_cgroup_links},
-        maps::{FailMode, KernelLogLevel},
+        loader::{MapSizes, kernel_has_tcx, remove_cgroup_links},
+        map_layout::IncompatibleMaps,
+        maps::{FailMode, KernelLogLevel, pod_capacity},
     },
     enrollment::{EnrollmentServer, SOCKET_NAME},
 };
@@ -49,6 +50,8 @@ pub struct DaemonConfig {
     pub fail_mode: FailMode,
     /// Most verbose record the kernel programs emit.
     pub kernel_log_level: KernelLogLevel,
+    /// Sizes of maps this daemon creates.
+    pub map_sizes: MapSizes,
     /// When another daemon holds the run dir: serve beside it and take over when it exits
     /// ([`super::takeover`]) instead of failing.
     pub takeover: bool,
@@ -174,12 +177,33 @@ async fn run_controlled(
     control: Option<ControlReceiver>,
 ) -> Result<(), InpodError> {
     let mut control = control.map(|control| control.requests);
-    let mut programs = LoadedPrograms::load(&config.layout)?;
+    let mut programs =
+        LoadedPrograms::load_with(&config.layout, config.map_sizes, IncompatibleMaps::Recreate)?;
+    let capacity = pod_capacity(&config.layout)?;
+    if capacity == config.map_sizes.max_pods {
+        tracing::info!(max_pods = capacity, "pods map capacity");
+    } else {
+        tracing::warn!(
+            pinned_capacity = capacity,
+            requested = config.map_sizes.max_pods,
+            pods_map = %config.layout.map(ztunnel_common::maps::PODS_MAP).display(),
+            "the pinned pods map keeps the capacity it was created with; --max-pods applies once the pinned maps are removed (drain the node, then delete the pins)"
+        );
+    }
     let mut maps = PinnedMaps::open(&config.layout)?;
     maps.write_config(
         config.fail_mode.record_value(),
         config.kernel_log_level.record_value(),
     )?;
+    // Before any link runs the new programs: they must find every enrolled pod in fresh maps.
+    if !programs.recreated_maps().is_empty() {
+        let set = read_enrolled(&config.run_dir)
+            .map_err(|source| InpodError::state(&config.run_dir, source))?;
+        for pod in &set.pods {
+            write_map_entries(&mut maps, pod)?;
+        }
+        tracing::warn!(maps = ?programs.recreated_maps(), pods = set.pods.len(), "pods and workloads rebuilt from the enrolled set after maps were recreated; whatever else the recreated maps held (counters, in-flight original destinations) starts empty");
+    }
     let capture = choose_capture(&mut programs, &config)?;
     let _kernel_logs = programs
         .take_logger()

@@ -14,7 +14,7 @@ use std::{
 
 use ztunnel_common::{
     POD_FLAG_CAPTURED, POD_FLAG_HBONE, PodRecord, WorkloadRecord,
-    maps::{MAX_PODS, PODS_MAP, WORKLOADS_MAP},
+    maps::{PODS_MAP, WORKLOADS_MAP},
 };
 
 use super::{
@@ -28,7 +28,7 @@ use super::{
 use crate::ebpf::{
     EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
     loader::{interface_index, remove_pod_pins},
-    maps::workload_key,
+    maps::{pod_capacity, workload_key},
 };
 
 /// What the caller knows about a pod to enroll.
@@ -97,15 +97,19 @@ pub fn enroll(
         .pods
         .iter()
         .position(|pod| pod.netns_cookie == netns_cookie);
+    let capacity = pod_capacity(programs.layout())?;
     let index = match existing {
         Some(position) => set.pods[position].index,
         None => set.free_index(),
     };
-    if index >= MAX_PODS {
-        return Err(InpodError::Invalid(format!(
-            "cannot enroll {}/{}: already {MAX_PODS} pods on this node",
-            spec.namespace, spec.name
-        )));
+    // A new pod needs a free `pods` entry and a `stats` slot below the capacity; checked before
+    // anything is attached, so a refused pod leaves nothing behind.
+    if existing.is_none() && (set.pods.len() >= capacity as usize || index >= capacity) {
+        return Err(InpodError::PodCapacity {
+            pod: format!("{}/{}", spec.namespace, spec.name),
+            capacity,
+            bpffs_root: programs.layout().root().to_owned(),
+        });
     }
     let previous = existing.map(|position| set.pods[position].capture);
     let (ifindex, outcome) = apply_capture(
@@ -127,20 +131,6 @@ pub fn enroll(
     if existing.is_none() {
         maps.reset_pod_counters(index)?;
     }
-    let flags = POD_FLAG_CAPTURED | POD_FLAG_HBONE;
-    for ip in &spec.ips {
-        let record = WorkloadRecord {
-            netns_cookie,
-            ifindex,
-            flags,
-        };
-        maps.workloads
-            .insert(workload_key(*ip), record, 0)
-            .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
-    }
-    maps.pods
-        .insert(netns_cookie, PodRecord { index, flags }, 0)
-        .map_err(|source| EbpfError::map(PODS_MAP, "write", source))?;
     let pod = EnrolledPod {
         name: spec.name.clone(),
         namespace: spec.namespace.clone(),
@@ -152,6 +142,7 @@ pub fn enroll(
         index,
         capture: set.capture,
     };
+    write_map_entries(&mut maps, &pod)?;
     match existing {
         Some(position) => set.pods[position] = pod.clone(),
         None => set.pods.push(pod.clone()),
@@ -160,6 +151,29 @@ pub fn enroll(
         .map_err(|source| InpodError::state(run_dir, source))?;
     tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie, index, ifindex, capture = ?set.capture, tc = %outcome, "pod enrolled");
     Ok(pod)
+}
+
+/// Writes an enrolled pod's `workloads` entries (one per IP) and its `pods` entry, the one the
+/// kernel programs look for first.
+pub fn write_map_entries(maps: &mut PinnedMaps, pod: &EnrolledPod) -> Result<(), EbpfError> {
+    let flags = POD_FLAG_CAPTURED | POD_FLAG_HBONE;
+    for ip in &pod.ips {
+        let record = WorkloadRecord {
+            netns_cookie: pod.netns_cookie,
+            ifindex: pod.ifindex,
+            flags,
+        };
+        maps.workloads
+            .insert(workload_key(*ip), record, 0)
+            .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
+    }
+    let record = PodRecord {
+        index: pod.index,
+        flags,
+    };
+    maps.pods
+        .insert(pod.netns_cookie, record, 0)
+        .map_err(|source| EbpfError::map(PODS_MAP, "write", source))
 }
 
 /// Puts the pod under `mode`'s capture — its pinned TCX ingress link, or its iptables rules —

@@ -69,6 +69,18 @@ pub enum InpodError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The node's `pods` map is full.
+    #[error(
+        "cannot enroll {pod}: the node already has {capacity} enrolled pods, the capacity of the pods map pinned under {bpffs_root} (set at its creation by `ztunnel daemon --max-pods`)"
+    )]
+    PodCapacity {
+        /// namespace/name.
+        pod: String,
+        /// `max_entries` of the pinned `pods` map.
+        capacity: u32,
+        /// Where it is pinned.
+        bpffs_root: PathBuf,
+    },
     /// Bad input.
     #[error("{0}")]
     Invalid(String),

@@ -5,6 +5,10 @@
 //! are addressed to that remote peer and would leave the pod; instead, inside the pod netns:
 //!
 //! - `net.ipv4.tcp_fwmark_accept = 1`: the application's socket inherits the SYN's mark;
+//! - `net.ipv4.fwmark_reflect = 1`, `net.ipv6.fwmark_reflect = 1`: so do the kernel's own
+//!   replies without a socket — above all the RST of a port nobody listens on, which would
+//!   otherwise leave the pod towards the remote client and leave ztunnel's connect hanging
+//!   until its SYN retries run out, instead of failing at once (HBONE `503`);
 //! - `ip rule add fwmark 0x111 lookup 133` and `ip route add local default dev lo table 133`
 //!   (IPv4 and IPv6): marked replies are delivered locally, to ztunnel's socket.
 //!
@@ -47,6 +51,10 @@ const LOOPBACK_IFINDEX: u32 = 1;
 pub fn install_upstream_routing(netns: &Netns) -> io::Result<()> {
     netns.run(|| {
         std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", b"1")?;
+        std::fs::write("/proc/sys/net/ipv4/fwmark_reflect", b"1")?;
+        if let Err(error) = std::fs::write("/proc/sys/net/ipv6/fwmark_reflect", b"1") {
+            tracing::warn!(%error, "cannot set net.ipv6.fwmark_reflect in pod (IPv6 off?)");
+        }
         let socket = RouteSocket::open()?;
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let result = socket
@@ -65,8 +73,8 @@ pub fn install_upstream_routing(netns: &Netns) -> io::Result<()> {
 }
 
 /// Removes the rules and routes [`install_upstream_routing`] added (they are identified by our
-/// mark, table and priority); absent ones are fine. The sysctl is left as it is: it only lets
-/// accepted sockets inherit a SYN's mark, and its earlier value is unknown.
+/// mark, table and priority); absent ones are fine. The sysctls are left as they are: they
+/// only let sockets and replies inherit a packet's mark, and their earlier values are unknown.
 pub fn remove_upstream_routing(netns: &Netns) -> io::Result<()> {
     netns.run(|| {
         let socket = RouteSocket::open()?;
