@@ -531,3 +531,50 @@ fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     ]))?;
     Ok(())
 }
+
+/// The time at the start of a ztunnel log line (`2026-01-02T03:04:05.678901Z  INFO ...`).
+pub fn log_line_time(line: &str) -> Option<std::time::SystemTime> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+    );
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock_parts = clock.splitn(3, ':').map(str::parse::<i64>);
+    let (hour, minute, second) = (
+        clock_parts.next()?.ok()?,
+        clock_parts.next()?.ok()?,
+        clock_parts.next()?.ok()?,
+    );
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(seconds).ok()?)
+            + Duration::from_nanos(u64::from(nanos)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_line_times_are_read() {
+        let time = log_line_time("2026-11-27T00:07:25.024818Z  INFO ztunnel: ready").unwrap();
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(since.as_secs(), 1_795_738_045);
+        assert_eq!(since.subsec_micros(), 24_818);
+        assert!(log_line_time("garbage").is_none());
+    }
+}
