@@ -305,7 +305,8 @@ impl ClusterNode {
     }
 
     /// Starts this node's ztunnel (inside the node netns, in the node cgroup) with `extra` flags
-    /// and waits until it logs that it is ready.
+    /// and waits until it logs that it is ready. It issues certificates from the mesh root
+    /// (`--ca-dir`) unless `extra` has `--cert-dir`.
     pub fn start_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.daemon.is_none(),
@@ -379,11 +380,13 @@ impl ClusterNode {
             self.run_dir.display().to_string(),
             "--cgroup".into(),
             self.cgroup.display().to_string(),
-            "--ca-dir".into(),
-            self.ca_dir.display().to_string(),
             "--config".into(),
             self.mesh_config.display().to_string(),
         ];
+        // Certificates come from the mesh root unless the test hands the node a directory.
+        if !extra.contains(&"--cert-dir") {
+            argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);
+        }
         argv.extend(extra.iter().map(|arg| arg.to_string()));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let procs = self.cgroup.join("cgroup.procs");
