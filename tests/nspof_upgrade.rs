@@ -130,8 +130,7 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         .to_owned();
     let drained = log
         .lines()
-        .filter(|line| line.contains("drain finished"))
-        .last()
+        .rfind(|line| line.contains("drain finished"))
         .unwrap_or_default()
         .to_owned();
 
