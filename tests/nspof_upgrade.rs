@@ -6,7 +6,7 @@
 //! connections opened before the rollout that finish within the drain window must complete
 //! without a reset.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ztunnel_e2e::{
     cluster::{Cluster, ClusterPod},
@@ -31,6 +31,8 @@ const PROBE_ROUNDS: u32 = 200;
 const SESSION_ROUNDS: u32 = 160;
 /// Successful rounds on every path before the rollout starts, and again while both run.
 const WARM_ROUNDS: usize = 10;
+/// How long the old daemon is stopped just before its SIGTERM (six probe rounds).
+const STALL: Duration = Duration::from_millis(300);
 
 struct Mesh {
     client1: ClusterPod,
@@ -110,6 +112,23 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         probe.wait_ok(WARM_ROUNDS)?;
     }
 
+    let mut migration = Vec::new();
+    for pod in [&mesh.client1, &mesh.server1] {
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", pod.netns()))
+            .args(["cat", "/proc/sys/net/ipv4/tcp_migrate_req"])
+            .output()?;
+        migration.push((
+            pod.name.clone(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        ));
+    }
+    println!("net.ipv4.tcp_migrate_req in node 1's pods: {migration:?}");
+    assert!(
+        migration.iter().all(|(_, value)| value == "1"),
+        "ztunnel did not turn on request migration in its pods: {migration:?}"
+    );
+
     let surge_started = Instant::now();
     mesh.cluster.node_mut(1).start_successor(&[])?;
     let standing_by = surge_started.elapsed();
@@ -117,6 +136,12 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
     for (probe, before) in probes.iter().zip(&overlap) {
         probe.wait_ok(before + WARM_ROUNDS)?;
     }
+    // The fault: the old daemon stalls (SIGSTOP) for a few rounds just before its SIGTERM, as
+    // an overloaded one does, so connections queue on its listeners; closing them must hand
+    // those to the successor's (tcp_migrate_req), not reset them. The stall's length is the
+    // fault's definition (well under the clients' 2 s deadline), not a synchronisation.
+    mesh.cluster.node(1).signal_ztunnel(libc::SIGSTOP)?;
+    std::thread::sleep(STALL);
     let sigterm = SystemTime::now();
     let retire_started = Instant::now();
     let old_status = mesh.cluster.node_mut(1).retire_ztunnel()?;
@@ -146,6 +171,13 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         .iter()
         .filter(|session| spans(session, sigterm))
         .count();
+    // Requests that waited out the stall: queued on (or held by) the stopped old daemon.
+    let stalled: usize = probes
+        .iter()
+        .chain(&sessions)
+        .flat_map(|report| &report.records)
+        .filter(|record| record.elapsed >= STALL / 2)
+        .count();
     let resets: usize = probes
         .iter()
         .chain(&sessions)
@@ -162,9 +194,10 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         }
     }
     println!(
-        "figures: upgrade standby_ms={} sigterm_to_old_exit_ms={} old_exit={old_status} sessions_spanning_sigterm={spanning}/{} resets={resets} requests={} ok={}",
+        "figures: upgrade standby_ms={} sigterm_to_old_exit_ms={} old_exit={old_status} stall_ms={} stalled_requests={stalled} sessions_spanning_sigterm={spanning}/{} resets={resets} requests={} ok={}",
         standing_by.as_millis(),
         old_gone.as_millis(),
+        STALL.as_millis(),
         sessions.len(),
         probes.iter().map(ProbeReport::sent).sum::<usize>(),
         probes.iter().map(ProbeReport::ok).sum::<usize>(),

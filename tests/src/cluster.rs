@@ -340,7 +340,7 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Ends an upgrade: SIGTERMs the running ztunnel (it closes its listeners and drains), waits
+    /// Ends an upgrade: SIGTERMs (and SIGCONTs) the running ztunnel (it closes its listeners and drains), waits
     /// until the successor has taken over and is ready, then until the old one has exited. The
     /// successor is this node's ztunnel afterwards. Returns the old one's exit status.
     pub fn retire_ztunnel(&mut self) -> anyhow::Result<std::process::ExitStatus> {
@@ -357,6 +357,8 @@ impl ClusterNode {
             .map(|meta| meta.len())
             .unwrap_or(0);
         old.signal(libc::SIGTERM)?;
+        // In case the test paused it (SIGSTOP): the SIGTERM is acted on once it runs again.
+        old.signal(libc::SIGCONT)?;
         self.daemon = self.successor.take();
         self.wait_for_log("the successor to take over", offset, &["taking over"])?;
         self.wait_for_log(
@@ -365,6 +367,15 @@ impl ClusterNode {
             &["ztunnel daemon ready"],
         )?;
         old.wait_exit(Duration::from_secs(40))
+    }
+
+    /// Sends `signal` to this node's running ztunnel (e.g. SIGSTOP to make it stall, as an
+    /// overloaded daemon does, while its listeners keep queueing connections).
+    pub fn signal_ztunnel(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.daemon
+            .as_ref()
+            .with_context(|| format!("node {}'s ztunnel is not running", self.index))?
+            .signal(signal)
     }
 
     /// Spawns `ztunnel daemon` for this node with `extra` flags; returns it and the log offset
