@@ -70,6 +70,8 @@ fn setup() -> anyhow::Result<Mesh> {
             issue(&cluster.node(node).ca_dir, account, &directory)?;
         }
         let directory = directory.display().to_string();
+        // The inbound side logs each accepted HBONE connection's client certificate serial.
+        cluster.node_mut(node).log_filter = Some("info,ztunnel::proxy::inbound=debug".to_owned());
         cluster.node_mut(node).start_ztunnel(&[
             "--cert-dir",
             &directory,
@@ -167,6 +169,13 @@ fn rotating_every_certificate_under_open_tunnels_drops_nothing() -> anyhow::Resu
         }
     }
     let rotated = SystemTime::now();
+    // The serial each client account was given, from the line that put it in force.
+    let new_serial = |account: &str| -> Option<String> {
+        let needle = format!("sa/{account} ");
+        let line = replaced.iter().find(|line| line.contains(&needle))?;
+        let serial = line.split("serial=").nth(1)?.split_whitespace().next()?;
+        Some(serial.to_owned())
+    };
 
     let reports: Vec<ProbeReport> = probes
         .into_iter()
@@ -202,6 +211,23 @@ fn rotating_every_certificate_under_open_tunnels_drops_nothing() -> anyhow::Resu
     for line in &replaced {
         println!("{line}");
     }
+    // New tunnels after the rotation present the new certificates: the destination node
+    // accepts an HBONE connection whose client certificate has the new serial.
+    let mut presented = Vec::new();
+    for (client, server_node, offset) in [("client1", 2, offsets[1]), ("client2", 1, offsets[0])] {
+        let serial = new_serial(client)
+            .ok_or_else(|| anyhow::anyhow!("no new serial for {client} in {replaced:?}"))?;
+        let log = cluster.node(server_node).ztunnel_log();
+        let accepted = log.get(offset..).unwrap_or_default().lines().any(|line| {
+            line.contains("HBONE connection accepted")
+                && line.contains(&format!("sa/{client} "))
+                && line.contains(&format!("serial={serial}"))
+        });
+        println!(
+            "node {server_node} accepted a connection of {client} with its new certificate {serial}: {accepted}"
+        );
+        presented.push((client, accepted));
+    }
 
     assert_eq!(
         spanning.len(),
@@ -219,5 +245,9 @@ fn rotating_every_certificate_under_open_tunnels_drops_nothing() -> anyhow::Resu
         );
     }
     assert_eq!(resets, 0, "connections were reset by the rotation");
+    assert!(
+        presented.iter().all(|(_, accepted)| *accepted),
+        "new tunnels did not present the new certificates: {presented:?}"
+    );
     Ok(())
 }

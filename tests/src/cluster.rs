@@ -65,6 +65,9 @@ pub struct ClusterNode {
     pub ca_dir: PathBuf,
     /// The workload config (shared by the cluster).
     pub mesh_config: PathBuf,
+    /// The `RUST_LOG` filter its ztunnels start with (e.g. to see debug events of one
+    /// module); `None` keeps the test's own environment.
+    pub log_filter: Option<String>,
     cni: CniRuntime,
 }
 
@@ -208,6 +211,7 @@ impl Cluster {
             log: node_dir.join("ztunnel.log"),
             ca_dir: crate::ztunnel::mesh_root(&self.env.scratch)?,
             mesh_config: self.mesh_config.clone(),
+            log_filter: None,
             cni,
         })
     }
@@ -382,7 +386,11 @@ impl ClusterNode {
     /// its lines start after.
     fn spawn_ztunnel(&self, what: &str, extra: &[&str]) -> anyhow::Result<(Process, u64)> {
         let binary = binary()?;
-        let mut argv: Vec<String> = vec![
+        let mut argv: Vec<String> = Vec::new();
+        if let Some(filter) = &self.log_filter {
+            argv.extend(["env".into(), format!("RUST_LOG={filter}")]);
+        }
+        argv.extend([
             binary.display().to_string(),
             "daemon".into(),
             "--bpffs-root".into(),
@@ -393,7 +401,7 @@ impl ClusterNode {
             self.cgroup.display().to_string(),
             "--config".into(),
             self.mesh_config.display().to_string(),
-        ];
+        ]);
         // Certificates come from the mesh root unless the test hands the node a directory.
         if !extra.contains(&"--cert-dir") {
             argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);
