@@ -6,20 +6,24 @@
 //! connections opened before the rollout that finish within the drain window must complete
 //! without a reset.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ztunnel_e2e::{
     cluster::{Cluster, ClusterPod},
     traffic::{EchoServer, Outcome, ProbeReport, ProbeSpec, Prober},
+    wait::{DEFAULT_TIMEOUT, wait_until},
 };
 
-/// host-local hands out .2, .3, .4 in creation order on each node; `setup` checks it.
+/// host-local hands out .2, .3, .4 in creation order on each node; `setup` checks it. surge1 is
+/// created while both daemons run, late1 after the successor took over (checked when made).
 const MESH: &str = r#"
 workloads:
 - {uid: t//client1, name: client1, namespace: default, serviceAccount: client1, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
 - {uid: t//server1, name: server1, namespace: default, serviceAccount: server1, workloadIps: ["198.18.1.3"], protocol: HBONE, node: node-1}
 - {uid: t//client2, name: client2, namespace: default, serviceAccount: client2, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
 - {uid: t//server2, name: server2, namespace: default, serviceAccount: server2, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
+- {uid: t//surge1, name: surge1, namespace: default, serviceAccount: surge1, workloadIps: ["198.18.1.4"], protocol: HBONE, node: node-1}
+- {uid: t//late1, name: late1, namespace: default, serviceAccount: late1, workloadIps: ["198.18.1.5"], protocol: HBONE, node: node-1}
 - {uid: t//legacy, name: legacy, namespace: default, serviceAccount: legacy, workloadIps: ["198.18.2.4"], protocol: TCP, node: node-2}
 "#;
 
@@ -31,6 +35,10 @@ const PROBE_ROUNDS: u32 = 200;
 const SESSION_ROUNDS: u32 = 160;
 /// Successful rounds on every path before the rollout starts, and again while both run.
 const WARM_ROUNDS: usize = 10;
+/// Rounds from each pod enrolled during or after the upgrade.
+const NEW_POD_ROUNDS: u32 = 10;
+/// How long the old daemon is stopped just before its SIGTERM (six probe rounds).
+const STALL: Duration = Duration::from_millis(300);
 
 struct Mesh {
     client1: ClusterPod,
@@ -110,18 +118,71 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         probe.wait_ok(WARM_ROUNDS)?;
     }
 
+    let mut migration = Vec::new();
+    for pod in [&mesh.client1, &mesh.server1] {
+        let output = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", pod.netns()))
+            .args(["cat", "/proc/sys/net/ipv4/tcp_migrate_req"])
+            .output()?;
+        migration.push((
+            pod.name.clone(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        ));
+    }
+    println!("net.ipv4.tcp_migrate_req in node 1's pods: {migration:?}");
+    assert!(
+        migration.iter().all(|(_, value)| value == "1"),
+        "ztunnel did not turn on request migration in its pods: {migration:?}"
+    );
+
     let surge_started = Instant::now();
     mesh.cluster.node_mut(1).start_successor(&[])?;
     let standing_by = surge_started.elapsed();
+    // A pod created while both run: the CNI plugin asks the old daemon, the successor follows
+    // the enrolled set; both must serve it before the old one goes.
+    let serving_offset = mesh.cluster.node(1).ztunnel_log().len();
+    let surge1 = mesh.cluster.pod(1, "default", "surge1")?;
+    wait_until("both daemons to serve surge1", DEFAULT_TIMEOUT, || {
+        let log = mesh.cluster.node(1).ztunnel_log();
+        let serving = log
+            .get(serving_offset..)?
+            .lines()
+            .filter(|line| line.contains("serving pod") && line.contains("pod=surge1"))
+            .count();
+        (serving >= 2).then_some(())
+    })?;
     let overlap: Vec<usize> = probes.iter().map(|probe| probe.report().ok()).collect();
     for (probe, before) in probes.iter().zip(&overlap) {
         probe.wait_ok(before + WARM_ROUNDS)?;
     }
+    // The fault: the old daemon stalls (SIGSTOP) for a few rounds just before its SIGTERM, as
+    // an overloaded one does, so connections queue on its listeners; closing them must hand
+    // those to the successor's (tcp_migrate_req), not reset them. The stall's length is the
+    // fault's definition (well under the clients' 2 s deadline), not a synchronisation.
+    mesh.cluster.node(1).signal_ztunnel(libc::SIGSTOP)?;
+    std::thread::sleep(STALL);
     let sigterm = SystemTime::now();
     let retire_started = Instant::now();
     let old_status = mesh.cluster.node_mut(1).retire_ztunnel()?;
     let old_gone = retire_started.elapsed();
+    // A pod created after the takeover: the CNI plugin asks the successor on its socket.
+    let late1 = mesh.cluster.pod(1, "default", "late1")?;
     let cluster = &mesh.cluster;
+    for (pod, expected) in [(&surge1, "198.18.1.4"), (&late1, "198.18.1.5")] {
+        anyhow::ensure!(
+            pod.ip.to_string() == expected,
+            "pod {} got {} from host-local, the mesh config says {expected}",
+            pod.name,
+            pod.ip
+        );
+    }
+    let new_pods: Vec<ProbeReport> = [&surge1, &late1]
+        .into_iter()
+        .map(|pod| {
+            let spec = ProbeSpec::connections(echo2.address(), NEW_POD_ROUNDS);
+            Prober::start(cluster, pod, &format!("{}-out", pod.name), spec)?.finish()
+        })
+        .collect::<anyhow::Result<_>>()?;
     let log = cluster.node(1).ztunnel_log();
     let took_over = log
         .lines()
@@ -130,8 +191,7 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         .to_owned();
     let drained = log
         .lines()
-        .filter(|line| line.contains("drain finished"))
-        .last()
+        .rfind(|line| line.contains("drain finished"))
         .unwrap_or_default()
         .to_owned();
 
@@ -147,12 +207,19 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         .iter()
         .filter(|session| spans(session, sigterm))
         .count();
+    // Requests that waited out the stall: queued on (or held by) the stopped old daemon.
+    let stalled: usize = probes
+        .iter()
+        .chain(&sessions)
+        .flat_map(|report| &report.records)
+        .filter(|record| record.elapsed >= STALL / 2)
+        .count();
     let resets: usize = probes
         .iter()
         .chain(&sessions)
         .map(|report| report.count(Outcome::Reset))
         .sum();
-    for report in probes.iter().chain(&sessions) {
+    for report in probes.iter().chain(&sessions).chain(&new_pods) {
         println!("{}", report.figures());
         if report.failed() > 0 {
             println!(
@@ -163,9 +230,10 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         }
     }
     println!(
-        "figures: upgrade standby_ms={} sigterm_to_old_exit_ms={} old_exit={old_status} sessions_spanning_sigterm={spanning}/{} resets={resets} requests={} ok={}",
+        "figures: upgrade standby_ms={} sigterm_to_old_exit_ms={} old_exit={old_status} stall_ms={} stalled_requests={stalled} sessions_spanning_sigterm={spanning}/{} resets={resets} requests={} ok={}",
         standing_by.as_millis(),
         old_gone.as_millis(),
+        STALL.as_millis(),
         sessions.len(),
         probes.iter().map(ProbeReport::sent).sum::<usize>(),
         probes.iter().map(ProbeReport::ok).sum::<usize>(),
@@ -208,10 +276,23 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         );
     }
     assert_eq!(resets, 0, "connections were reset during the upgrade");
+    for report in &new_pods {
+        assert!(
+            report.done && report.ok() == report.sent(),
+            "{}: a pod enrolled during or after the upgrade is not served: {:?}",
+            report.label,
+            report.failure_summary()
+        );
+    }
     assert!(
         old_status.success(),
         "the old ztunnel exited with {old_status}"
     );
     assert!(!took_over.is_empty(), "the successor never took over");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("enrolling pod") && line.contains("pod=late1")),
+        "the CNI plugin did not reach the successor on the enrollment socket"
+    );
     Ok(())
 }

@@ -73,6 +73,9 @@ pub struct ClusterNode {
     pub ca_dir: PathBuf,
     /// The workload config (shared by the cluster).
     pub mesh_config: PathBuf,
+    /// The `RUST_LOG` filter its ztunnels start with (e.g. to see debug events of one
+    /// module); `None` keeps the test's own environment.
+    pub log_filter: Option<String>,
     cni: CniRuntime,
 }
 
@@ -275,6 +278,7 @@ impl Cluster {
             log: node_dir.join("ztunnel.log"),
             ca_dir: crate::ztunnel::mesh_root(&self.env.scratch)?,
             mesh_config: self.mesh_config.clone(),
+            log_filter: None,
             cni,
         })
     }
@@ -453,7 +457,7 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Ends an upgrade: SIGTERMs the running ztunnel (it closes its listeners and drains), waits
+    /// Ends an upgrade: SIGTERMs (and SIGCONTs) the running ztunnel (it closes its listeners and drains), waits
     /// until the successor has taken over and is ready, then until the old one has exited. The
     /// successor is this node's ztunnel afterwards. Returns the old one's exit status.
     pub fn retire_ztunnel(&mut self) -> anyhow::Result<std::process::ExitStatus> {
@@ -470,6 +474,8 @@ impl ClusterNode {
             .map(|meta| meta.len())
             .unwrap_or(0);
         old.signal(libc::SIGTERM)?;
+        // In case the test paused it (SIGSTOP): the SIGTERM is acted on once it runs again.
+        old.signal(libc::SIGCONT)?;
         self.daemon = self.successor.take();
         self.wait_for_log("the successor to take over", offset, &["taking over"])?;
         self.wait_for_log(
@@ -478,6 +484,15 @@ impl ClusterNode {
             &["ztunnel daemon ready"],
         )?;
         old.wait_exit(Duration::from_secs(40))
+    }
+
+    /// Sends `signal` to this node's running ztunnel (e.g. SIGSTOP to make it stall, as an
+    /// overloaded daemon does, while its listeners keep queueing connections).
+    pub fn signal_ztunnel(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.daemon
+            .as_ref()
+            .with_context(|| format!("node {}'s ztunnel is not running", self.index))?
+            .signal(signal)
     }
 
     /// Spawns `ztunnel daemon` for this node with `extra` flags (and `RLIMIT_NOFILE` set to
@@ -497,6 +512,9 @@ impl ClusterNode {
                 self.index
             );
             argv.extend(prefix);
+        }
+        if let Some(filter) = &self.log_filter {
+            argv.extend(["env".into(), format!("RUST_LOG={filter}")]);
         }
         argv.extend([
             binary.display().to_string(),
@@ -665,4 +683,51 @@ fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {
         &format!("{key}={value}"),
     ]))?;
     Ok(())
+}
+
+/// The time at the start of a ztunnel log line (`2026-01-02T03:04:05.678901Z  INFO ...`).
+pub fn log_line_time(line: &str) -> Option<std::time::SystemTime> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut date_parts = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+        date_parts.next()?.ok()?,
+    );
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock_parts = clock.splitn(3, ':').map(str::parse::<i64>);
+    let (hour, minute, second) = (
+        clock_parts.next()?.ok()?,
+        clock_parts.next()?.ok()?,
+        clock_parts.next()?.ok()?,
+    );
+    let nanos: u32 = format!("{fraction:0<9}").get(..9)?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(seconds).ok()?)
+            + Duration::from_nanos(u64::from(nanos)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_line_times_are_read() {
+        let time = log_line_time("2026-11-27T00:07:25.024818Z  INFO ztunnel: ready").unwrap();
+        let since = time.duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(since.as_secs(), 1_795_738_045);
+        assert_eq!(since.subsec_micros(), 24_818);
+        assert!(log_line_time("garbage").is_none());
+    }
 }
