@@ -56,7 +56,10 @@ pub fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
     driver
         .current_dir(&root)
         .env("ZTUNNEL_BIN", release.join("ztunnel"))
-        .args(["--out-dir", &root.join("target/bench").display().to_string()]);
+        .args([
+            "--out-dir",
+            &root.join("target/bench").display().to_string(),
+        ]);
     if args.quick {
         driver.arg("--quick");
     }

@@ -54,7 +54,9 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Echoes every byte back, for any number of connections.

@@ -117,7 +117,9 @@ fn main() -> anyhow::Result<()> {
                 rounds = Some(words.next().context("--rounds needs a value")?.parse()?);
             }
             "--out-dir" => out_dir = words.next().context("--out-dir needs a value")?.into(),
-            other => anyhow::bail!("unknown option {other} (expected --quick, --rounds, --out-dir)"),
+            other => {
+                anyhow::bail!("unknown option {other} (expected --quick, --rounds, --out-dir)")
+            }
         }
     }
     let mut plan = if quick { Plan::quick() } else { Plan::full() };
@@ -177,7 +179,13 @@ fn main() -> anyhow::Result<()> {
             &direct_server,
             vec![],
         )?,
-        scenario("ebpf", &ebpf_cluster, &client, &server, pids(&ebpf_cluster)?)?,
+        scenario(
+            "ebpf",
+            &ebpf_cluster,
+            &client,
+            &server,
+            pids(&ebpf_cluster)?,
+        )?,
         scenario(
             "iptables",
             &iptables_cluster,
@@ -214,7 +222,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    for scenario in scenarios.iter().filter(|scenario| !scenario.ztunnels.is_empty()) {
+    for scenario in scenarios
+        .iter()
+        .filter(|scenario| !scenario.ztunnels.is_empty())
+    {
         let rss = measure::rss_with_open_tunnels(scenario, plan.open_tunnels)?;
         samples
             .entry(scenario.name)

@@ -63,10 +63,7 @@ pub fn round(scenario: &Scenario, plan: &Plan) -> anyhow::Result<Vec<(&'static s
     let bytes = number(&iperf["end"]["sum_received"], "bytes")?;
     figures.push(("throughput_gbit_s", bits_per_second / 1e9));
     if !scenario.ztunnels.is_empty() && bytes > 0.0 {
-        figures.push((
-            "cpu_s_per_gib",
-            cpu_iperf / (bytes / f64::from(1u32 << 30)),
-        ));
+        figures.push(("cpu_s_per_gib", cpu_iperf / (bytes / f64::from(1u32 << 30))));
     }
 
     let (p50, p99) = request_response(scenario, 1, plan.round_trips)?;

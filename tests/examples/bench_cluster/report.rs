@@ -21,10 +21,18 @@ const FIGURES: [(&str, &str, &str); 14] = [
     ("connect_p99_us", "connect+exchange+close p99", "µs"),
     ("connect_failures", "failed connections", ""),
     ("cpu_s_per_gib", "ztunnel CPU per GiB", "s"),
-    ("cpu_s_per_10k_connections", "ztunnel CPU per 10k conns", "s"),
+    (
+        "cpu_s_per_10k_connections",
+        "ztunnel CPU per 10k conns",
+        "s",
+    ),
     ("rss_idle_client_node_mib", "RSS idle, client node", "MiB"),
     ("rss_idle_server_node_mib", "RSS idle, server node", "MiB"),
-    ("rss_open_tunnels_mib", "RSS, 1,000 open tunnels (max)", "MiB"),
+    (
+        "rss_open_tunnels_mib",
+        "RSS, 1,000 open tunnels (max)",
+        "MiB",
+    ),
 ];
 
 /// Median, minimum and maximum of one figure over the rounds.
@@ -46,7 +54,7 @@ fn stat(values: &[f64]) -> Option<Stat> {
     }
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
-    let median = if sorted.len() % 2 == 0 {
+    let median = if sorted.len().is_multiple_of(2) {
         (sorted[middle - 1] + sorted[middle]) / 2.0
     } else {
         sorted[middle]
@@ -129,15 +137,17 @@ pub fn print_table(summary: &Summary, plan: &Plan) {
     for (key, label, unit) in FIGURES.iter() {
         let cells: Vec<String> = SCENARIOS
             .iter()
-            .map(|scenario| match summary.get(*scenario).and_then(|f| f.get(*key)) {
-                Some(stat) => format!(
-                    "{} [{}–{}]",
-                    short(stat.median),
-                    short(stat.min),
-                    short(stat.max)
-                ),
-                None => "-".into(),
-            })
+            .map(
+                |scenario| match summary.get(*scenario).and_then(|f| f.get(*key)) {
+                    Some(stat) => format!(
+                        "{} [{}–{}]",
+                        short(stat.median),
+                        short(stat.min),
+                        short(stat.max)
+                    ),
+                    None => "-".into(),
+                },
+            )
             .collect();
         println!(
             "{:<32} {:>26} {:>26} {:>26}",
@@ -147,7 +157,10 @@ pub fn print_table(summary: &Summary, plan: &Plan) {
             cells[2]
         );
     }
-    println!("\ntargets (figures, not assertions; {} rounds):", plan.rounds);
+    println!(
+        "\ntargets (figures, not assertions; {} rounds):",
+        plan.rounds
+    );
     for (label, value, target) in targets(summary) {
         let value = value.map_or("-".to_owned(), short);
         println!("  {label:<44} {value:>8}   target {target}");
