@@ -300,20 +300,15 @@ fn install_python_packages() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    eprintln!(
-        "setup: installing Python test tools into {}",
-        venv.display()
-    );
-    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
-        "cannot create a Python virtualenv (is python3 with the venv module installed?)",
-    )?;
+    eprintln!("setup: installing Python test tools into {}", venv.display());
+    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .context("cannot create a Python virtualenv (is python3 with the venv module installed?)")?;
     run_checked(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PYTHON_PACKAGES),
     )
     .with_context(|| format!("cannot install {} from PyPI", PYTHON_PACKAGES.join(" ")))?;
-    fs::write(&stamp_path, stamp)
-        .with_context(|| format!("cannot write {}", stamp_path.display()))?;
+    fs::write(&stamp_path, stamp).with_context(|| format!("cannot write {}", stamp_path.display()))?;
     Ok(())
 }
