@@ -553,6 +553,11 @@ impl ClusterNode {
         self.daemon.as_ref().map(Process::pid)
     }
 
+    /// The PID of this node's running ztunnel (for CPU and memory figures).
+    pub fn ztunnel_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Process::pid)
+    }
+
     /// Everything this node's ztunnel has logged (across restarts).
     pub fn ztunnel_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's developer workflows.
 
+mod bench_cluster;
 mod bench_hbone;
 mod command;
 mod demo;
@@ -24,10 +25,14 @@ enum Task {
     Test(test::TestArgs),
     /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
     Demo,
-    /// Benchmarks (figures, never pass/fail).
+    /// Benchmarks (figures, never pass/fail). Without a subcommand: pod to pod across two
+    /// nodes, direct vs ebpf vs iptables capture; writes target/bench/bench.{json,svg}.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
         #[command(subcommand)]
-        bench: Bench,
+        bench: Option<Bench>,
+        #[command(flatten)]
+        cluster: bench_cluster::BenchClusterArgs,
     },
 }
 
@@ -44,7 +49,12 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench {
-            bench: Bench::Hbone(args),
+            bench: Some(Bench::Hbone(args)),
+            ..
         } => bench_hbone::run(&args),
+        Task::Bench {
+            bench: None,
+            cluster,
+        } => bench_cluster::run(&cluster),
     }
 }
