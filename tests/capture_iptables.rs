@@ -165,6 +165,14 @@ fn iptables_capture_redirects_plaintext_to_the_inbound_listener() -> anyhow::Res
     let output = curl(&mesh, &mesh.legacy, &mesh.web)?;
     let clients = nginx.clients();
     let inbound = log_lines(&mesh, 2, "inbound plaintext connection captured");
+    // The access-log line is written when the connection has closed on both sides, which may
+    // be a moment after curl has its answer.
+    let legacy_ip = mesh.legacy.ip.to_string();
+    let logged = mesh.cluster.node(2).wait_for_log(
+        "the access-log line of the plaintext connection",
+        0,
+        &["ztunnel::access", "passthrough", &legacy_ip],
+    );
     let access = log_lines(&mesh, 2, "ztunnel::access");
     println!("nginx in web saw clients {clients:?}");
     println!("node 2 inbound plaintext log: {inbound:?}\nnode 2 access log: {access:?}");
@@ -178,10 +186,8 @@ fn iptables_capture_redirects_plaintext_to_the_inbound_listener() -> anyhow::Res
         "node 2's 15006 listener got web:80 back from conntrack after the REDIRECT"
     );
     assert!(
-        access
-            .iter()
-            .any(|line| line.contains("passthrough") && line.contains(&mesh.legacy.ip.to_string())),
-        "node 2 logged the plaintext connection from legacy"
+        logged.is_ok(),
+        "node 2 logged the plaintext connection from legacy: {logged:?}"
     );
     assert_eq!(
         clients,

@@ -11,6 +11,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use ztunnel::ebpf::loader::CGROUP_PROGRAMS;
 use ztunnel_e2e::{
     apps::listening,
     cluster::{Cluster, ClusterPod, log_line_time},
@@ -225,18 +226,20 @@ fn a_restarted_ztunnel_adopts_capture_and_serves_at_once() -> anyhow::Result<()>
     );
     assert_eq!(
         cgroup_while_down.len(),
-        6,
+        CGROUP_PROGRAMS.len(),
         "cgroup programs were detached while ztunnel was down"
     );
     assert_eq!(
         cgroup_hooks,
         vec![
             ("cgroup_getsockopt".to_owned(), "getsockopt".to_owned()),
+            ("cgroup_inet4_bind".to_owned(), "bind4".to_owned()),
             ("cgroup_inet4_connect".to_owned(), "connect4".to_owned()),
             (
                 "cgroup_inet4_getpeername".to_owned(),
                 "getpeername4".to_owned()
             ),
+            ("cgroup_inet6_bind".to_owned(), "bind6".to_owned()),
             ("cgroup_inet6_connect".to_owned(), "connect6".to_owned()),
             (
                 "cgroup_inet6_getpeername".to_owned(),

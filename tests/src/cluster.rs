@@ -548,11 +548,6 @@ impl ClusterNode {
         Ok((process, offset))
     }
 
-    /// The PID of this node's running ztunnel.
-    pub fn ztunnel_pid(&self) -> Option<u32> {
-        self.daemon.as_ref().map(Process::pid)
-    }
-
     /// The PID of this node's running ztunnel (for CPU and memory figures).
     pub fn ztunnel_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Process::pid)
