@@ -263,6 +263,16 @@ struct IdentityFailureLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReporterLabels {
+    reporter: Reporter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReloadLabels {
     result: LabelText,
 }
@@ -278,6 +288,8 @@ struct Inner {
     denied: Family<ConnectionLabels, Counter>,
     identity_failures: Family<IdentityFailureLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    tunnels_refused: Family<RefusalLabels, Counter>,
+    idle_timeouts: Family<ReporterLabels, Counter>,
 }
 
 /// The process's metrics; cheap to clone, every clone counts into the same registry.
@@ -304,6 +316,8 @@ impl Metrics {
         let denied = Family::default();
         let identity_failures = Family::default();
         let config_reloads = Family::default();
+        let tunnels_refused = Family::default();
+        let idle_timeouts = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -349,6 +363,16 @@ impl Metrics {
                 "Configuration reload attempts by result",
                 config_reloads.clone(),
             );
+            own.register(
+                "tunnels_refused",
+                "Connections reset before they were proxied because a limit was reached",
+                tunnels_refused.clone(),
+            );
+            own.register(
+                "idle_timeouts",
+                "Established connections closed because no byte moved for the idle timeout",
+                idle_timeouts.clone(),
+            );
         }
         Self {
             inner: Arc::new(Inner {
@@ -361,6 +385,8 @@ impl Metrics {
                 denied,
                 identity_failures,
                 config_reloads,
+                tunnels_refused,
+                idle_timeouts,
             }),
         }
     }
@@ -412,6 +438,22 @@ impl Metrics {
             .get_or_create(&ReloadLabels {
                 result: result.into(),
             })
+            .inc();
+    }
+
+    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`).
+    pub fn tunnel_refused(&self, reason: &'static str) {
+        self.inner
+            .tunnels_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// An established connection was closed because it was idle.
+    pub fn idle_timeout(&self, reporter: Reporter) {
+        self.inner
+            .idle_timeouts
+            .get_or_create(&ReporterLabels { reporter })
             .inc();
     }
 

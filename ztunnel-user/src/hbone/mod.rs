@@ -5,13 +5,15 @@
 //! - [`pool`]: the client side, one pool of TLS+h2 connections per (source identity,
 //!   destination identities, destination address), a new connection past 100 streams.
 //! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
+//! - [`idle`]: when a copy loop last moved a byte, for idle timeouts.
 
+pub mod idle;
 pub mod pool;
 pub mod server;
 pub mod stream;
 
 pub use pool::{HbonePool, TunnelRequest};
-pub use server::{Answer, ConnectHandler, HboneRequest, PeerInfo};
+pub use server::{Answer, BadRequest, ConnectHandler, ConnectTarget, HboneRequest, PeerInfo};
 pub use stream::{H2Stream, Transferred};
 
 use crate::identity::IdentityError;
@@ -26,8 +28,13 @@ pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
 /// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
 pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
-/// How long a TLS handshake may take before the connection is dropped.
+/// How long a TLS handshake (and, on the server, the HTTP/2 preface after it) may take before
+/// the connection is dropped, unless configured otherwise.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The largest request header block the server decodes (HPACK-decoded size). An HBONE `CONNECT`
+/// carries a few hundred bytes (`:authority`, `forwarded`, `traceparent`, `baggage`); h2's own
+/// default is 16 MiB per stream. Larger blocks are answered `431`.
+pub const SERVER_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
 pub const SEND_BUFFER: usize = 1024 * 1024;
 
@@ -52,8 +59,8 @@ pub enum HboneError {
         /// What the TLS layer or our verifier said.
         detail: String,
     },
-    /// The TLS handshake did not finish in time.
-    #[error("TLS handshake with {peer} did not finish within {timeout:?}")]
+    /// The TLS handshake (or the HTTP/2 preface after it) did not finish in time.
+    #[error("handshake with {peer} did not finish within {timeout:?}")]
     HandshakeTimeout {
         /// The peer address.
         peer: std::net::SocketAddr,

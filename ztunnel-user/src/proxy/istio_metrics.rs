@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::{
     access_log::ConnectionRecord,
-    metrics::HandshakeSide,
+    metrics::{HandshakeSide, RefusalReason},
     observer::{ConnectionObserver, FailureKind},
 };
 use crate::{
@@ -30,11 +30,7 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = if record.direction == "outbound" {
-            Reporter::Source
-        } else {
-            Reporter::Destination
-        };
+        let reporter = reporter(record);
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
         let mut labels = ConnectionLabels::new(reporter);
@@ -57,7 +53,23 @@ impl IstioMetrics {
     }
 }
 
+fn reporter(record: &ConnectionRecord) -> Reporter {
+    if record.direction == "outbound" {
+        Reporter::Source
+    } else {
+        Reporter::Destination
+    }
+}
+
 impl ConnectionObserver for IstioMetrics {
+    fn refused(&self, reason: RefusalReason) {
+        self.metrics.tunnel_refused(reason.as_str());
+    }
+
+    fn idle_timeout(&self, record: &ConnectionRecord) {
+        self.metrics.idle_timeout(reporter(record));
+    }
+
     fn opened(&self, record: &ConnectionRecord) {
         self.metrics.connection_opened(&self.labels(record));
     }

@@ -1,7 +1,10 @@
 //! Hooks through which connection events reach an exporter (Istio-named Prometheus metrics in
 //! the daemon, see [`super::istio_metrics`]); the proxy's own counters are in [`super::metrics`].
 
-use super::{access_log::ConnectionRecord, metrics::HandshakeSide};
+use super::{
+    access_log::ConnectionRecord,
+    metrics::{HandshakeSide, RefusalReason},
+};
 use crate::hbone::Transferred;
 
 /// Why a connection never carried bytes.
@@ -25,6 +28,10 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn failed(&self, _record: &ConnectionRecord, _kind: FailureKind) {}
     /// A TLS handshake failed because of identity or protocol.
     fn identity_failure(&self, _side: HandshakeSide, _reason: &'static str) {}
+    /// A connection was refused before it was proxied because a limit was reached.
+    fn refused(&self, _reason: RefusalReason) {}
+    /// An established connection was closed because it was idle.
+    fn idle_timeout(&self, _record: &ConnectionRecord) {}
 }
 
 /// Observes nothing.
