@@ -342,6 +342,11 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// The PID of this node's running ztunnel, if it runs.
+    pub fn ztunnel_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Process::pid)
+    }
+
     /// Everything this node's ztunnel has logged (across restarts).
     pub fn ztunnel_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

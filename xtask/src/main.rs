@@ -3,6 +3,7 @@
 mod bench_hbone;
 mod command;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -24,6 +25,9 @@ enum Task {
     Test(test::TestArgs),
     /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
     Demo,
+    /// Run each libFuzzer target in fuzz/ for a bounded time (nightly, cargo-fuzz; installs
+    /// cargo-fuzz if missing) and report executions, coverage and crashes.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks (figures, never pass/fail).
     Bench {
         #[command(subcommand)]
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench {
             bench: Bench::Hbone(args),
         } => bench_hbone::run(&args),
