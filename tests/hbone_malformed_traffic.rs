@@ -160,7 +160,8 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
     case!("h2 GET instead of CONNECT", client.request_status("GET", "https://198.18.1.2:80/", 400));
     case!("CONNECT to a name", client.request_status("CONNECT", "web.default.svc:80", 400));
     case!("CONNECT to another pod's address", client.request_status("CONNECT", "198.18.1.99:80", 400));
-    case!("oversized header block (1 MiB)", client.oversized_headers());
+    case!("header block over the limit (100 KiB)", client.oversized_headers(100 * 1024));
+    case!("oversized header block (1 MiB)", client.oversized_headers(1024 * 1024));
     case!("250 streams on one connection", client.too_many_streams(250));
     case!("RST flood: 2000 streams opened and reset", client.rst_flood(2000));
     case!("stall inside the ClientHello", client.stalled_client_hello());
@@ -358,17 +359,17 @@ impl Client {
         Ok(format!("answered {status}"))
     }
 
-    async fn oversized_headers(&self) -> anyhow::Result<String> {
+    async fn oversized_headers(&self, size: usize) -> anyhow::Result<String> {
         let mut sender = self.h2().await?;
         let request = http::Request::builder()
             .method("CONNECT")
             .uri(self.app.to_string())
-            .header("x-padding", "a".repeat(1024 * 1024))
+            .header("x-padding", "a".repeat(size))
             .body(())?;
         let (response, _send) = sender.send_request(request, false)?;
         match response.await {
             Ok(response) if response.status() == 200 => {
-                anyhow::bail!("a 1 MiB header block was accepted (200)")
+                anyhow::bail!("a {size}-byte header block was accepted (200)")
             }
             Ok(response) => Ok(format!("answered {}", response.status())),
             Err(error) => Ok(format!("refused: {error}")),
