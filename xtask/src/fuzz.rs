@@ -66,7 +66,7 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     let target_dir = root.join("target");
     let started = Instant::now();
     eprintln!("fuzz: building the targets (nightly, no sanitizer, debug assertions)");
-    run_checked(fuzz_command(&fuzz_dir, &target_dir, "build"))
+    run_checked(&mut fuzz_command(&fuzz_dir, &target_dir, "build"))
         .context("cannot build the fuzz targets")?;
     eprintln!("fuzz: built in {:.0} s", started.elapsed().as_secs_f64());
 
