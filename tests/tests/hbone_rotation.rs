@@ -37,7 +37,9 @@ impl ConnectHandler for RecordingServer {
             return answer.refuse(http::StatusCode::SERVICE_UNAVAILABLE);
         };
         if let Ok(tunnel) = answer.accept() {
-            let _ = tunnel.copy_with(&mut upstream).await;
+            let _ = tunnel
+                .copy_with(&mut upstream, ztunnel::proxy::limits::DEFAULT_IDLE_TIMEOUT)
+                .await;
         }
     }
 }
@@ -86,8 +88,10 @@ async fn rotation_keeps_open_tunnels_and_new_tunnels_use_the_new_certificate() {
         while let Ok((tcp, peer)) = hbone.accept().await {
             let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
-                if let Ok((tls, peer)) = server::accept_tls(&acceptor, tcp, peer).await {
-                    let _ = server::serve(tls, peer, handler, std::future::pending()).await;
+                let timeout = ztunnel::hbone::HANDSHAKE_TIMEOUT;
+                if let Ok((tls, peer)) = server::accept_tls(&acceptor, tcp, peer, timeout).await {
+                    let _ =
+                        server::serve(tls, peer, handler, timeout, std::future::pending()).await;
                 }
             });
         }

@@ -4,6 +4,7 @@ mod bench_cluster;
 mod bench_hbone;
 mod command;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -25,6 +26,9 @@ enum Task {
     Test(test::TestArgs),
     /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
     Demo,
+    /// Run each libFuzzer target in fuzz/ for a bounded time (nightly, cargo-fuzz; installs
+    /// cargo-fuzz if missing) and report executions, coverage and crashes.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks (figures, never pass/fail). Without a subcommand: pod to pod across two
     /// nodes, direct vs ebpf vs iptables capture; writes target/bench/bench.{json,svg}.
     #[command(args_conflicts_with_subcommands = true)]
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench {
             bench: Some(Bench::Hbone(args)),
             ..

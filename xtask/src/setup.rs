@@ -182,6 +182,17 @@ fn cargo_home() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cargo"))
 }
 
+/// Installs cargo-fuzz (for `cargo xtask fuzz`) unless it is already there. Not part of
+/// [`run`]: only fuzzing needs it, and its build takes a minute or two.
+pub fn install_cargo_fuzz() -> anyhow::Result<()> {
+    if stdout_if_ok(Command::new("cargo").args(["fuzz", "--version"])).is_some() {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz from crates.io (a minute or two)");
+    run_checked(Command::new("cargo").args(["+stable", "install", "cargo-fuzz", "--locked"]))
+        .context("cannot install cargo-fuzz (see cargo's output above)")
+}
+
 /// Installs bpf-linker linked against the nightly toolchain's own libLLVM, rebuilding it when
 /// the nightly's LLVM has changed since the last install (recorded in a stamp file).
 fn install_bpf_linker() -> anyhow::Result<()> {
@@ -300,15 +311,20 @@ fn install_python_packages() -> anyhow::Result<()> {
     {
         return Ok(());
     }
-    eprintln!("setup: installing Python test tools into {}", venv.display());
-    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))
-        .context("cannot create a Python virtualenv (is python3 with the venv module installed?)")?;
+    eprintln!(
+        "setup: installing Python test tools into {}",
+        venv.display()
+    );
+    run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv)).context(
+        "cannot create a Python virtualenv (is python3 with the venv module installed?)",
+    )?;
     run_checked(
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check"])
             .args(PYTHON_PACKAGES),
     )
     .with_context(|| format!("cannot install {} from PyPI", PYTHON_PACKAGES.join(" ")))?;
-    fs::write(&stamp_path, stamp).with_context(|| format!("cannot write {}", stamp_path.display()))?;
+    fs::write(&stamp_path, stamp)
+        .with_context(|| format!("cannot write {}", stamp_path.display()))?;
     Ok(())
 }

@@ -21,8 +21,8 @@ use ztunnel::{
     hbone::{HbonePool, TunnelRequest},
     identity::{CertificateAuthority, CertificateStore, SpiffeId},
     proxy::{
-        Drain, PodContext, ProxyContext, WorkloadInfo, copy::copy_tcp, directory::StaticDirectory,
-        listeners,
+        Drain, PodContext, ProxyContext, ProxyLimits, WorkloadInfo, copy::copy_tcp,
+        directory::StaticDirectory, listeners,
     },
     socket::HostSocketFactory,
     state::State,
@@ -99,7 +99,8 @@ fn copy_loop(c: &mut Criterion) {
             .await
             .expect("connect");
         let (reader, _) = back.accept().await.expect("accept");
-        tokio::spawn(async move { copy_tcp(&mut client, &mut upstream).await });
+        let idle_timeout = ProxyLimits::default().idle_timeout;
+        tokio::spawn(async move { copy_tcp(&mut client, &mut upstream, idle_timeout).await });
         (writer, reader)
     });
     let block = vec![0x5a_u8; CHUNK];
@@ -188,7 +189,9 @@ fn hbone_stream_open(c: &mut Criterion) {
             let peer = TcpStream::connect(local_address).await.expect("connect");
             let (mut tcp, _) = local.accept().await.expect("accept");
             drop(peer);
-            let (_, result) = stream.copy_with(&mut tcp).await;
+            let (_, result) = stream
+                .copy_with(&mut tcp, ProxyLimits::default().idle_timeout)
+                .await;
             result.expect("tunnel ends cleanly");
         })
     });

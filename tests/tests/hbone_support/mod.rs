@@ -17,8 +17,9 @@ use tokio::{
 use ztunnel::{
     identity::{CertificateAuthority, CertificateStore, SpiffeId},
     proxy::{
-        Drain, PodContext, ProxyContext, WorkloadInfo,
+        Drain, PodContext, ProxyContext, ProxyLimits, WorkloadInfo,
         directory::StaticDirectory,
+        observer::NoObserver,
         listeners::{self, FixedDestination},
     },
     socket::HostSocketFactory,
@@ -91,6 +92,15 @@ impl Node {
         net: u8,
         customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
     ) -> Self {
+        Self::start_with_limits(net, ProxyLimits::default(), customize).await
+    }
+
+    /// Starts the node with `limits` instead of the default ones.
+    pub async fn start_with_limits(
+        net: u8,
+        limits: ProxyLimits,
+        customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
+    ) -> Self {
         init_tracing();
         let authority = Arc::new(CertificateAuthority::generate("cluster.local").expect("root"));
         let store = Arc::new(
@@ -114,7 +124,13 @@ impl Node {
                 .with_hbone_workload_on_port(server_info.clone(), hbone_address.port()),
         );
         let (drain, watch) = Drain::new();
-        let context = ProxyContext::new(Arc::new(directory), store.clone(), watch);
+        let context = ProxyContext::with_limits(
+            Arc::new(directory),
+            store.clone(),
+            watch,
+            Arc::new(NoObserver),
+            limits,
+        );
         let client =
             PodContext::new(client_info, Arc::new(HostSocketFactory), &store).expect("client pod");
         let server =

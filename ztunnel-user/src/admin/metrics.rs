@@ -271,10 +271,20 @@ struct EndpointRetryLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct SourceMismatchLabels {
     reporter: Reporter,
     source_principal: LabelText,
     claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReporterLabels {
+    reporter: Reporter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -295,6 +305,8 @@ struct Inner {
     endpoint_retries: Family<EndpointRetryLabels, Counter>,
     source_mismatches: Family<SourceMismatchLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    tunnels_refused: Family<RefusalLabels, Counter>,
+    idle_timeouts: Family<ReporterLabels, Counter>,
 }
 
 /// The process's metrics; cheap to clone, every clone counts into the same registry.
@@ -323,6 +335,8 @@ impl Metrics {
         let endpoint_retries = Family::default();
         let source_mismatches = Family::default();
         let config_reloads = Family::default();
+        let tunnels_refused = Family::default();
+        let idle_timeouts = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -379,6 +393,16 @@ impl Metrics {
                 "Configuration reload attempts by result",
                 config_reloads.clone(),
             );
+            own.register(
+                "tunnels_refused",
+                "Connections reset before they were proxied because a limit was reached",
+                tunnels_refused.clone(),
+            );
+            own.register(
+                "idle_timeouts",
+                "Established connections closed because no byte moved for the idle timeout",
+                idle_timeouts.clone(),
+            );
         }
         Self {
             inner: Arc::new(Inner {
@@ -393,6 +417,8 @@ impl Metrics {
                 endpoint_retries,
                 source_mismatches,
                 config_reloads,
+                tunnels_refused,
+                idle_timeouts,
             }),
         }
     }
@@ -469,6 +495,22 @@ impl Metrics {
             .get_or_create(&ReloadLabels {
                 result: result.into(),
             })
+            .inc();
+    }
+
+    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`).
+    pub fn tunnel_refused(&self, reason: &'static str) {
+        self.inner
+            .tunnels_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// An established connection was closed because it was idle.
+    pub fn idle_timeout(&self, reporter: Reporter) {
+        self.inner
+            .idle_timeouts
+            .get_or_create(&ReporterLabels { reporter })
             .inc();
     }
 

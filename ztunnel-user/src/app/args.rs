@@ -10,6 +10,7 @@ use crate::{
     ebpf::maps::{FailMode, KernelLogLevel},
     identity::DEFAULT_TRUST_DOMAIN,
     inpod::{capture::CaptureRequest, state::DEFAULT_RUN_DIR},
+    proxy::{ProxyLimits, limits::DEFAULT_MAX_CONNECTIONS_PER_POD},
 };
 
 /// What enrolled pods' traffic does while ztunnel is not serving them.
@@ -132,6 +133,36 @@ pub struct DaemonArgs {
     /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
     #[arg(long, default_value_t = 30)]
     pub memory_release_seconds: u64,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Resource limits of the proxy.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// How long an inbound HBONE client may take to finish its TLS handshake, and then its
+    /// HTTP/2 preface, in milliseconds; a client that stalls is disconnected.
+    #[arg(long, default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// A proxied connection that moves no byte in either direction for this many seconds is
+    /// closed on both sides.
+    #[arg(long, default_value_t = 3600)]
+    pub idle_timeout_seconds: u64,
+    /// Outbound connections (HBONE tunnels and passthrough) one pod may have open at once;
+    /// past it, new connections are reset and counted in
+    /// `ztunnel_tunnels_refused_total{reason="per_pod_limit"}`.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_POD)]
+    pub max_connections_per_pod: usize,
+}
+
+impl From<&LimitArgs> for ProxyLimits {
+    fn from(args: &LimitArgs) -> Self {
+        Self {
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
+            idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
+            max_connections_per_pod: args.max_connections_per_pod,
+        }
+    }
 }
 
 impl DaemonArgs {

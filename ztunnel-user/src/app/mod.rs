@@ -12,7 +12,7 @@ pub mod pod_handler;
 
 use std::{sync::Arc, time::Duration};
 
-pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs};
+pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs};
 
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
@@ -88,11 +88,12 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
 
     let (drain, drain_watch) = Drain::new();
     let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));
-    let context = ProxyContext::with_observer(
+    let context = ProxyContext::with_limits(
         Arc::new(StateDirectory::new(state.clone())),
         certificates.clone(),
         drain_watch,
         observer,
+        (&args.limits).into(),
     );
     context
         .pool

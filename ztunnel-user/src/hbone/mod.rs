@@ -6,13 +6,15 @@
 //!   destination identities, destination address), a new connection past 100 streams; a
 //!   connection left without tunnels is closed after an idle timeout.
 //! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
+//! - [`idle`]: when a copy loop last moved a byte, for idle timeouts.
 
+pub mod idle;
 pub mod pool;
 pub mod server;
 pub mod stream;
 
 pub use pool::{HbonePool, TunnelRequest};
-pub use server::{Answer, ConnectHandler, HboneRequest, PeerInfo};
+pub use server::{Answer, BadRequest, ConnectHandler, ConnectTarget, HboneRequest, PeerInfo};
 pub use stream::{H2Stream, Transferred};
 
 use crate::identity::IdentityError;
@@ -32,11 +34,16 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How long an HBONE server may take to answer a `CONNECT` (it connects onward first, which a
 /// waypoint does with its own [`CONNECT_TIMEOUT`]) before the connection it went on is retired.
 pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a TLS handshake may take before the connection is dropped.
+/// How long a TLS handshake (and, on the server, the HTTP/2 preface after it) may take before
+/// the connection is dropped, unless configured otherwise.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a pooled client connection with no open tunnel is kept for reuse before it is
 /// closed (Istio's ztunnel also releases unused pool connections after 5 minutes).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The largest request header block the server decodes (HPACK-decoded size). An HBONE `CONNECT`
+/// carries a few hundred bytes (`:authority`, `forwarded`, `traceparent`, `baggage`); h2's own
+/// default is 16 MiB per stream. Larger blocks are answered `431`.
+pub const SERVER_MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// Bytes h2 may buffer per stream before the copy loop waits for the peer.
 pub const SEND_BUFFER: usize = 1024 * 1024;
 
@@ -61,8 +68,8 @@ pub enum HboneError {
         /// What the TLS layer or our verifier said.
         detail: String,
     },
-    /// The TLS handshake did not finish in time.
-    #[error("TLS handshake with {peer} did not finish within {timeout:?}")]
+    /// The TLS handshake (or the HTTP/2 preface after it) did not finish in time.
+    #[error("handshake with {peer} did not finish within {timeout:?}")]
     HandshakeTimeout {
         /// The peer address.
         peer: std::net::SocketAddr,

@@ -5,17 +5,20 @@
 //! handler decides the rest (`400` for an authority that is not its pod, `401` denied by policy,
 //! `503` no such workload or upstream refused, `200` then bytes).
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
 use http::{Method, Request, Response, StatusCode};
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{
-    CONNECTION_WINDOW, H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
-    SERVER_MAX_CONCURRENT_STREAMS, STREAM_WINDOW, handshake_error,
+    CONNECTION_WINDOW, H2Stream, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
+    SERVER_MAX_CONCURRENT_STREAMS, SERVER_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, handshake_error,
 };
 use crate::identity::{SpiffeId, certificate::CertificateFacts, tls::ALPN_H2};
 
@@ -30,7 +33,33 @@ pub struct PeerInfo {
     pub certificate_serial: String,
 }
 
-/// One `CONNECT` request, parsed.
+/// What a well-formed `CONNECT` asks for: the part of a request that depends only on its
+/// headers (see [`parse_connect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    /// The `:authority`: the original destination the client wants.
+    pub authority: SocketAddr,
+    /// The `forwarded` header's `for=` value (the original source), if sent.
+    pub forwarded_for: Option<SocketAddr>,
+    /// The W3C `traceparent` header, if sent.
+    pub traceparent: Option<String>,
+}
+
+/// Why a request is answered `400` before any handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// The method is not `CONNECT`.
+    #[error("not a CONNECT request")]
+    NotConnect,
+    /// `CONNECT` without `:authority`.
+    #[error("CONNECT without :authority")]
+    NoAuthority,
+    /// The authority is a name, or has no port: HBONE carries `ip:port` only.
+    #[error(":authority is not ip:port")]
+    AuthorityNotAddress,
+}
+
+/// One `CONNECT` request, parsed, with the peer it came from.
 #[derive(Debug, Clone)]
 pub struct HboneRequest {
     /// The `:authority`: the original destination the client wants.
@@ -74,18 +103,20 @@ pub trait ConnectHandler: Send + Sync + 'static {
 }
 
 /// Runs the TLS handshake (TLS 1.3, ALPN h2, client certificate per `acceptor`'s config) and
-/// returns the stream with the peer's proven identity.
+/// returns the stream with the peer's proven identity. A client that has not finished the
+/// handshake after `timeout` (a stalled or slow-loris client) is dropped.
 pub async fn accept_tls(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer_address: SocketAddr,
+    timeout: Duration,
 ) -> Result<(TlsStream<TcpStream>, PeerInfo), HboneError> {
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| HboneError::HandshakeTimeout {
             peer: peer_address,
-            timeout: HANDSHAKE_TIMEOUT,
+            timeout,
         })?
         .map_err(|error| handshake_error(peer_address, error))?;
     let (_, session) = tls.get_ref();
@@ -113,22 +144,37 @@ pub async fn accept_tls(
 }
 
 /// Serves the h2 connection until the client closes it, or until `shutdown` completes: then
-/// a GOAWAY stops new streams and open ones run to their end.
-pub async fn serve<H: ConnectHandler>(
-    tls: TlsStream<TcpStream>,
+/// a GOAWAY stops new streams and open ones run to their end. The client's HTTP/2 preface must
+/// arrive within `preface_timeout`.
+///
+/// `io` is the TLS stream in production; anything that reads and writes will do (the fuzz
+/// target drives this function over an in-memory pipe).
+pub async fn serve<H, T>(
+    io: T,
     peer: PeerInfo,
     handler: Arc<H>,
+    preface_timeout: Duration,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), HboneError> {
+) -> Result<(), HboneError>
+where
+    H: ConnectHandler,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     let peer = Arc::new(peer);
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_concurrent_streams(SERVER_MAX_CONCURRENT_STREAMS)
         .max_send_buffer_size(SEND_BUFFER)
-        .handshake::<_, Bytes>(tls)
+        .max_header_list_size(SERVER_MAX_HEADER_LIST_SIZE)
+        .handshake::<_, Bytes>(io);
+    let mut connection = tokio::time::timeout(preface_timeout, handshake)
         .await
+        .map_err(|_| HboneError::HandshakeTimeout {
+            peer: peer.address,
+            timeout: preface_timeout,
+        })?
         .map_err(|source| HboneError::H2 {
             peer: peer.address,
             source,
@@ -168,31 +214,37 @@ async fn dispatch<H: ConnectHandler>(
     handler: Arc<H>,
 ) {
     let (parts, body) = request.into_parts();
-    let parsed = parse_request(&parts, peer.clone());
-    match parsed {
-        Ok(request) => handler.handle(request, Answer { respond, body }).await,
+    match parse_connect(&parts) {
+        Ok(target) => {
+            let request = HboneRequest {
+                authority: target.authority,
+                forwarded_for: target.forwarded_for,
+                traceparent: target.traceparent,
+                peer,
+            };
+            handler.handle(request, Answer { respond, body }).await
+        }
         Err(why) => {
             tracing::info!(peer = %peer.address, identity = %peer.identity, method = %parts.method,
-                uri = %parts.uri, why, "HBONE request refused with 400");
+                uri = %parts.uri, %why, "HBONE request refused with 400");
             send_status(&mut respond, StatusCode::BAD_REQUEST);
         }
     }
 }
 
-fn parse_request(
-    parts: &http::request::Parts,
-    peer: Arc<PeerInfo>,
-) -> Result<HboneRequest, &'static str> {
+/// Checks that a request is a `CONNECT ip:port` and reads the headers HBONE uses. Anything it
+/// refuses is answered `400`.
+pub fn parse_connect(parts: &http::request::Parts) -> Result<ConnectTarget, BadRequest> {
     if parts.method != Method::CONNECT {
-        return Err("not a CONNECT request");
+        return Err(BadRequest::NotConnect);
     }
     let authority = parts
         .uri
         .authority()
-        .ok_or("CONNECT without :authority")?
+        .ok_or(BadRequest::NoAuthority)?
         .as_str()
         .parse::<SocketAddr>()
-        .map_err(|_| ":authority is not ip:port")?;
+        .map_err(|_| BadRequest::AuthorityNotAddress)?;
     let header = |name: &str| {
         parts
             .headers
@@ -201,11 +253,10 @@ fn parse_request(
             .map(str::to_owned)
     };
     let forwarded_for = header("forwarded").and_then(|value| parse_forwarded_for(&value));
-    Ok(HboneRequest {
+    Ok(ConnectTarget {
         authority,
         forwarded_for,
         traceparent: header("traceparent"),
-        peer,
     })
 }
 
@@ -245,5 +296,58 @@ mod tests {
             "[2001:db8::1]:80".parse().ok()
         );
         assert_eq!(parse_forwarded_for("by=x"), None);
+    }
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut builder = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn a_connect_to_ip_and_port_is_accepted_with_its_headers() {
+        let request = parts(
+            "CONNECT",
+            "198.18.1.2:80",
+            &[
+                ("forwarded", r#"for="198.18.2.3:4000""#),
+                (
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        );
+        let target = parse_connect(&request).expect("accepted");
+        assert_eq!(target.authority, "198.18.1.2:80".parse().unwrap());
+        assert_eq!(target.forwarded_for, "198.18.2.3:4000".parse().ok());
+        assert!(target.traceparent.is_some());
+        let v6 = parts("CONNECT", "[2001:db8::2]:8080", &[]);
+        assert_eq!(
+            parse_connect(&v6).expect("v6").authority,
+            "[2001:db8::2]:8080".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn anything_but_connect_to_ip_and_port_is_a_bad_request() {
+        let cases = [
+            ("GET", "https://198.18.1.2:80/", BadRequest::NotConnect),
+            (
+                "CONNECT",
+                "web.default.svc:80",
+                BadRequest::AuthorityNotAddress,
+            ),
+            ("CONNECT", "198.18.1.2", BadRequest::AuthorityNotAddress),
+            ("CONNECT", "/path-only", BadRequest::NoAuthority),
+        ];
+        for (method, uri, expected) in cases {
+            assert_eq!(
+                parse_connect(&parts(method, uri, &[])),
+                Err(expected),
+                "{method} {uri}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::{
     future::poll_fn,
     io,
     sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
@@ -17,6 +18,8 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
+
+use super::idle::{Activity, idle_error};
 
 /// Size of the per-tunnel read buffer.
 const BUFFER_SIZE: usize = 256 * 1024;
@@ -56,15 +59,24 @@ impl H2Stream {
     }
 
     /// Copies between `tcp` and the tunnel until both directions have ended, or one failed (then
-    /// the other is abandoned and the stream reset).
-    pub async fn copy_with(mut self, tcp: &mut TcpStream) -> (Transferred, io::Result<()>) {
+    /// the other is abandoned and the stream reset), or no byte moved either way for
+    /// `idle_timeout` (then both sides are closed: the stream reset, the socket dropped).
+    pub async fn copy_with(
+        mut self,
+        tcp: &mut TcpStream,
+        idle_timeout: Duration,
+    ) -> (Transferred, io::Result<()>) {
         let (mut read, mut write) = tcp.split();
         let sent = AtomicU64::new(0);
         let received = AtomicU64::new(0);
+        let activity = Activity::new();
         let result = {
-            let outgoing = tcp_to_h2(&mut read, &mut self.send, &sent);
-            let incoming = h2_to_tcp(&mut self.recv, &mut write, &received);
-            first_error(outgoing, incoming).await
+            let outgoing = tcp_to_h2(&mut read, &mut self.send, &sent, &activity);
+            let incoming = h2_to_tcp(&mut self.recv, &mut write, &received, &activity);
+            tokio::select! {
+                result = first_error(outgoing, incoming) => result,
+                () = activity.idle_for(idle_timeout) => Err(idle_error(idle_timeout)),
+            }
         };
         if result.is_err() {
             // Tell the peer the tunnel failed rather than leaving it half open.
@@ -122,6 +134,7 @@ async fn tcp_to_h2(
     read: &mut (impl AsyncRead + Unpin),
     send: &mut SendStream<Bytes>,
     total: &AtomicU64,
+    activity: &Activity,
 ) -> io::Result<()> {
     let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
     loop {
@@ -134,6 +147,7 @@ async fn tcp_to_h2(
             return send.send_data(Bytes::new(), true).map_err(h2_to_io);
         }
         total.fetch_add(count as u64, Ordering::Relaxed);
+        activity.touch();
         send_all(send, buffer.split().freeze()).await?;
     }
 }
@@ -182,9 +196,11 @@ async fn h2_to_tcp(
     recv: &mut RecvStream,
     write: &mut (impl AsyncWrite + Unpin),
     total: &AtomicU64,
+    activity: &Activity,
 ) -> io::Result<()> {
     while let Some(data) = recv.data().await {
         let data = data.map_err(h2_to_io)?;
+        activity.touch();
         write.write_all(&data).await?;
         total.fetch_add(data.len() as u64, Ordering::Relaxed);
         recv.flow_control()

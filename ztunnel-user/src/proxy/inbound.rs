@@ -33,7 +33,8 @@ pub async fn serve_hbone_connection(
             return Ok(());
         }
     };
-    let (tls, peer) = match accept_tls(&pod.acceptor, tcp, peer_address).await {
+    let handshake_timeout = context.limits.handshake_timeout;
+    let (tls, peer) = match accept_tls(&pod.acceptor, tcp, peer_address, handshake_timeout).await {
         Ok(accepted) => accepted,
         Err(error) => {
             let reason = error.reason();
@@ -54,7 +55,14 @@ pub async fn serve_hbone_connection(
         pod,
     });
     let drain = context.drain.clone();
-    serve(tls, peer, handler, async move { drain.signaled().await }).await
+    let result = serve(tls, peer, handler, handshake_timeout, async move {
+        drain.signaled().await
+    })
+    .await;
+    if let Err(error) = &result {
+        tracing::info!(peer = %peer_address, reason = error.reason(), %error, "HBONE connection closed");
+    }
+    result
 }
 
 /// Answers `CONNECT` streams for one pod.
@@ -122,7 +130,9 @@ impl ConnectHandler for InboundHandler {
         let outcome = match answer.accept() {
             Ok(tunnel) => {
                 self.context.opened(&record);
-                let (transferred, result) = tunnel.copy_with(&mut upstream).await;
+                let (transferred, result) = tunnel
+                    .copy_with(&mut upstream, self.context.limits.idle_timeout)
+                    .await;
                 // For the record, "sent" is what the remote client sent (tunnel → application).
                 let transferred = Transferred {
                     sent: transferred.received,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use super::{
     access_log::ConnectionRecord,
-    metrics::HandshakeSide,
+    metrics::{HandshakeSide, RefusalReason},
     observer::{ConnectionObserver, FailureKind},
 };
 use crate::{
@@ -31,11 +31,7 @@ impl IstioMetrics {
     }
 
     fn labels(&self, record: &ConnectionRecord) -> ConnectionLabels {
-        let reporter = match record.direction {
-            "outbound" => Reporter::Source,
-            crate::waypoint::DIRECTION => Reporter::Waypoint,
-            _ => Reporter::Destination,
-        };
+        let reporter = reporter(record);
         let state = self.state.snapshot();
         let workload_at = |address: SocketAddr| state.workload_by_ip(address.ip());
         let mut labels = ConnectionLabels::new(reporter);
@@ -66,7 +62,23 @@ impl IstioMetrics {
     }
 }
 
+fn reporter(record: &ConnectionRecord) -> Reporter {
+    match record.direction {
+        "outbound" => Reporter::Source,
+        crate::waypoint::DIRECTION => Reporter::Waypoint,
+        _ => Reporter::Destination,
+    }
+}
+
 impl ConnectionObserver for IstioMetrics {
+    fn refused(&self, reason: RefusalReason) {
+        self.metrics.tunnel_refused(reason.as_str());
+    }
+
+    fn idle_timeout(&self, record: &ConnectionRecord) {
+        self.metrics.idle_timeout(reporter(record));
+    }
+
     fn opened(&self, record: &ConnectionRecord) {
         self.metrics.connection_opened(&self.labels(record));
     }

@@ -18,6 +18,22 @@ pub enum HandshakeSide {
     Outbound,
 }
 
+/// Why a connection was refused before it was proxied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalReason {
+    /// The source pod already had `max_connections_per_pod` open.
+    PerPodLimit,
+}
+
+impl RefusalReason {
+    /// The label value (`reason="per_pod_limit"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PerPodLimit => "per_pod_limit",
+        }
+    }
+}
+
 /// Proxy counters.
 #[derive(Debug, Default)]
 pub struct ProxyMetrics {
@@ -33,6 +49,10 @@ pub struct ProxyMetrics {
     pub hbone_connections_accepted: AtomicU64,
     /// Connections routed to another HBONE server because the first could not be reached.
     pub endpoint_retries: AtomicU64,
+    /// Established connections closed because no byte moved for the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Connections refused before they were proxied, by reason.
+    refusals: Mutex<BTreeMap<RefusalReason, u64>>,
     /// HBONE streams answered, by status code.
     answers: Mutex<BTreeMap<u16, u64>>,
     /// Failed TLS handshakes, by side and reason.
@@ -60,6 +80,26 @@ impl ProxyMetrics {
             .iter()
             .map(|(key, count)| (*key, *count))
             .collect()
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, reason: RefusalReason) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Connections refused so far for `reason`.
+    pub fn refusals(&self, reason: RefusalReason) -> u64 {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&reason)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Counts an HBONE answer.

@@ -8,6 +8,7 @@
 //! - [`access_log`], [`metrics`], [`drain`]: one log line per closed connection, counters,
 //!   and SIGTERM draining.
 //! - [`listeners`]: accept loops on ordinary listeners (tests, benchmarks, the in-pod ones).
+//! - [`limits`]: handshake and idle timeouts, and the cap on one pod's open connections.
 //!
 //! Each entry point takes the shared [`ProxyContext`], the [`PodContext`] of the pod whose
 //! listener accepted the connection, and the accepted socket.
@@ -18,6 +19,7 @@ pub mod directory;
 pub mod drain;
 pub mod inbound;
 pub mod istio_metrics;
+pub mod limits;
 pub mod listeners;
 pub mod metrics;
 pub mod observer;
@@ -33,6 +35,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use directory::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
 pub use drain::{Drain, DrainWatch};
+pub use limits::ProxyLimits;
 pub use metrics::ProxyMetrics;
 pub use observer::ConnectionObserver;
 
@@ -56,6 +59,8 @@ pub struct ProxyContext {
     pub drain: DrainWatch,
     /// Where connection events are exported (Istio metrics in the daemon).
     pub observer: Arc<dyn ConnectionObserver>,
+    /// Timeouts and per-pod caps.
+    pub limits: ProxyLimits,
 }
 
 impl ProxyContext {
@@ -80,6 +85,23 @@ impl ProxyContext {
         drain: DrainWatch,
         observer: Arc<dyn ConnectionObserver>,
     ) -> Arc<Self> {
+        Self::with_limits(
+            directory,
+            certificates,
+            drain,
+            observer,
+            ProxyLimits::default(),
+        )
+    }
+
+    /// Like [`with_observer`](Self::with_observer), with `limits` instead of the defaults.
+    pub fn with_limits(
+        directory: Arc<dyn Directory>,
+        certificates: Arc<CertificateStore>,
+        drain: DrainWatch,
+        observer: Arc<dyn ConnectionObserver>,
+        limits: ProxyLimits,
+    ) -> Arc<Self> {
         Arc::new(Self {
             directory,
             pool: Arc::new(HbonePool::new(certificates.clone())),
@@ -87,6 +109,7 @@ impl ProxyContext {
             metrics: Arc::new(ProxyMetrics::default()),
             drain,
             observer,
+            limits,
         })
     }
 
@@ -112,6 +135,13 @@ impl ProxyContext {
         self.metrics.handshake_failed(side, reason);
         self.observer.identity_failure(side, reason);
     }
+
+    /// A connection was refused before it was proxied (a limit was reached): counted here and
+    /// exported.
+    pub(crate) fn refused(&self, reason: metrics::RefusalReason) {
+        self.metrics.refused(reason);
+        self.observer.refused(reason);
+    }
 }
 
 /// The pod whose listener accepted a connection: who it is, and where its sockets are made.
@@ -122,6 +152,8 @@ pub struct PodContext {
     pub sockets: Arc<dyn SocketFactory>,
     /// TLS server side of the pod's HBONE listener, presenting the pod's identity.
     pub acceptor: TlsAcceptor,
+    /// The pod's open outbound connections, against [`ProxyLimits::max_connections_per_pod`].
+    pub connections: Arc<limits::ConnectionSlots>,
 }
 
 impl PodContext {
@@ -136,6 +168,7 @@ impl PodContext {
             workload,
             sockets,
             acceptor: TlsAcceptor::from(config),
+            connections: Arc::default(),
         }))
     }
 

@@ -1,7 +1,10 @@
 //! Hooks through which connection events reach an exporter (Istio-named Prometheus metrics in
 //! the daemon, see [`super::istio_metrics`]); the proxy's own counters are in [`super::metrics`].
 
-use super::{access_log::ConnectionRecord, metrics::HandshakeSide};
+use super::{
+    access_log::ConnectionRecord,
+    metrics::{HandshakeSide, RefusalReason},
+};
 use crate::{hbone::Transferred, identity::SpiffeId};
 
 /// Why a connection never carried bytes.
@@ -31,6 +34,10 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     /// An inbound stream from `peer` claimed a source address of a workload whose identity is
     /// `claimed` (see [`super::inbound`]); it was refused.
     fn source_mismatch(&self, _peer: &SpiffeId, _claimed: &SpiffeId) {}
+    /// A connection was refused before it was proxied because a limit was reached.
+    fn refused(&self, _reason: RefusalReason) {}
+    /// An established connection was closed because it was idle.
+    fn idle_timeout(&self, _record: &ConnectionRecord) {}
 }
 
 /// Observes nothing.

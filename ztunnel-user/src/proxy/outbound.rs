@@ -9,12 +9,12 @@ use super::{
     OutboundRoute, PodContext, ProxyContext, ProxyError,
     access_log::ConnectionRecord,
     copy,
-    metrics::HandshakeSide,
+    metrics::{HandshakeSide, RefusalReason},
     observer::FailureKind,
     retry::{HboneHop, TunnelSource, open_tunnel},
 };
 use crate::{
-    hbone::{HboneError, Transferred},
+    hbone::{HboneError, Transferred, idle::is_idle_timeout},
     identity::SpiffeId,
 };
 
@@ -26,6 +26,16 @@ pub async fn handle(
     original_destination: SocketAddr,
 ) -> Result<(), ProxyError> {
     let _guard = context.drain.track();
+    let limit = context.limits.max_connections_per_pod;
+    let Some(_slot) = pod.connections.try_acquire(limit) else {
+        return Err(refuse_over_limit(
+            context,
+            pod,
+            client,
+            original_destination,
+            limit,
+        ));
+    };
     let _ = client.set_nodelay(true);
     let source = original_source(pod, &client)?;
     let route = context
@@ -69,7 +79,9 @@ pub async fn handle(
             match tunnel {
                 Ok(tunnel) => {
                     context.opened(&record);
-                    let (transferred, result) = tunnel.copy_with(&mut client).await;
+                    let (transferred, result) = tunnel
+                        .copy_with(&mut client, context.limits.idle_timeout)
+                        .await;
                     Outcome::Closed(
                         transferred,
                         result.map_err(|source| ProxyError::Interrupted {
@@ -89,7 +101,9 @@ pub async fn handle(
             match connect_plain(pod, address).await {
                 Ok(mut upstream) => {
                     context.opened(&record);
-                    let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
+                    let (transferred, result) =
+                        copy::copy_tcp(&mut client, &mut upstream, context.limits.idle_timeout)
+                            .await;
                     Outcome::Closed(
                         transferred,
                         result.map_err(|source| ProxyError::Interrupted { address, source }),
@@ -126,6 +140,12 @@ pub(crate) fn finish(
     use std::sync::atomic::Ordering::Relaxed;
     let (transferred, result) = match outcome {
         Outcome::Closed(transferred, result) => {
+            if let Err(ProxyError::Interrupted { source, .. }) = &result
+                && is_idle_timeout(source)
+            {
+                context.metrics.idle_timeouts.fetch_add(1, Relaxed);
+                context.observer.idle_timeout(record);
+            }
             context.metrics.connections_closed.fetch_add(1, Relaxed);
             context
                 .metrics
@@ -148,6 +168,27 @@ pub(crate) fn finish(
         Err(error) => record.log(transferred, &error.to_string()),
     }
     result
+}
+
+/// Resets a connection the pod may not open because it already has `limit` open; counts it.
+fn refuse_over_limit(
+    context: &ProxyContext,
+    pod: &PodContext,
+    client: TcpStream,
+    original_destination: SocketAddr,
+    limit: usize,
+) -> ProxyError {
+    context.refused(RefusalReason::PerPodLimit);
+    tracing::warn!(pod = %pod.workload.identity, destination = %original_destination, limit,
+        "connection refused: the pod has reached its limit of open connections (--max-connections-per-pod)");
+    // A reset rather than a FIN: the application sees the refusal at once instead of an empty
+    // response.
+    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+    drop(client);
+    ProxyError::NoRoute {
+        destination: original_destination,
+        reason: format!("the pod has {limit} connections open, its limit"),
+    }
 }
 
 /// Counts and logs why a tunnel could not be opened; tells the balancer about refusals.

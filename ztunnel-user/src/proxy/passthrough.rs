@@ -69,7 +69,8 @@ pub async fn handle_to(
         match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
             Ok(mut upstream) => {
                 context.opened(&record);
-                let (transferred, result) = copy::copy_tcp(&mut client, &mut upstream).await;
+                let (transferred, result) =
+                    copy::copy_tcp(&mut client, &mut upstream, context.limits.idle_timeout).await;
                 Outcome::Closed(
                     transferred,
                     result.map_err(|source| ProxyError::Interrupted {

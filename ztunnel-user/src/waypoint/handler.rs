@@ -45,7 +45,8 @@ impl WaypointHandler {
         let Ok(peer_address) = tcp.peer_addr() else {
             return;
         };
-        let (tls, peer) = match accept_tls(&acceptor, tcp, peer_address).await {
+        let handshake_timeout = self.context.limits.handshake_timeout;
+        let (tls, peer) = match accept_tls(&acceptor, tcp, peer_address, handshake_timeout).await {
             Ok(accepted) => accepted,
             Err(error) => {
                 let reason = error.reason();
@@ -60,7 +61,10 @@ impl WaypointHandler {
             .hbone_connections_accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let drain = self.context.drain.clone();
-        if let Err(error) = serve(tls, peer, self, async move { drain.signaled().await }).await {
+        let served = serve(tls, peer, self, handshake_timeout, async move {
+            drain.signaled().await
+        });
+        if let Err(error) = served.await {
             tracing::debug!(peer = %peer_address, %error, "HBONE connection to the waypoint ended with an error");
         }
     }

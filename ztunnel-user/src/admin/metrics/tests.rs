@@ -96,3 +96,20 @@ fn denials_and_identity_failures_are_counted() {
         "{text}"
     );
 }
+
+#[test]
+fn limit_refusals_and_idle_closes_are_exported() {
+    let metrics = Metrics::new();
+    metrics.tunnel_refused("per_pod_limit");
+    metrics.tunnel_refused("per_pod_limit");
+    metrics.idle_timeout(Reporter::Source);
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains("ztunnel_tunnels_refused_total{reason=\"per_pod_limit\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ztunnel_idle_timeouts_total{reporter=\"source\"} 1"),
+        "{text}"
+    );
+}
