@@ -206,9 +206,19 @@ fn wait_released(
 
 fn soak(test: &str, cycles: usize, hold: Duration) -> anyhow::Result<()> {
     let mut cluster = Cluster::new(test, 2, MESH)?;
+    // One pod holds every tunnel, so the per-pod cap is raised above the count, as a
+    // deployment that expects such a pod would.
+    let per_pod = (CONNECTIONS + 1024).to_string();
     for index in [1, 2] {
         cluster.node_mut(index).start_ztunnel_with_open_files(
-            &["--hbone-idle-seconds", "2", "--memory-release-seconds", "2"],
+            &[
+                "--hbone-idle-seconds",
+                "2",
+                "--memory-release-seconds",
+                "2",
+                "--max-connections-per-pod",
+                &per_pod,
+            ],
             Some(OPEN_FILES),
         )?;
     }
