@@ -14,20 +14,12 @@ use std::time::{Duration, SystemTime};
 use ztunnel::ebpf::loader::CGROUP_PROGRAMS;
 use ztunnel_e2e::{
     apps::listening,
-    cluster::{Cluster, ClusterPod, log_line_time},
+    cluster::{Cluster, log_line_time},
+    four_pods::FourPods,
     kernel::{cgroup_programs, tcx_ingress_programs},
     traffic::{EchoServer, ProbeReport, ProbeSpec, Prober},
     wait::{DEFAULT_TIMEOUT, wait_until},
 };
-
-/// host-local hands out .2, .3 in creation order on each node; `setup` checks it.
-const MESH: &str = r#"
-workloads:
-- {uid: t//client1, name: client1, namespace: default, serviceAccount: client1, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
-- {uid: t//server1, name: server1, namespace: default, serviceAccount: server1, workloadIps: ["198.18.1.3"], protocol: HBONE, node: node-1}
-- {uid: t//client2, name: client2, namespace: default, serviceAccount: client2, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
-- {uid: t//server2, name: server2, namespace: default, serviceAccount: server2, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
-"#;
 
 const ECHO_PORT: u16 = 7000;
 /// Rounds of each probe (50 ms apart: 6 s around the crash and the restart).
@@ -36,42 +28,8 @@ const PROBE_ROUNDS: u32 = 120;
 const WARM_ROUNDS: usize = 10;
 const REFUSED_WHILE_DOWN: u64 = 10;
 
-struct Mesh {
-    client1: ClusterPod,
-    server1: ClusterPod,
-    client2: ClusterPod,
-    server2: ClusterPod,
-    cluster: Cluster,
-}
-
-fn setup() -> anyhow::Result<Mesh> {
-    let mut cluster = Cluster::new("nspof_restart", 2, MESH)?;
-    cluster.node_mut(1).start_ztunnel(&[])?;
-    cluster.node_mut(2).start_ztunnel(&[])?;
-    let client1 = cluster.pod(1, "default", "client1")?;
-    let server1 = cluster.pod(1, "default", "server1")?;
-    let client2 = cluster.pod(2, "default", "client2")?;
-    let server2 = cluster.pod(2, "default", "server2")?;
-    for (pod, expected) in [
-        (&client1, "198.18.1.2"),
-        (&server1, "198.18.1.3"),
-        (&client2, "198.18.2.2"),
-        (&server2, "198.18.2.3"),
-    ] {
-        anyhow::ensure!(
-            pod.ip.to_string() == expected,
-            "pod {} got {} from host-local, the mesh config says {expected}",
-            pod.name,
-            pod.ip
-        );
-    }
-    Ok(Mesh {
-        client1,
-        server1,
-        client2,
-        server2,
-        cluster,
-    })
+fn setup() -> anyhow::Result<FourPods> {
+    FourPods::start("nspof_restart")
 }
 
 /// `outbound_refused` of `pod` in node 1's `inspect stats`.

@@ -18,6 +18,7 @@ pub mod apps;
 pub mod cluster;
 pub mod cni_runtime;
 pub mod env;
+pub mod four_pods;
 pub mod kernel;
 pub mod net;
 pub mod probe;
