@@ -166,8 +166,17 @@ async fn path(
     Ok(Path { direct, tunneled })
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The daemon's allocator settings, so the proxy half of this process behaves as it does.
+    ztunnel::app::memory::keep_freed_memory_for_reuse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(measure())
+}
+
+async fn measure() -> anyhow::Result<()> {
     let options = options()?;
     let client_ip = "127.0.200.1".parse()?;
     let server_ip = "127.0.200.2".parse()?;

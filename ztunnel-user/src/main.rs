@@ -196,7 +196,10 @@ fn main() -> anyhow::Result<()> {
                 ztunnel::ebpf::EBPF_OBJECT.len()
             );
         }
-        Command::Daemon(args) => ztunnel::app::run(args)?,
+        Command::Daemon(args) => {
+            ztunnel::app::memory::keep_freed_memory_for_reuse();
+            ztunnel::app::run(args)?
+        }
         Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);

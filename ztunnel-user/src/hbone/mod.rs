@@ -7,11 +7,13 @@
 //!   connection left without tunnels is closed after an idle timeout.
 //! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
 //! - [`idle`]: when a copy loop last moved a byte, for idle timeouts.
+//! - [`transport`]: the TCP socket under TLS (reads buffered).
 
 pub mod idle;
 pub mod pool;
 pub mod server;
 pub mod stream;
+pub mod transport;
 
 pub use pool::{HbonePool, TunnelRequest};
 pub use server::{Answer, BadRequest, ConnectHandler, ConnectTarget, HboneRequest, PeerInfo};

@@ -331,7 +331,10 @@ impl HbonePool {
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(&self.store, certificate, expected)?;
         let handshake =
-            TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp);
+            TlsConnector::from(config).connect(
+            ServerName::IpAddress(address.ip().into()),
+            super::transport::transport(tcp),
+        );
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| HboneError::HandshakeTimeout {

@@ -19,6 +19,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use super::{
     CONNECTION_WINDOW, H2Stream, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, SERVER_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, handshake_error,
+    transport::{Transport, transport},
 };
 use crate::identity::{SpiffeId, certificate::CertificateFacts, tls::ALPN_H2};
 
@@ -110,9 +111,9 @@ pub async fn accept_tls(
     tcp: TcpStream,
     peer_address: SocketAddr,
     timeout: Duration,
-) -> Result<(TlsStream<TcpStream>, PeerInfo), HboneError> {
+) -> Result<(TlsStream<Transport>, PeerInfo), HboneError> {
     let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(timeout, acceptor.accept(transport(tcp)))
         .await
         .map_err(|_| HboneError::HandshakeTimeout {
             peer: peer_address,
