@@ -407,6 +407,35 @@ fn new_traceparent() -> String {
         // Only tracing suffers; keep the tunnel.
         random = [1; 24];
     }
-    let hex: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("00-{}-{}-01", &hex[..32], &hex[32..])
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut header = String::with_capacity(55);
+    header.push_str("00-");
+    for (index, byte) in random.iter().enumerate() {
+        if index == 16 {
+            header.push('-');
+        }
+        header.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        header.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    header.push_str("-01");
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_traceparent;
+
+    #[test]
+    fn traceparent_is_version_00_with_random_ids_and_sampled() {
+        let header = new_traceparent();
+        let parts: Vec<&str> = header.split('-').collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1].len(), 32, "trace id in {header}");
+        assert_eq!(parts[2].len(), 16, "span id in {header}");
+        assert_eq!(parts[3], "01");
+        let hex = |part: &str| part.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+        assert!(hex(parts[1]) && hex(parts[2]), "lowercase hex in {header}");
+        assert_ne!(new_traceparent(), header, "each tunnel gets its own ids");
+    }
 }

@@ -27,7 +27,7 @@ impl PodSocketFactory {
     /// cannot collide with the client's own connection) and marked [`UPSTREAM_MARK`] so that
     /// [`super::routing`] brings the application's replies back to it. Needs `CAP_NET_ADMIN`.
     pub fn new_upstream_socket(&self, source: std::net::IpAddr) -> io::Result<TcpSocket> {
-        let socket = self.netns.run(move || {
+        let socket = self.netns.run_here(move || {
             let domain = if source.is_ipv6() {
                 Domain::IPV6
             } else {
@@ -52,9 +52,10 @@ impl PodSocketFactory {
 }
 
 impl SocketFactory for PodSocketFactory {
-    /// Each call enters the pod netns on a short-lived thread (see [`Netns::run`]).
+    /// Each call enters the pod netns on the calling thread and comes back (see
+    /// [`Netns::run_here`]).
     fn new_tcp_socket(&self, ipv6: bool) -> io::Result<TcpSocket> {
-        let socket = self.netns.run(move || {
+        let socket = self.netns.run_here(move || {
             let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
             let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
             socket.set_mark(BYPASS_MARK)?;
