@@ -160,6 +160,23 @@ fn main() -> anyhow::Result<()> {
             pod.ip
         );
     }
+    // Each round opens thousands of connections per client pod to the same server port; with
+    // the kernel default (TIME_WAIT reuse on loopback only) the direct client, whose connections
+    // are not on loopback, ran out of ports in round 2 (136 connections/s, 59 ms connects). A
+    // load generator host reuses them; so do all three client pods here.
+    for (cluster, pod) in [
+        (&ebpf_cluster, &client),
+        (&ebpf_cluster, &direct_client),
+        (&iptables_cluster, &iptables_client),
+    ] {
+        let output = cluster.run_in_pod(pod, &["sysctl", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
+        anyhow::ensure!(
+            output.status.success(),
+            "cannot enable TIME_WAIT reuse in pod {}: {}",
+            pod.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let pids = |cluster: &Cluster| -> anyhow::Result<Vec<u32>> {
         [1, 2]
             .iter()
