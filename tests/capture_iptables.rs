@@ -109,7 +109,7 @@ fn iptables_capture_carries_http_across_nodes_only_in_hbone() -> anyhow::Result<
     let pcap = capture.finish()?;
     let all = UnderlayCapture::read(&pcap_path, "tcp")?;
     let not_hbone = UnderlayCapture::read(&pcap_path, "tcp and not port 15008")?;
-    let clients = nginx.clients();
+    let clients = nginx.clients_after(1);
     let captured = log_lines(&mesh, 1, "connection captured by iptables");
     let access = log_lines(&mesh, 1, "ztunnel::access");
     println!(
@@ -163,7 +163,7 @@ fn iptables_capture_redirects_plaintext_to_the_inbound_listener() -> anyhow::Res
     let mesh = setup("iptables_plain")?;
     let nginx = Nginx::start(&mesh.cluster, &mesh.web, WEB_PAGE)?;
     let output = curl(&mesh, &mesh.legacy, &mesh.web)?;
-    let clients = nginx.clients();
+    let clients = nginx.clients_after(1);
     let inbound = log_lines(&mesh, 2, "inbound plaintext connection captured");
     // The access-log line is written when the connection has closed on both sides, which may
     // be a moment after curl has its answer.

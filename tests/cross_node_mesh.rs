@@ -121,7 +121,7 @@ fn http_across_nodes_travels_only_in_hbone_and_keeps_the_client_address() -> any
     let pcap = capture.finish()?;
     let all = UnderlayCapture::read(&pcap_path, "tcp")?;
     let not_hbone = UnderlayCapture::read(&pcap_path, "tcp and not port 15008")?;
-    let clients = nginx.clients();
+    let clients = nginx.clients_after(1);
     println!(
         "underlay: {} TCP packets, {} not on port 15008: {:?}",
         all.len(),
@@ -248,7 +248,7 @@ fn same_node_mesh_traffic_and_plaintext_to_a_non_mesh_pod_work() -> anyhow::Resu
         .ztunnel_cli(&["inspect", "pods", "--json"])?;
     println!(
         "neighbor saw {:?}, legacy saw {:?}; {} packets to legacy:80 on the underlay; node 2 pods {enrolled2}",
-        neighbor.clients(),
+        neighbor.clients_after(1),
         legacy.clients(),
         to_legacy.len()
     );

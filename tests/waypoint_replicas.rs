@@ -220,7 +220,7 @@ fn waypoint_replicas_carry_all_traffic_and_survive_a_sigkill() -> anyhow::Result
         warm.ok(),
         node2_inbound.len()
     );
-    let nginx_clients = mesh.nginx.clients();
+    let nginx_clients = mesh.nginx.clients_after(warm.sent());
     println!("nginx saw clients {nginx_clients:?}");
     println!(
         "sample waypoint line: {:?}",

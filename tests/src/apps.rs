@@ -67,6 +67,22 @@ impl Nginx {
             .collect()
     }
 
+    /// [`Nginx::clients`] once the access log has at least `count` lines, or as it is when
+    /// [`DEFAULT_TIMEOUT`] has passed (the caller asserts on what it gets). nginx writes a
+    /// request's line after it has sent the response, so a client can hold its answer before
+    /// the line exists: reading right after `curl` returned missed it in one CI run.
+    pub fn clients_after(&self, count: usize) -> Vec<String> {
+        wait_until(
+            &format!("nginx's access log to hold {count} requests"),
+            DEFAULT_TIMEOUT,
+            || {
+                let clients = self.clients();
+                (clients.len() >= count).then_some(clients)
+            },
+        )
+        .unwrap_or_else(|_| self.clients())
+    }
+
     /// nginx's PID.
     pub fn pid(&self) -> u32 {
         self.process.pid()
