@@ -30,8 +30,10 @@ pub fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
         .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let started = Instant::now();
+    let object = crate::ebpf_object::dev_build_object()?;
     let status = Command::new(&cargo)
         .current_dir(&root)
+        .env(crate::ebpf_object::VARIABLE, &object)
         .args([
             "build",
             "--release",

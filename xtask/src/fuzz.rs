@@ -65,14 +65,15 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     let fuzz_dir = root.join("fuzz");
     let target_dir = root.join("target");
     let started = Instant::now();
+    let object = crate::ebpf_object::dev_build_object()?;
     eprintln!("fuzz: building the targets (nightly, no sanitizer, debug assertions)");
-    run_checked(&mut fuzz_command(&fuzz_dir, &target_dir, "build"))
+    run_checked(&mut fuzz_command(&fuzz_dir, &target_dir, &object, "build"))
         .context("cannot build the fuzz targets")?;
     eprintln!("fuzz: built in {:.0} s", started.elapsed().as_secs_f64());
 
     let mut reports = Vec::new();
     for target in targets {
-        reports.push(run_target(&root, target, args.time)?);
+        reports.push(run_target(&root, target, &object, args.time)?);
     }
     println!(
         "\n{:<14} {:>8} {:>12} {:>7} {:>7} {:>7} {:>8}",
@@ -115,8 +116,9 @@ pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly fuzz <subcommand> -s none --debug-assertions --target-dir <target>/fuzz`.
-fn fuzz_command(fuzz_dir: &Path, target_dir: &Path, subcommand: &str) -> Command {
+/// `cargo +nightly fuzz <subcommand> -s none --debug-assertions --target-dir <target>/fuzz`,
+/// with the dev build's kernel object (`object`) instead of a third compilation of it.
+fn fuzz_command(fuzz_dir: &Path, target_dir: &Path, object: &Path, subcommand: &str) -> Command {
     // rustup's `cargo` from PATH (not $CARGO, the stable toolchain's own binary): only the
     // rustup proxy understands `+nightly`.
     let mut command = Command::new("cargo");
@@ -125,6 +127,7 @@ fn fuzz_command(fuzz_dir: &Path, target_dir: &Path, subcommand: &str) -> Command
         // The outer `cargo xtask` sets these for the stable toolchain; the fuzz build is nightly.
         .env_remove("RUSTC")
         .env_remove("RUSTUP_TOOLCHAIN")
+        .env(crate::ebpf_object::VARIABLE, object)
         .args([
             "+nightly",
             "fuzz",
@@ -138,7 +141,12 @@ fn fuzz_command(fuzz_dir: &Path, target_dir: &Path, subcommand: &str) -> Command
     command
 }
 
-fn run_target(root: &Path, target: &'static str, seconds: u64) -> anyhow::Result<Report> {
+fn run_target(
+    root: &Path,
+    target: &'static str,
+    object: &Path,
+    seconds: u64,
+) -> anyhow::Result<Report> {
     let target_dir = root.join("target");
     let scratch_corpus = target_dir.join("fuzz-corpus").join(target);
     let artifacts = target_dir.join("fuzz-artifacts").join(target);
@@ -153,7 +161,7 @@ fn run_target(root: &Path, target: &'static str, seconds: u64) -> anyhow::Result
     let known_crashes = files_in(&artifacts);
     eprintln!("fuzz: {target} for {seconds} s (log {})", log.display());
     let started = Instant::now();
-    let status = fuzz_command(&root.join("fuzz"), &target_dir, "run")
+    let status = fuzz_command(&root.join("fuzz"), &target_dir, object, "run")
         .arg(target)
         .arg(&scratch_corpus)
         .arg(&seeds)

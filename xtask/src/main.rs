@@ -4,6 +4,7 @@ mod bench_cluster;
 mod bench_hbone;
 mod command;
 mod demo;
+mod ebpf_object;
 mod fuzz;
 mod setup;
 mod test;
