@@ -15,7 +15,10 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", object.display());
         let out_dir = std::env::var("OUT_DIR")?;
         std::fs::copy(object, Path::new(&out_dir).join("ztunnel")).with_context(|| {
-            format!("cannot copy the kernel object from ZTUNNEL_EBPF_OBJECT={}", object.display())
+            format!(
+                "cannot copy the kernel object from ZTUNNEL_EBPF_OBJECT={}",
+                object.display()
+            )
         })?;
         return Ok(());
     }

@@ -44,7 +44,9 @@ pub fn keep_freed_memory_for_reuse() {
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
         };
         if !set {
-            tracing::warn!("glibc refused the allocator thresholds; data-path buffers may be page-faulted in afresh");
+            tracing::warn!(
+                "glibc refused the allocator thresholds; data-path buffers may be page-faulted in afresh"
+            );
         }
     }
 }

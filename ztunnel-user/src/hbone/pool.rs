@@ -330,8 +330,7 @@ impl HbonePool {
             .map_err(connect_error)?;
         let _ = tcp.set_nodelay(true);
         let config = tls::client_config(&self.store, certificate, expected)?;
-        let handshake =
-            TlsConnector::from(config).connect(
+        let handshake = TlsConnector::from(config).connect(
             ServerName::IpAddress(address.ip().into()),
             super::transport::transport(tcp),
         );
@@ -434,7 +433,10 @@ mod tests {
         assert_eq!(parts[1].len(), 32, "trace id in {header}");
         assert_eq!(parts[2].len(), 16, "span id in {header}");
         assert_eq!(parts[3], "01");
-        let hex = |part: &str| part.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+        let hex = |part: &str| {
+            part.bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+        };
         assert!(hex(parts[1]) && hex(parts[2]), "lowercase hex in {header}");
         assert_ne!(new_traceparent(), header, "each tunnel gets its own ids");
     }

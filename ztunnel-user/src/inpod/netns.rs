@@ -160,10 +160,18 @@ mod tests {
         for _ in 0..3 {
             let inside = pod.run_here(current_netns_cookie).expect("run_here");
             assert_eq!(inside, pod_cookie, "work ran in the pod's netns");
-            assert_eq!(current_netns_cookie().expect("own cookie"), home, "thread is back home");
+            assert_eq!(
+                current_netns_cookie().expect("own cookie"),
+                home,
+                "thread is back home"
+            );
         }
         let failed: io::Result<()> = pod.run_here(|| Err(io::Error::other("work failed")));
         assert!(failed.is_err());
-        assert_eq!(current_netns_cookie().expect("own cookie"), home, "back home after an error");
+        assert_eq!(
+            current_netns_cookie().expect("own cookie"),
+            home,
+            "back home after an error"
+        );
     }
 }
