@@ -8,20 +8,12 @@
 use std::{path::Path, time::SystemTime};
 
 use ztunnel_e2e::{
-    cluster::{Cluster, ClusterPod},
+    cluster::Cluster,
+    four_pods::{self, FourPods},
     traffic::{EchoServer, Outcome, ProbeReport, ProbeSpec, Prober},
     wait::{DEFAULT_TIMEOUT, wait_until},
     ztunnel::binary,
 };
-
-/// host-local hands out .2, .3 in creation order on each node; `setup` checks it.
-const MESH: &str = r#"
-workloads:
-- {uid: t//client1, name: client1, namespace: default, serviceAccount: client1, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
-- {uid: t//server1, name: server1, namespace: default, serviceAccount: server1, workloadIps: ["198.18.1.3"], protocol: HBONE, node: node-1}
-- {uid: t//client2, name: client2, namespace: default, serviceAccount: client2, workloadIps: ["198.18.2.2"], protocol: HBONE, node: node-2}
-- {uid: t//server2, name: server2, namespace: default, serviceAccount: server2, workloadIps: ["198.18.2.3"], protocol: HBONE, node: node-2}
-"#;
 
 const ECHO_PORT: u16 = 7000;
 /// New-connection rounds per direction (50 ms apart: 6 s around the rotation).
@@ -31,14 +23,6 @@ const SESSION_ROUNDS: u32 = 100;
 const WARM_ROUNDS: usize = 10;
 /// Service accounts with pods on each node.
 const ACCOUNTS: [(u8, [&str; 2]); 2] = [(1, ["client1", "server1"]), (2, ["client2", "server2"])];
-
-struct Mesh {
-    client1: ClusterPod,
-    server1: ClusterPod,
-    client2: ClusterPod,
-    server2: ClusterPod,
-    cluster: Cluster,
-}
 
 /// `ztunnel ca issue` of `account`'s certificate into `directory` (the file layout the daemon
 /// reads with `--cert-dir`).
@@ -62,8 +46,8 @@ fn certificate_directory(cluster: &Cluster, node: u8) -> std::path::PathBuf {
     cluster.env.scratch.join(format!("certs-n{node}"))
 }
 
-fn setup() -> anyhow::Result<Mesh> {
-    let mut cluster = Cluster::new("nspof_rotation", 2, MESH)?;
+fn setup() -> anyhow::Result<FourPods> {
+    let mut cluster = Cluster::new("nspof_rotation", 2, four_pods::MESH)?;
     for (node, accounts) in ACCOUNTS {
         let directory = certificate_directory(&cluster, node);
         for account in accounts {
@@ -79,37 +63,7 @@ fn setup() -> anyhow::Result<Mesh> {
             "1",
         ])?;
     }
-    let client1 = cluster.pod(1, "default", "client1")?;
-    let server1 = cluster.pod(1, "default", "server1")?;
-    let client2 = cluster.pod(2, "default", "client2")?;
-    let server2 = cluster.pod(2, "default", "server2")?;
-    for (pod, expected) in [
-        (&client1, "198.18.1.2"),
-        (&server1, "198.18.1.3"),
-        (&client2, "198.18.2.2"),
-        (&server2, "198.18.2.3"),
-    ] {
-        anyhow::ensure!(
-            pod.ip.to_string() == expected,
-            "pod {} got {} from host-local, the mesh config says {expected}",
-            pod.name,
-            pod.ip
-        );
-    }
-    Ok(Mesh {
-        client1,
-        server1,
-        client2,
-        server2,
-        cluster,
-    })
-}
-
-/// Whether the report has a round before `instant` and its last round after it.
-fn spans(report: &ProbeReport, instant: SystemTime) -> bool {
-    let first = report.records.first().map(|record| record.at);
-    let last = report.records.last().map(|record| record.at);
-    matches!((first, last), (Some(first), Some(last)) if first < instant && last > instant)
+    FourPods::in_cluster(cluster)
 }
 
 #[test]
@@ -187,7 +141,7 @@ fn rotating_every_certificate_under_open_tunnels_drops_nothing() -> anyhow::Resu
         .sum();
     let spanning: Vec<&str> = reports
         .iter()
-        .filter(|report| spans(report, rotated))
+        .filter(|report| report.spans(rotated))
         .map(|report| report.label.as_str())
         .collect();
     for report in &reports {

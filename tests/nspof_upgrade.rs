@@ -82,13 +82,6 @@ fn setup() -> anyhow::Result<Mesh> {
     })
 }
 
-/// Whether the session had a round before `instant` and its last round after it.
-fn spans(report: &ProbeReport, instant: SystemTime) -> bool {
-    let first = report.records.first().map(|record| record.at);
-    let last = report.records.last().map(|record| record.at);
-    matches!((first, last), (Some(first), Some(last)) if first < instant && last > instant)
-}
-
 #[test]
 fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> anyhow::Result<()> {
     let mut mesh = setup()?;
@@ -205,7 +198,7 @@ fn a_rolling_upgrade_of_ztunnel_loses_no_request_and_resets_no_connection() -> a
         .collect::<anyhow::Result<_>>()?;
     let spanning = sessions
         .iter()
-        .filter(|session| spans(session, sigterm))
+        .filter(|session| session.spans(sigterm))
         .count();
     // Requests that waited out the stall: queued on (or held by) the stopped old daemon.
     let stalled: usize = probes

@@ -33,6 +33,12 @@ impl FourPods {
         let mut cluster = Cluster::new(test, 2, MESH)?;
         cluster.node_mut(1).start_ztunnel(&[])?;
         cluster.node_mut(2).start_ztunnel(&[])?;
+        Self::in_cluster(cluster)
+    }
+
+    /// Creates the four pods in `cluster` (built with [`MESH`]), whose ztunnels the caller has
+    /// started its own way, and checks their addresses.
+    pub fn in_cluster(cluster: Cluster) -> anyhow::Result<Self> {
         let client1 = cluster.pod(1, "default", "client1")?;
         let server1 = cluster.pod(1, "default", "server1")?;
         let client2 = cluster.pod(2, "default", "client2")?;

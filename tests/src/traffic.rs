@@ -176,6 +176,14 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// Whether it attempted a round before `instant` and its last round after it: a session
+    /// that was open across `instant`.
+    pub fn spans(&self, instant: std::time::SystemTime) -> bool {
+        let first = self.records.first().map(|record| record.at);
+        let last = self.records.last().map(|record| record.at);
+        matches!((first, last), (Some(first), Some(last)) if first < instant && last > instant)
+    }
+
     /// Requests sent.
     pub fn sent(&self) -> usize {
         self.records.len()
