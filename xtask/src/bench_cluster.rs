@@ -6,9 +6,11 @@
 //! and writes target/bench/bench.json and target/bench/bench.svg. Figures only: nothing is
 //! asserted about them.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{process::Command, time::Instant};
 
 use anyhow::Context;
+
+use crate::command::{cargo, workspace_root};
 
 /// Options of the cluster benchmark.
 #[derive(Debug, clap::Args)]
@@ -24,14 +26,10 @@ pub struct BenchClusterArgs {
 /// Builds in release, checks the prerequisites, runs the driver.
 pub fn run(args: &BenchClusterArgs) -> anyhow::Result<()> {
     crate::setup::run()?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask has no parent directory")?
-        .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = workspace_root();
     let started = Instant::now();
     let object = crate::ebpf_object::dev_build_object()?;
-    let status = Command::new(&cargo)
+    let status = Command::new(cargo())
         .current_dir(&root)
         .env(crate::ebpf_object::VARIABLE, &object)
         .args([

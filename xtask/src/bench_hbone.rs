@@ -23,9 +23,8 @@ pub struct BenchHboneArgs {
 
 /// Builds and runs the driver in release mode.
 pub fn run(args: &BenchHboneArgs) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let object = crate::ebpf_object::dev_build_object()?;
-    let status = Command::new(cargo)
+    let status = Command::new(crate::command::cargo())
         .env(crate::ebpf_object::VARIABLE, &object)
         .args([
             "run",

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::command::workspace_root;
+use crate::command::{cargo, workspace_root};
 
 /// The variable the build script reads.
 pub const VARIABLE: &str = "ZTUNNEL_EBPF_OBJECT";
@@ -22,8 +22,7 @@ pub const VARIABLE: &str = "ZTUNNEL_EBPF_OBJECT";
 /// Builds `ztunnel-user` in the dev profile (nothing to do when it is up to date) and returns
 /// the path of the kernel object its build script produced.
 pub fn dev_build_object() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut child = Command::new(&cargo)
+    let mut child = Command::new(cargo())
         .current_dir(workspace_root())
         .env_remove(VARIABLE)
         .args([

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::{
-    command::{run_checked, run_collecting, workspace_root},
+    command::{cargo, run_checked, run_collecting, workspace_root},
     setup,
 };
 
@@ -24,7 +24,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     setup::run()?;
     let root = workspace_root();
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo = cargo();
 
     eprintln!("test: building the ztunnel binary");
     run_checked(Command::new(&cargo).current_dir(&root).args([

@@ -20,7 +20,7 @@ use ztunnel_e2e::{
 };
 
 use crate::{
-    command::{run_checked, workspace_root},
+    command::{cargo, run_checked, workspace_root},
     setup,
 };
 use interrupt::Console;
@@ -61,7 +61,7 @@ pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     interrupt::check()?;
     let root = workspace_root();
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let cargo = cargo();
     eprintln!("demo: building the ztunnel binary");
     run_checked(Command::new(&cargo).current_dir(&root).args([
         "build",
