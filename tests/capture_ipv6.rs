@@ -79,7 +79,10 @@ fn ipv6_outbound_and_inbound_are_captured() -> anyhow::Result<()> {
     );
     assert!(inbound.status.success(), "IPv6 inbound curl failed");
     assert!(
-        inbound_body.starts_with(&format!("hello from client app peer=[{}]:", server_pod.ipv6)),
+        inbound_body.starts_with(&format!(
+            "hello from client app peer=[{}]:",
+            server_pod.ipv6
+        )),
         "the app did not answer, or did not see the client's own address"
     );
     assert_eq!(final_counters.outbound_redirected, 1);

@@ -20,7 +20,9 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
-use ztunnel::identity::{CertificateAuthority, SpiffeId, tls, verify::ExpectedIdentityServerVerifier};
+use ztunnel::identity::{
+    CertificateAuthority, SpiffeId, tls, verify::ExpectedIdentityServerVerifier,
+};
 use ztunnel_e2e::{
     apps::{Nginx, listening},
     cluster::Cluster,
@@ -53,13 +55,17 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
     let web = cluster.pod(1, "default", "web")?;
     let _nginx = Nginx::start(&cluster, &web, PAGE)?;
     let node = cluster.node(1);
-    let pid = node.ztunnel_pid().context("node 1's ztunnel is not running")?;
+    let pid = node
+        .ztunnel_pid()
+        .context("node 1's ztunnel is not running")?;
     let hbone = SocketAddr::new(IpAddr::V4(web.ip), 15008);
     wait_until("the pod's HBONE listener", DEFAULT_TIMEOUT, || {
         listening(web.netns(), &hbone.to_string()).then_some(())
     })?;
     let client = Client::new(&node.ca_dir, hbone)?;
-    let log_offset = std::fs::metadata(&node.log).map(|meta| meta.len()).unwrap_or(0);
+    let log_offset = std::fs::metadata(&node.log)
+        .map(|meta| meta.len())
+        .unwrap_or(0);
     println!(
         "set up: ztunnel pid {pid} with --handshake-timeout-ms {HANDSHAKE_TIMEOUT_MS}, pod web {} \
          (nginx on :80), HBONE {hbone}; clients run in node 1's netns",
@@ -74,7 +80,10 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
         Ok(runtime.block_on(run_cases(&client, pid)))
     })?;
 
-    println!("\n{:<44} {:>9} {:>9}  outcome / tunnel after", "case", "rss KiB", "after");
+    println!(
+        "\n{:<44} {:>9} {:>9}  outcome / tunnel after",
+        "case", "rss KiB", "after"
+    );
     for report in &reports {
         println!(
             "{:<44} {:>9} {:>9}  {} / {}",
@@ -138,11 +147,18 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
             let rss_before = rss_kib(pid);
             let outcome = match tokio::time::timeout(CASE_DEADLINE, $future).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(anyhow::anyhow!("no answer and no close within {CASE_DEADLINE:?}")),
+                Err(_) => Err(anyhow::anyhow!(
+                    "no answer and no close within {CASE_DEADLINE:?}"
+                )),
             };
             let tunnel_after = client.good_tunnel().await;
             let rss_after = rss_kib(pid);
-            println!("{}: {} (then: {})", $name, describe(&outcome), describe(&tunnel_after));
+            println!(
+                "{}: {} (then: {})",
+                $name,
+                describe(&outcome),
+                describe(&tunnel_after)
+            );
             reports.push(Report {
                 name: $name,
                 outcome,
@@ -154,18 +170,51 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
     }
     case!("baseline: a well-formed tunnel", client.good_tunnel());
     case!("not TLS: plaintext HTTP/1.1", client.not_tls());
-    case!("TLS without a client certificate", client.no_client_certificate());
+    case!(
+        "TLS without a client certificate",
+        client.no_client_certificate()
+    );
     case!("TLS offering only ALPN http/1.1", client.alpn_http1());
-    case!("HTTP/1.1 inside TLS with ALPN h2", client.http1_over_h2_alpn());
-    case!("h2 GET instead of CONNECT", client.request_status("GET", "https://198.18.1.2:80/", 400));
-    case!("CONNECT to a name", client.request_status("CONNECT", "web.default.svc:80", 400));
-    case!("CONNECT to another pod's address", client.request_status("CONNECT", "198.18.1.99:80", 400));
-    case!("header block over the limit (100 KiB)", client.oversized_headers(100 * 1024));
-    case!("oversized header block (1 MiB)", client.oversized_headers(1024 * 1024));
-    case!("250 streams on one connection", client.too_many_streams(250));
-    case!("RST flood: 2000 streams opened and reset", client.rst_flood(2000));
-    case!("stall inside the ClientHello", client.stalled_client_hello());
-    case!("TLS done, HTTP/2 preface never sent", client.no_h2_preface());
+    case!(
+        "HTTP/1.1 inside TLS with ALPN h2",
+        client.http1_over_h2_alpn()
+    );
+    case!(
+        "h2 GET instead of CONNECT",
+        client.request_status("GET", "https://198.18.1.2:80/", 400)
+    );
+    case!(
+        "CONNECT to a name",
+        client.request_status("CONNECT", "web.default.svc:80", 400)
+    );
+    case!(
+        "CONNECT to another pod's address",
+        client.request_status("CONNECT", "198.18.1.99:80", 400)
+    );
+    case!(
+        "header block over the limit (100 KiB)",
+        client.oversized_headers(100 * 1024)
+    );
+    case!(
+        "oversized header block (1 MiB)",
+        client.oversized_headers(1024 * 1024)
+    );
+    case!(
+        "250 streams on one connection",
+        client.too_many_streams(250)
+    );
+    case!(
+        "RST flood: 2000 streams opened and reset",
+        client.rst_flood(2000)
+    );
+    case!(
+        "stall inside the ClientHello",
+        client.stalled_client_hello()
+    );
+    case!(
+        "TLS done, HTTP/2 preface never sent",
+        client.no_h2_preface()
+    );
     reports
 }
 
@@ -315,7 +364,8 @@ impl Client {
 
     async fn not_tls(&self) -> anyhow::Result<String> {
         let mut tcp = self.tcp().await?;
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: 198.18.1.2\r\n\r\n").await?;
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: 198.18.1.2\r\n\r\n")
+            .await?;
         let (bytes, end) = read_until_closed(&mut tcp).await;
         Ok(format!("closed after {bytes} bytes ({end})"))
     }
@@ -328,7 +378,10 @@ impl Client {
         };
         let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
         let (bytes, end) = read_until_closed(&mut tls).await;
-        anyhow::ensure!(bytes == 0, "the server sent {bytes} bytes of application data");
+        anyhow::ensure!(
+            bytes == 0,
+            "the server sent {bytes} bytes of application data"
+        );
         Ok(format!("closed ({end})"))
     }
 
@@ -337,7 +390,10 @@ impl Client {
             Err(error) => Ok(format!("handshake refused: {error:#}")),
             Ok(mut tls) => {
                 let (bytes, end) = read_until_closed(&mut tls).await;
-                anyhow::ensure!(bytes == 0, "the server sent {bytes} bytes of application data");
+                anyhow::ensure!(
+                    bytes == 0,
+                    "the server sent {bytes} bytes of application data"
+                );
                 Ok(format!("closed after the handshake ({end})"))
             }
         }
@@ -345,17 +401,26 @@ impl Client {
 
     async fn http1_over_h2_alpn(&self) -> anyhow::Result<String> {
         let mut tls = self.tls(&self.with_certificate).await?;
-        tls.write_all(b"GET / HTTP/1.1\r\nHost: 198.18.1.2\r\n\r\n").await?;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: 198.18.1.2\r\n\r\n")
+            .await?;
         let (bytes, end) = read_until_closed(&mut tls).await;
         Ok(format!("closed after {bytes} bytes ({end})"))
     }
 
-    async fn request_status(&self, method: &str, uri: &str, expected: u16) -> anyhow::Result<String> {
+    async fn request_status(
+        &self,
+        method: &str,
+        uri: &str,
+        expected: u16,
+    ) -> anyhow::Result<String> {
         let mut sender = self.h2().await?;
         let request = http::Request::builder().method(method).uri(uri).body(())?;
         let (response, _send) = sender.send_request(request, false)?;
         let status = response.await?.status();
-        anyhow::ensure!(status == expected, "{method} {uri} answered {status}, expected {expected}");
+        anyhow::ensure!(
+            status == expected,
+            "{method} {uri} answered {status}, expected {expected}"
+        );
         Ok(format!("answered {status}"))
     }
 
@@ -392,9 +457,13 @@ impl Client {
             match raw::read_frame(&mut tls).await {
                 Ok(frame) => match frame.kind {
                     raw::HEADERS => answered += 1,
-                    raw::RST_STREAM if frame.error_code() == Some(raw::REFUSED_STREAM) => refused += 1,
+                    raw::RST_STREAM if frame.error_code() == Some(raw::REFUSED_STREAM) => {
+                        refused += 1
+                    }
                     raw::RST_STREAM => other_resets += 1,
-                    raw::SETTINGS if frame.flags & raw::ACK == 0 => tls.write_all(&raw::settings_ack()).await?,
+                    raw::SETTINGS if frame.flags & raw::ACK == 0 => {
+                        tls.write_all(&raw::settings_ack()).await?
+                    }
                     raw::GOAWAY => {
                         end = format!("GOAWAY {:?}", frame.error_code());
                         break;
@@ -415,7 +484,8 @@ impl Client {
             "more than {SERVER_MAX_CONCURRENT_STREAMS} concurrent streams were served: {summary}"
         );
         anyhow::ensure!(
-            refused + other_resets >= count as usize - SERVER_MAX_CONCURRENT_STREAMS || end.starts_with("GOAWAY"),
+            refused + other_resets >= count as usize - SERVER_MAX_CONCURRENT_STREAMS
+                || end.starts_with("GOAWAY"),
             "streams past the limit were neither refused nor the connection closed: {summary}"
         );
         Ok(summary)
@@ -444,8 +514,12 @@ impl Client {
                     raw::SETTINGS if frame.flags & raw::ACK == 0 => {
                         let _ = tls.write_all(&raw::settings_ack()).await;
                     }
-                    raw::PING if frame.flags & raw::ACK != 0 => break "survived: PING answered".to_owned(),
-                    raw::GOAWAY => break format!("GOAWAY with error code {:?}", frame.error_code()),
+                    raw::PING if frame.flags & raw::ACK != 0 => {
+                        break "survived: PING answered".to_owned();
+                    }
+                    raw::GOAWAY => {
+                        break format!("GOAWAY with error code {:?}", frame.error_code());
+                    }
                     _ => {}
                 },
                 Err(error) => break format!("closed: {error}"),
@@ -460,18 +534,26 @@ impl Client {
     async fn stalled_client_hello(&self) -> anyhow::Result<String> {
         let mut tcp = self.tcp().await?;
         // A TLS record header announcing a 512-byte ClientHello, and the first bytes of it.
-        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
-            .await?;
+        tcp.write_all(&[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ])
+        .await?;
         let started = Instant::now();
         let (bytes, end) = read_until_closed(&mut tcp).await;
-        Ok(format!("closed after {:?}, {bytes} bytes ({end})", started.elapsed()))
+        Ok(format!(
+            "closed after {:?}, {bytes} bytes ({end})",
+            started.elapsed()
+        ))
     }
 
     async fn no_h2_preface(&self) -> anyhow::Result<String> {
         let mut tls = self.tls(&self.with_certificate).await?;
         let started = Instant::now();
         let (bytes, end) = read_until_closed(&mut tls).await;
-        Ok(format!("closed after {:?}, {bytes} bytes ({end})", started.elapsed()))
+        Ok(format!(
+            "closed after {:?}, {bytes} bytes ({end})",
+            started.elapsed()
+        ))
     }
 }
 
@@ -519,7 +601,9 @@ mod raw {
     }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let length = u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let length = u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
         let mut out = vec![length[1], length[2], length[3], kind, flags];
         out.extend_from_slice(&stream.to_be_bytes());
         out.extend_from_slice(payload);

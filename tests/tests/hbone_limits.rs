@@ -58,9 +58,12 @@ async fn connections_past_the_per_pod_limit_are_reset_and_counted() {
     let mut open = Vec::new();
     for index in 0..3 {
         let mut stream = TcpStream::connect(outbound).await.expect("connect");
-        let answer = within("an echo within the limit", roundtrip(&mut stream, &format!("hello {index}")))
-            .await
-            .expect("echo within the limit");
+        let answer = within(
+            "an echo within the limit",
+            roundtrip(&mut stream, &format!("hello {index}")),
+        )
+        .await
+        .expect("echo within the limit");
         println!("connection {index}: echoed {answer:?}");
         open.push(stream);
     }
@@ -90,9 +93,12 @@ async fn connections_past_the_per_pod_limit_are_reset_and_counted() {
     })
     .await;
     let mut again = TcpStream::connect(outbound).await.expect("connect");
-    let answer = within("an echo after a slot was freed", roundtrip(&mut again, "back under"))
-        .await
-        .expect("echo after a slot was freed");
+    let answer = within(
+        "an echo after a slot was freed",
+        roundtrip(&mut again, "back under"),
+    )
+    .await
+    .expect("echo after a slot was freed");
     println!("after closing one: a new connection echoed {answer:?}");
     assert_eq!(answer, "back under");
 }
@@ -149,13 +155,19 @@ async fn idle_then_closed(
     let mut exchanges = 0;
     let mut buffer = [0u8; 5];
     while started.elapsed() < active_for {
-        within("a byte through the busy connection", server.read_exact(&mut buffer))
-            .await
-            .expect("app reads while active");
+        within(
+            "a byte through the busy connection",
+            server.read_exact(&mut buffer),
+        )
+        .await
+        .expect("app reads while active");
         server.write_all(b"pong!").await.expect("app writes");
-        within("the answer through the busy connection", client.read_exact(&mut buffer))
-            .await
-            .expect("client reads while active");
+        within(
+            "the answer through the busy connection",
+            client.read_exact(&mut buffer),
+        )
+        .await
+        .expect("client reads while active");
         exchanges += 1;
         tokio::time::sleep(step).await;
         client.write_all(b"ping!").await.expect("client writes");
@@ -170,7 +182,11 @@ async fn idle_then_closed(
         .expect("app reads the last ping");
     let quiet_since = std::time::Instant::now();
     let mut scratch = [0u8; 16];
-    let client_end = within("the client to see the idle close", client.read(&mut scratch)).await;
+    let client_end = within(
+        "the client to see the idle close",
+        client.read(&mut scratch),
+    )
+    .await;
     let server_end = within("the app to see the idle close", server.read(&mut scratch)).await;
     let idle_closes = ProxyMetrics::get(&metrics.idle_timeouts);
     println!(

@@ -19,8 +19,8 @@ use ztunnel::{
     proxy::{
         Drain, PodContext, ProxyContext, ProxyLimits, WorkloadInfo,
         directory::StaticDirectory,
-        observer::NoObserver,
         listeners::{self, FixedDestination},
+        observer::NoObserver,
     },
     socket::HostSocketFactory,
 };
