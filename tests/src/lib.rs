@@ -23,6 +23,7 @@ pub mod kernel;
 pub mod net;
 pub mod probe;
 pub mod process;
+pub mod relay;
 pub mod server;
 pub mod traffic;
 pub mod wait;

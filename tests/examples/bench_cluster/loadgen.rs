@@ -1,7 +1,8 @@
 //! The load generator the benchmark runs inside pods (the driver re-executes itself as
 //! `bench_cluster loadgen <mode> ...` through the cluster harness): an echo server, a
-//! request/response client on one connection, a new-connection client and a connection holder.
-//! Figures go to stdout as one JSON object; latencies are recorded in an HDR histogram (µs).
+//! request/response client on one connection, a new-connection client, a connection holder, and
+//! the reference relays (`ztunnel_e2e::relay`). Figures go to stdout as one JSON object;
+//! latencies are recorded in an HDR histogram (µs).
 
 use std::{
     net::SocketAddr,
@@ -15,9 +16,13 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
+use ztunnel_e2e::relay;
 
 /// Runs one mode; `args` are the words after `loadgen`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if args.first().map(String::as_str) == Some("relay") {
+        return relay(&args[1..]);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -46,6 +51,40 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         )),
         other => anyhow::bail!("loadgen: unknown mode {other}"),
     }
+}
+
+/// `relay <role> <listen> <onward> [<listen> <onward> ...]`: one reference relay per pair, on
+/// a runtime with a worker per CPU as the daemon has.
+fn relay(args: &[String]) -> anyhow::Result<()> {
+    let (role, pairs) = args
+        .split_first()
+        .context("loadgen relay: expected <role> <listen> <onward> ...")?;
+    let role: relay::Role = role.parse()?;
+    anyhow::ensure!(
+        !pairs.is_empty() && pairs.len() % 2 == 0,
+        "loadgen relay: expected pairs of <listen> <onward>, got {pairs:?}"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut relays = tokio::task::JoinSet::new();
+        for pair in pairs.chunks(2) {
+            let listen: SocketAddr = pair[0]
+                .parse()
+                .context("loadgen relay: bad listen address")?;
+            let onward: SocketAddr = pair[1]
+                .parse()
+                .context("loadgen relay: bad onward address")?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            println!("relaying {listen} to {onward} ({role:?})");
+            relays.spawn(relay::serve(listener, onward, role));
+        }
+        while relays.join_next().await.is_some() {}
+        anyhow::bail!("loadgen relay: every listener failed")
+    })
 }
 
 fn histogram() -> Histogram<u64> {

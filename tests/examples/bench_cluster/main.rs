@@ -3,7 +3,11 @@
 //!
 //! - **direct**: two pods outside the mesh (protocol TCP: the CNI plugin leaves them alone);
 //! - **ebpf**: two mesh pods, both ztunnels capturing with eBPF (`--capture ebpf`);
-//! - **iptables**: the same on a second cluster whose ztunnels run `--capture iptables`.
+//! - **iptables**: the same on a second cluster whose ztunnels run `--capture iptables`;
+//! - **relays**: a reference, not a dataplane: the direct pods' traffic through a pair of relays
+//!   placed where the ztunnels' listeners are (the client pod's loopback, the server pod), the
+//!   first sealing AES-256-GCM records and the second opening them (`ztunnel_e2e::relay`). It
+//!   shows what the hops and the cipher alone cost, without TLS, HTTP/2 or capture.
 //!
 //! Figures: iperf3 one-stream throughput; request/response latency on one connection (1 B and
 //! 1 KiB); new-connection rate and connect+exchange+close latency; ztunnel CPU seconds per GiB
@@ -17,7 +21,7 @@ mod loadgen;
 mod measure;
 mod report;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::Context;
 use ztunnel_e2e::{
@@ -87,14 +91,22 @@ pub struct Scenario<'a> {
     name: &'static str,
     cluster: &'a Cluster,
     client: &'a ClusterPod,
-    server: &'a ClusterPod,
+    /// The address the client dials: the server's, or the first relay's.
+    target: Ipv4Addr,
     ztunnels: Vec<u32>,
+    /// Reference relays (the relays scenario): their CPU is counted as the ztunnels' is.
+    relays: Vec<u32>,
     _servers: Vec<Process>,
 }
 
 impl Scenario<'_> {
     fn echo_address(&self) -> String {
-        format!("{}:{ECHO_PORT}", self.server.ip)
+        format!("{}:{ECHO_PORT}", self.target)
+    }
+
+    /// The processes between client and server whose CPU is measured.
+    fn proxies(&self) -> impl Iterator<Item = &u32> {
+        self.ztunnels.iter().chain(&self.relays)
     }
 }
 
@@ -210,6 +222,8 @@ fn main() -> anyhow::Result<()> {
             &iptables_server,
             pids(&iptables_cluster)?,
         )?,
+        // After direct: it uses the direct pair's servers.
+        through_relays(&ebpf_cluster, &direct_client, &direct_server)?,
     ];
 
     let mut samples: Samples = BTreeMap::new();
@@ -292,8 +306,59 @@ fn scenario<'a>(
         name,
         cluster,
         client,
-        server,
+        target: server.ip,
         ztunnels,
+        relays: Vec::new(),
         _servers: servers,
+    })
+}
+
+/// The relays scenario: the direct pods (not enrolled) with a sealing relay on the client pod's
+/// loopback, as the outbound listener is, and an opening relay in the server pod, as the HBONE
+/// listener is, for the echo and iperf3 ports. The direct scenario's servers answer.
+fn through_relays<'a>(
+    cluster: &'a Cluster,
+    client: &'a ClusterPod,
+    server: &'a ClusterPod,
+) -> anyhow::Result<Scenario<'a>> {
+    let exe = std::env::current_exe()?.display().to_string();
+    let loopback = Ipv4Addr::LOCALHOST;
+    let ports = [ECHO_PORT, IPERF_PORT];
+    let relay_port = |port: u16| port + 10_000;
+    let mut sealing = vec![exe.clone(), "loadgen".into(), "relay".into(), "seal".into()];
+    let mut opening = vec![exe, "loadgen".into(), "relay".into(), "open".into()];
+    for port in ports {
+        sealing.push(format!("{loopback}:{port}"));
+        sealing.push(format!("{}:{}", server.ip, relay_port(port)));
+        opening.push(format!("{}:{}", server.ip, relay_port(port)));
+        opening.push(format!("{}:{port}", server.ip));
+    }
+    fn words(argv: &[String]) -> Vec<&str> {
+        argv.iter().map(String::as_str).collect()
+    }
+    let relays = vec![
+        cluster.spawn_in_pod(server, "relay-open", &words(&opening))?,
+        cluster.spawn_in_pod(client, "relay-seal", &words(&sealing))?,
+    ];
+    for port in ports {
+        for (pod, address) in [
+            (server, format!("{}:{}", server.ip, relay_port(port))),
+            (client, format!("{loopback}:{port}")),
+        ] {
+            wait_until(
+                &format!("relays: a relay to listen on {address}"),
+                DEFAULT_TIMEOUT,
+                || listening(pod.netns(), &address).then_some(()),
+            )?;
+        }
+    }
+    Ok(Scenario {
+        name: "relays",
+        cluster,
+        client,
+        target: loopback,
+        ztunnels: Vec::new(),
+        relays: relays.iter().map(Process::pid).collect(),
+        _servers: relays,
     })
 }

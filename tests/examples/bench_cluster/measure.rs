@@ -62,7 +62,7 @@ pub fn round(scenario: &Scenario, plan: &Plan) -> anyhow::Result<Vec<(&'static s
     let bits_per_second = number(&iperf["end"]["sum_received"], "bits_per_second")?;
     let bytes = number(&iperf["end"]["sum_received"], "bytes")?;
     figures.push(("throughput_gbit_s", bits_per_second / 1e9));
-    if !scenario.ztunnels.is_empty() && bytes > 0.0 {
+    if scenario.proxies().next().is_some() && bytes > 0.0 {
         figures.push(("cpu_s_per_gib", cpu_iperf / (bytes / f64::from(1u32 << 30))));
     }
 
@@ -89,7 +89,7 @@ pub fn round(scenario: &Scenario, plan: &Plan) -> anyhow::Result<Vec<(&'static s
     figures.push(("connect_p50_us", number(&connect, "p50_us")?));
     figures.push(("connect_p99_us", number(&connect, "p99_us")?));
     figures.push(("connect_failures", number(&connect, "failures")?));
-    if !scenario.ztunnels.is_empty() && connections > 0.0 {
+    if scenario.proxies().next().is_some() && connections > 0.0 {
         figures.push((
             "cpu_s_per_10k_connections",
             cpu_connect / (connections / 10_000.0),
@@ -100,7 +100,7 @@ pub fn round(scenario: &Scenario, plan: &Plan) -> anyhow::Result<Vec<(&'static s
 
 /// One iperf3 run from the client pod to the server pod (JSON output).
 fn iperf3(scenario: &Scenario, seconds: u32) -> anyhow::Result<Value> {
-    let server = scenario.server.ip.to_string();
+    let server = scenario.target.to_string();
     let output = scenario.cluster.run_in_pod(
         scenario.client,
         &["iperf3", "-c", &server, "-t", &seconds.to_string(), "-J"],
@@ -115,14 +115,14 @@ fn iperf3(scenario: &Scenario, seconds: u32) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: iperf3 printed {text}", scenario.name))
 }
 
-/// utime + stime of the scenario's ztunnels, in seconds.
+/// utime + stime of the scenario's ztunnels (or relays), in seconds.
 fn cpu_seconds(scenario: &Scenario) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let mut total = 0.0;
-    for pid in &scenario.ztunnels {
+    for pid in scenario.proxies() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("ztunnel pid {pid} is gone"))?;
+            .with_context(|| format!("{}: pid {pid} is gone", scenario.name))?;
         // Fields after the command name (which may hold spaces): state is field 3, utime 14.
         let after = stat
             .rsplit_once(')')

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use crate::{Plan, Samples};
 
-/// The scenarios in column order.
-const SCENARIOS: [&str; 3] = ["direct", "ebpf", "iptables"];
+/// The scenarios in column order (relays is the reference: no TLS, no HTTP/2, no capture).
+const SCENARIOS: [&str; 4] = ["direct", "ebpf", "iptables", "relays"];
 
 /// Figures in table order: key, label, unit.
 const FIGURES: [(&str, &str, &str); 14] = [
@@ -20,10 +20,10 @@ const FIGURES: [(&str, &str, &str); 14] = [
     ("connect_p50_us", "connect+exchange+close p50", "µs"),
     ("connect_p99_us", "connect+exchange+close p99", "µs"),
     ("connect_failures", "failed connections", ""),
-    ("cpu_s_per_gib", "ztunnel CPU per GiB", "s"),
+    ("cpu_s_per_gib", "ztunnel/relay CPU per GiB", "s"),
     (
         "cpu_s_per_10k_connections",
-        "ztunnel CPU per 10k conns",
+        "ztunnel/relay CPU per 10k conns",
         "s",
     ),
     ("rss_idle_client_node_mib", "RSS idle, client node", "MiB"),
@@ -127,13 +127,34 @@ fn targets(summary: &Summary) -> Vec<(String, Option<f64>, String)> {
     ]
 }
 
-/// The terminal table: median [min–max] per scenario, then the targets.
+/// The same ratios for the reference relays: what the hops and the cipher alone allow.
+fn references(summary: &Summary) -> Vec<(String, Option<f64>)> {
+    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+    vec![
+        (
+            "one-stream throughput relays/direct".into(),
+            ratio(
+                median(summary, "relays", "throughput_gbit_s"),
+                median(summary, "direct", "throughput_gbit_s"),
+            ),
+        ),
+        (
+            "added req/resp 1 B p50 relays−direct (µs)".into(),
+            median(summary, "relays", "rr_1b_p50_us")
+                .zip(median(summary, "direct", "rr_1b_p50_us"))
+                .map(|(a, b)| a - b),
+        ),
+    ]
+}
+
+/// The terminal table: median [min–max] per scenario, then the targets and references.
 pub fn print_table(summary: &Summary, plan: &Plan) {
     println!();
-    println!(
-        "{:<32} {:>26} {:>26} {:>26}",
-        "figure (median [min–max])", SCENARIOS[0], SCENARIOS[1], SCENARIOS[2]
-    );
+    print!("{:<32}", "figure (median [min–max])");
+    for scenario in SCENARIOS {
+        print!(" {scenario:>24}");
+    }
+    println!();
     for (key, label, unit) in FIGURES.iter() {
         let cells: Vec<String> = SCENARIOS
             .iter()
@@ -149,13 +170,14 @@ pub fn print_table(summary: &Summary, plan: &Plan) {
                 },
             )
             .collect();
-        println!(
-            "{:<32} {:>26} {:>26} {:>26}",
-            format!("{label} ({unit})").trim_end_matches(" ()"),
-            cells[0],
-            cells[1],
-            cells[2]
+        print!(
+            "{:<32}",
+            format!("{label} ({unit})").trim_end_matches(" ()")
         );
+        for cell in cells {
+            print!(" {cell:>24}");
+        }
+        println!();
     }
     println!(
         "\ntargets (figures, not assertions; {} rounds):",
@@ -164,6 +186,11 @@ pub fn print_table(summary: &Summary, plan: &Plan) {
     for (label, value, target) in targets(summary) {
         let value = value.map_or("-".to_owned(), short);
         println!("  {label:<44} {value:>8}   target {target}");
+    }
+    println!("references (two relays: AES-256-GCM records, no TLS, no HTTP/2, no capture):");
+    for (label, value) in references(summary) {
+        let value = value.map_or("-".to_owned(), short);
+        println!("  {label:<44} {value:>8}");
     }
 }
 
@@ -189,6 +216,10 @@ pub fn write_json(
         .into_iter()
         .map(|(label, value, target)| json!({"figure": label, "value": value, "target": target}))
         .collect();
+    let references: Vec<_> = references(summary)
+        .into_iter()
+        .map(|(label, value)| json!({"figure": label, "value": value}))
+        .collect();
     let report = json!({
         "quick": quick,
         "plan": plan,
@@ -197,6 +228,7 @@ pub fn write_json(
         "summary": summary,
         "samples": samples,
         "targets": targets,
+        "references": references,
     });
     std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     Ok(())
@@ -210,7 +242,7 @@ pub fn write_svg(path: &Path, summary: &Summary) -> anyhow::Result<()> {
         .collect();
     let (columns, width, height) = (4usize, 300.0, 210.0);
     let rows = panels.len().div_ceil(columns);
-    let colors = ["#7f7f7f", "#1f77b4", "#ff7f0e"];
+    let colors = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c"];
     let mut svg = String::new();
     let total_width = width * columns as f64;
     let total_height = height * rows as f64 + 40.0;
@@ -223,7 +255,7 @@ pub fn write_svg(path: &Path, summary: &Summary) -> anyhow::Result<()> {
         r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="22" font-size="15">ztunnel pod-to-pod across two nodes: median bars, min–max whiskers</text>"#
     )?;
     for (position, color) in colors.iter().enumerate() {
-        let x = total_width - 330.0 + position as f64 * 105.0;
+        let x = total_width - 440.0 + position as f64 * 105.0;
         writeln!(
             svg,
             r#"<rect x="{x}" y="10" width="12" height="12" fill="{color}"/><text x="{}" y="21">{}</text>"#,
@@ -260,7 +292,7 @@ pub fn write_svg(path: &Path, summary: &Summary) -> anyhow::Result<()> {
             left + width - 20.0
         )?;
         for (position, stat) in stats.iter().enumerate() {
-            let x = left + 35.0 + position as f64 * 85.0;
+            let x = left + 25.0 + position as f64 * 65.0;
             let Some(stat) = stat else {
                 writeln!(
                     svg,
@@ -273,7 +305,8 @@ pub fn write_svg(path: &Path, summary: &Summary) -> anyhow::Result<()> {
             let y = scale(stat.median);
             writeln!(
                 svg,
-                r#"<rect x="{x}" y="{y:.1}" width="50" height="{:.1}" fill="{}"/>"#,
+                r#"<rect x="{}" y="{y:.1}" width="40" height="{:.1}" fill="{}"/>"#,
+                x + 5.0,
                 plot_bottom - y,
                 colors[position]
             )?;

@@ -2,6 +2,10 @@
 //! outbound → HBONE → inbound on loopback, against direct loopback TCP, interleaved over several
 //! runs. Prints medians and ratios and writes them as JSON.
 //!
+//! Two reference paths run in the same rounds (`ztunnel_e2e::relay`): two plain TCP relays, and
+//! two relays that seal and open AES-256-GCM records. They show how much of the gap to direct
+//! any two-proxy design with user-space encryption pays on this machine.
+//!
 //! usage: bench_hbone [--runs N] [--megabytes M] [--round-trips K] [--out PATH]
 
 use std::{
@@ -22,6 +26,7 @@ use ztunnel::{
     socket::HostSocketFactory,
 };
 use ztunnel_common::constants::HBONE_PORT;
+use ztunnel_e2e::relay;
 
 struct Options {
     runs: usize,
@@ -97,8 +102,27 @@ async fn echo(listener: TcpListener) {
     }
 }
 
+/// CPU seconds (user + system) this process has used so far: client, sink and both proxies.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// One throughput measurement.
+struct Transfer {
+    gbps: f64,
+    /// Whole-process CPU seconds per GiB moved (both ends and, for HBONE, both proxies).
+    cpu_per_gib: f64,
+}
+
 /// Gigabits per second for `bytes` sent through `to` and acknowledged.
-async fn throughput(to: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
+async fn throughput(to: SocketAddr, bytes: u64) -> anyhow::Result<Transfer> {
+    let cpu_before = process_cpu_seconds();
     let mut stream = TcpStream::connect(to).await?;
     stream.set_nodelay(true)?;
     let block = vec![0x5au8; 256 * 1024];
@@ -116,7 +140,11 @@ async fn throughput(to: SocketAddr, bytes: u64) -> anyhow::Result<f64> {
     if ack != b"k" {
         bail!("sink did not acknowledge the transfer");
     }
-    Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    Ok(Transfer {
+        gbps: bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
+        cpu_per_gib: (process_cpu_seconds() - cpu_before) / gib,
+    })
 }
 
 /// p50 and p99 round-trip times in microseconds for `count` messages of `size` bytes.
@@ -144,15 +172,29 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// Listeners for one measurement: the application, and the outbound listener to it.
+/// The ways to one application (sink or echo): each measured path's entry address.
 struct Path {
     direct: SocketAddr,
     tunneled: SocketAddr,
+    relays: relay::Pairs,
+}
+
+impl Path {
+    /// Every path by name, in the order each run measures them.
+    fn named(&self) -> [(&'static str, SocketAddr); 4] {
+        [
+            ("direct", self.direct),
+            ("hbone", self.tunneled),
+            ("relay", self.relays.plain),
+            ("aes_relay", self.relays.sealed),
+        ]
+    }
 }
 
 async fn path(
     context: &Arc<ProxyContext>,
     client: &Arc<PodContext>,
+    server_ip: std::net::IpAddr,
     direct: SocketAddr,
 ) -> anyhow::Result<Path> {
     let outbound = TcpListener::bind((client.workload.ips[0], 0)).await?;
@@ -163,7 +205,12 @@ async fn path(
         outbound,
         Arc::new(listeners::FixedDestination(direct)),
     ));
-    Ok(Path { direct, tunneled })
+    let relays = relay::start_pairs(client.workload.ips[0], server_ip, direct).await?;
+    Ok(Path {
+        direct,
+        tunneled,
+        relays,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -207,8 +254,8 @@ async fn measure() -> anyhow::Result<()> {
     ));
     let sink_listener = TcpListener::bind((server_ip, 0)).await?;
     let echo_listener = TcpListener::bind((server_ip, 0)).await?;
-    let bulk = path(&context, &client, sink_listener.local_addr()?).await?;
-    let ping = path(&context, &client, echo_listener.local_addr()?).await?;
+    let bulk = path(&context, &client, server_ip, sink_listener.local_addr()?).await?;
+    let ping = path(&context, &client, server_ip, echo_listener.local_addr()?).await?;
     tokio::spawn(sink(sink_listener));
     tokio::spawn(echo(echo_listener));
     run(&options, &bulk, &ping).await
@@ -218,22 +265,31 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
     let bytes = options.megabytes * 1024 * 1024;
     let mut results: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     // Warm up the pooled HBONE connection and the caches.
-    throughput(bulk.tunneled, 16 * 1024 * 1024).await?;
+    for (_, address) in bulk.named() {
+        throughput(address, 16 * 1024 * 1024).await?;
+    }
+    let key = |prefix: &str, name: &str| -> &'static str {
+        Box::leak(format!("{prefix}_{name}").into_boxed_str())
+    };
     for run in 0..options.runs {
-        for (name, address) in [("direct", bulk.direct), ("hbone", bulk.tunneled)] {
-            let gbps = throughput(address, bytes).await?;
+        for (name, address) in bulk.named() {
+            let transfer = throughput(address, bytes).await?;
             results
-                .entry(if name == "direct" {
-                    "throughput_gbps_direct"
-                } else {
-                    "throughput_gbps_hbone"
-                })
+                .entry(key("throughput_gbps", name))
                 .or_default()
-                .push(gbps);
-            println!("run {run}: {name:6} throughput {gbps:8.3} Gbit/s");
+                .push(transfer.gbps);
+            results
+                .entry(key("cpu_seconds_per_gib", name))
+                .or_default()
+                .push(transfer.cpu_per_gib);
+            println!(
+                "run {run}: {name:9} throughput {:8.3} Gbit/s, {:.2} CPU-s/GiB",
+                transfer.gbps, transfer.cpu_per_gib
+            );
         }
         for size in [1usize, 1024] {
-            for (name, address) in [("direct", ping.direct), ("hbone", ping.tunneled)] {
+            // The aes relay seals one direction only; the plain relay is the latency reference.
+            for (name, address) in ping.named().into_iter().take(3) {
                 let (p50, p99) = latency(address, size, options.round_trips).await?;
                 let key50: &'static str =
                     Box::leak(format!("latency_{size}b_p50_us_{name}").into_boxed_str());
@@ -242,7 +298,7 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
                 results.entry(key50).or_default().push(p50);
                 results.entry(key99).or_default().push(p99);
                 println!(
-                    "run {run}: {name:6} {size:4}-byte round trip p50 {p50:8.1} µs p99 {p99:8.1} µs"
+                    "run {run}: {name:9} {size:4}-byte round trip p50 {p50:8.1} µs p99 {p99:8.1} µs"
                 );
             }
         }
@@ -259,18 +315,29 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
     };
     let ratio_throughput = get("throughput_gbps_hbone") / get("throughput_gbps_direct");
     let mut ratios = serde_json::Map::new();
-    ratios.insert(
-        "throughput_hbone_over_direct".into(),
-        serde_json::json!(ratio_throughput),
-    );
+    for (over, under) in [
+        ("hbone", "direct"),
+        ("relay", "direct"),
+        ("aes_relay", "direct"),
+        ("hbone", "aes_relay"),
+    ] {
+        ratios.insert(
+            format!("throughput_{over}_over_{under}"),
+            serde_json::json!(
+                get(&format!("throughput_gbps_{over}")) / get(&format!("throughput_gbps_{under}"))
+            ),
+        );
+    }
     for size in ["1b", "1024b"] {
         for quantile in ["p50", "p99"] {
-            let ratio = get(&format!("latency_{size}_{quantile}_us_hbone"))
-                / get(&format!("latency_{size}_{quantile}_us_direct"));
-            ratios.insert(
-                format!("latency_{size}_{quantile}_hbone_over_direct"),
-                serde_json::json!(ratio),
-            );
+            for over in ["hbone", "relay"] {
+                let ratio = get(&format!("latency_{size}_{quantile}_us_{over}"))
+                    / get(&format!("latency_{size}_{quantile}_us_direct"));
+                ratios.insert(
+                    format!("latency_{size}_{quantile}_{over}_over_direct"),
+                    serde_json::json!(ratio),
+                );
+            }
         }
     }
     println!(
@@ -278,10 +345,10 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
         options.runs, options.megabytes, options.round_trips
     );
     for (key, value) in &medians {
-        println!("  {key:32} {:10.3}", value.as_f64().unwrap_or(f64::NAN));
+        println!("  {key:36} {:10.3}", value.as_f64().unwrap_or(f64::NAN));
     }
     for (key, value) in &ratios {
-        println!("  {key:40} {:8.3}", value.as_f64().unwrap_or(f64::NAN));
+        println!("  {key:44} {:8.3}", value.as_f64().unwrap_or(f64::NAN));
     }
     println!(
         "  throughput target ≥ 0.35 of direct: {}",
