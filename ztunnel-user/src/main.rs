@@ -122,7 +122,6 @@ enum ViewArg {
     Workloads,
     Stats,
     Config,
-
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,15 +256,27 @@ fn main() -> anyhow::Result<()> {
             maps.write_config(mode.record_value(), log_level)?;
             println!("fail mode set to {mode}");
         }
-        Command::Config { action: ConfigCommand::Check { file } } => {
+        Command::Config {
+            action: ConfigCommand::Check { file },
+        } => {
             print!("{}", ztunnel::config::check(&file)?);
         }
-        Command::Ca { action: CaCommand::Init { dir, trust_domain } } => {
+        Command::Ca {
+            action: CaCommand::Init { dir, trust_domain },
+        } => {
             let authority = ztunnel::identity::CertificateAuthority::generate(&trust_domain)?;
             let (cert, key) = authority.write(&dir)?;
             println!("wrote {} and {}", cert.display(), key.display());
         }
-        Command::Ca { action: CaCommand::Issue { root_dir, identity, out_dir, hours } } => {
+        Command::Ca {
+            action:
+                CaCommand::Issue {
+                    root_dir,
+                    identity,
+                    out_dir,
+                    hours,
+                },
+        } => {
             use ztunnel::identity::ca;
             let authority = ca::CertificateAuthority::load(
                 &root_dir.join(ca::ROOT_CERT_FILE),
@@ -304,7 +315,10 @@ mod tests {
         assert_eq!(args.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
         assert!(matches!(args.fail_mode, FailModeArg::Closed));
-        assert!(matches!(args.kernel_log_level, ztunnel::app::args::KernelLogLevelArg::Warn));
+        assert!(matches!(
+            args.kernel_log_level,
+            ztunnel::app::args::KernelLogLevelArg::Warn
+        ));
         assert!(parse(&["daemon", "--kernel-log-level", "loud"]).is_err());
         assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
     }
@@ -369,10 +383,15 @@ mod tests {
 
     #[test]
     fn waypoint_needs_a_config_and_defaults_to_istio_ports() {
-        let Command::Waypoint(args) =
-            parse(&["waypoint", "--config", "mesh.yaml", "--service-account", "wp"])
-                .unwrap()
-                .command
+        let Command::Waypoint(args) = parse(&[
+            "waypoint",
+            "--config",
+            "mesh.yaml",
+            "--service-account",
+            "wp",
+        ])
+        .unwrap()
+        .command
         else {
             panic!("not waypoint")
         };
@@ -381,7 +400,16 @@ mod tests {
         assert_eq!(args.hbone_address.port(), 15008);
         assert!(parse(&["waypoint"]).is_err(), "no --config accepted");
         assert!(
-            parse(&["waypoint", "--config", "m", "--ca-dir", "a", "--cert-dir", "b"]).is_err(),
+            parse(&[
+                "waypoint",
+                "--config",
+                "m",
+                "--ca-dir",
+                "a",
+                "--cert-dir",
+                "b"
+            ])
+            .is_err(),
             "both certificate sources accepted"
         );
     }

@@ -103,7 +103,11 @@ impl ConnectHandler for InboundHandler {
                     record.source, claimed.name, claimed.identity
                 ),
             };
-            let _ = finish(&self.context, &record, Outcome::Failed(FailureKind::Denied, error));
+            let _ = finish(
+                &self.context,
+                &record,
+                Outcome::Failed(FailureKind::Denied, error),
+            );
             return;
         }
         let mut upstream = match self.admit(&request).await {

@@ -75,19 +75,24 @@ impl Directory for StateDirectory {
     }
 
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool {
-        let listed = self.state.snapshot().workload_by_ip(connection.destination.ip());
+        let listed = self
+            .state
+            .snapshot()
+            .workload_by_ip(connection.destination.ip());
         let info = connection.destination_workload;
         let destination_workload = match listed {
             Some(workload) => workload,
             // An enrolled pod missing from the config: policies by namespace or global scope
             // still decide; without an applicable ALLOW policy it is allowed, as Istio does.
-            None => match Workload::unlisted(&info.name, &info.namespace, &info.identity, &info.ips) {
-                Ok(workload) => Arc::new(workload),
-                Err(error) => {
-                    tracing::warn!(%error, workload = %info.identity, "cannot describe an unlisted workload for policy; denying");
-                    return false;
+            None => {
+                match Workload::unlisted(&info.name, &info.namespace, &info.identity, &info.ips) {
+                    Ok(workload) => Arc::new(workload),
+                    Err(error) => {
+                        tracing::warn!(%error, workload = %info.identity, "cannot describe an unlisted workload for policy; denying");
+                        return false;
+                    }
                 }
-            },
+            }
         };
         self.authorizer
             .evaluate(&ConnectionAttributes {
@@ -132,7 +137,11 @@ impl Directory for StateDirectory {
         state
             .workloads()
             .filter_map(|workload| workload.waypoint.clone())
-            .chain(state.services().filter_map(|service| service.waypoint.clone()))
+            .chain(
+                state
+                    .services()
+                    .filter_map(|service| service.waypoint.clone()),
+            )
             .any(|gateway| state.waypoint_identities(&gateway).contains(identity))
     }
 }

@@ -134,7 +134,12 @@ impl Workload {
     /// A pod ztunnel serves (it is enrolled) that the config does not list: only its name,
     /// namespace, identity and addresses are known; every other field takes the value a config
     /// file leaving it out would give. Global and namespace-scoped policies still apply to it.
-    pub fn unlisted(name: &str, namespace: &str, identity: &SpiffeId, ips: &[IpAddr]) -> Result<Self, serde_json::Error> {
+    pub fn unlisted(
+        name: &str,
+        namespace: &str,
+        identity: &SpiffeId,
+        ips: &[IpAddr],
+    ) -> Result<Self, serde_json::Error> {
         serde_json::from_value(serde_json::json!({
             "name": name,
             "namespace": namespace,
