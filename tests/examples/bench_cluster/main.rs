@@ -17,6 +17,7 @@
 //! usage: bench_cluster [--quick] [--rounds N] [--out-dir DIR]
 //!        bench_cluster loadgen <mode> ...   (run inside pods by the driver itself)
 
+mod interrupt;
 mod loadgen;
 mod measure;
 mod report;
@@ -139,6 +140,7 @@ fn main() -> anyhow::Result<()> {
         plan.rounds = rounds;
     }
     let started = Instant::now();
+    interrupt::install()?;
     println!("bench plan: {plan:?}");
 
     let mut ebpf_cluster = Cluster::new("bench_ebpf", 2, EBPF_MESH)?;
@@ -229,6 +231,7 @@ fn main() -> anyhow::Result<()> {
     let mut samples: Samples = BTreeMap::new();
     for scenario in &scenarios {
         // Warm-up: certificates issued, HBONE pool connected, page cache warm.
+        interrupt::check()?;
         measure::request_response(scenario, 1, 100)?;
         for (figure, value) in measure::rss_mib(scenario) {
             samples
@@ -241,6 +244,7 @@ fn main() -> anyhow::Result<()> {
     }
     for round in 1..=plan.rounds {
         for scenario in &scenarios {
+            interrupt::check()?;
             let figures = measure::round(scenario, &plan)?;
             println!("round {round} {}: {figures:?}", scenario.name);
             for (figure, value) in figures {
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|scenario| !scenario.ztunnels.is_empty())
     {
+        interrupt::check()?;
         let rss = measure::rss_with_open_tunnels(scenario, plan.open_tunnels)?;
         samples
             .entry(scenario.name)
