@@ -167,9 +167,11 @@ async fn latency(to: SocketAddr, size: usize, count: usize) -> anyhow::Result<(f
     Ok((at(0.50), at(0.99)))
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// The median, leaving `values` in run order (the JSON's `raw` keeps that order).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// The ways to one application (sink or echo): each measured path's entry address.
@@ -304,7 +306,7 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
         }
     }
     let mut medians = serde_json::Map::new();
-    for (key, values) in &mut results {
+    for (key, values) in &results {
         medians.insert((*key).to_owned(), serde_json::json!(median(values)));
     }
     let get = |key: &str| {
