@@ -27,7 +27,7 @@ pub use handler::{DIRECTION, WaypointHandler};
 
 use crate::{
     admin::{AdminArgs, AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
-    app::{IdentityArgs, certificates},
+    app::{IdentityArgs, certificates, memory},
     config::{ConfigError, reload::Reloader},
     identity::{IdentityError, SpiffeId, tls},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -59,6 +59,9 @@ pub struct WaypointArgs {
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,
+    /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub memory_release_seconds: u64,
 }
 
 /// Why the waypoint could not start or stopped with an error.
@@ -90,6 +93,9 @@ pub enum WaypointError {
 
 /// Runs the waypoint until SIGTERM/SIGINT and the drain that follows.
 pub fn run(args: WaypointArgs) -> Result<(), WaypointError> {
+    // The node proxy's allocator policy: the waypoint forwards through h2 on both sides, so it
+    // would page-fault fresh frame buffers in the same way (see `app::memory`).
+    memory::keep_freed_memory_for_reuse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -115,6 +121,8 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
     let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
         args.identity.cert_refresh_seconds.max(1),
     ));
+    let _memory =
+        memory::spawn_periodic_release(Duration::from_secs(args.memory_release_seconds.max(1)));
     let acceptor = TlsAcceptor::from(tls::server_config(certificates.clone(), identity.clone())?);
 
     let (drain, drain_watch) = Drain::new();
