@@ -99,17 +99,12 @@ fn targets(summary: &Summary) -> Vec<(String, Option<f64>, String)> {
         ),
         (
             "one-stream throughput ebpf/direct".into(),
-            ratio(
-                median(summary, "ebpf", "throughput_gbit_s"),
-                median(summary, "direct", "throughput_gbit_s"),
-            ),
+            throughput_of_direct(summary, "ebpf"),
             "≥ 0.40".into(),
         ),
         (
             "added req/resp 1 B p50 ebpf−direct (µs)".into(),
-            median(summary, "ebpf", "rr_1b_p50_us")
-                .zip(median(summary, "direct", "rr_1b_p50_us"))
-                .map(|(a, b)| a - b),
+            added_latency(summary, "ebpf"),
             "≤ 60".into(),
         ),
         (
@@ -127,24 +122,31 @@ fn targets(summary: &Summary) -> Vec<(String, Option<f64>, String)> {
     ]
 }
 
-/// The same ratios for the reference relays: what the hops and the cipher alone allow.
+/// The same figures for the reference relays: what the hops and the cipher alone allow.
 fn references(summary: &Summary) -> Vec<(String, Option<f64>)> {
-    let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     vec![
         (
             "one-stream throughput relays/direct".into(),
-            ratio(
-                median(summary, "relays", "throughput_gbit_s"),
-                median(summary, "direct", "throughput_gbit_s"),
-            ),
+            throughput_of_direct(summary, "relays"),
         ),
         (
             "added req/resp 1 B p50 relays−direct (µs)".into(),
-            median(summary, "relays", "rr_1b_p50_us")
-                .zip(median(summary, "direct", "rr_1b_p50_us"))
-                .map(|(a, b)| a - b),
+            added_latency(summary, "relays"),
         ),
     ]
+}
+
+/// `scenario`'s one-stream throughput as a fraction of direct's.
+fn throughput_of_direct(summary: &Summary, scenario: &str) -> Option<f64> {
+    Some(
+        median(summary, scenario, "throughput_gbit_s")?
+            / median(summary, "direct", "throughput_gbit_s")?,
+    )
+}
+
+/// What `scenario` adds to direct's 1-byte round trip (p50), in µs.
+fn added_latency(summary: &Summary, scenario: &str) -> Option<f64> {
+    Some(median(summary, scenario, "rr_1b_p50_us")? - median(summary, "direct", "rr_1b_p50_us")?)
 }
 
 /// The terminal table: median [min–max] per scenario, then the targets and references.
