@@ -241,3 +241,90 @@ async fn copy_back(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) -> anyhow::R
     to.shutdown().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// FNV-1a over a byte stream: any lost, repeated or reordered byte changes it.
+    fn fold(mut hash: u64, bytes: &[u8]) -> u64 {
+        for byte in bytes {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3);
+        }
+        hash
+    }
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+    /// Reads everything, then answers with the hash of what arrived.
+    async fn hashing_server(listener: TcpListener) -> anyhow::Result<()> {
+        let (mut stream, _) = listener.accept().await?;
+        let mut hash = FNV_OFFSET;
+        let mut buffer = vec![0u8; 100_000];
+        loop {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            hash = fold(hash, &buffer[..read]);
+        }
+        stream.write_all(&hash.to_be_bytes()).await?;
+        stream.shutdown().await?;
+        Ok(())
+    }
+
+    /// Sends `total` patterned bytes in writes of varying sizes (records end up full, short
+    /// and split across reads) and returns (what was sent, what the server hashed).
+    async fn send_through(entry: SocketAddr, total: usize) -> anyhow::Result<(u64, u64)> {
+        let mut stream = TcpStream::connect(entry).await?;
+        let pattern: Vec<u8> = (0..total).map(|index| (index * 31 % 251) as u8).collect();
+        let mut sent = FNV_OFFSET;
+        let mut offset = 0;
+        for size in [1usize, 7, 16_384, 16_385, 100_000, 3, 65_536]
+            .iter()
+            .cycle()
+        {
+            if offset == total {
+                break;
+            }
+            let end = (offset + size).min(total);
+            stream.write_all(&pattern[offset..end]).await?;
+            sent = fold(sent, &pattern[offset..end]);
+            offset = end;
+        }
+        stream.shutdown().await?;
+        let mut answer = [0u8; 8];
+        stream.read_exact(&mut answer).await?;
+        Ok((sent, u64::from_be_bytes(answer)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_pairs_deliver_every_byte_in_order_and_carry_the_answer_back() -> anyhow::Result<()>
+    {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for sealed in [false, true] {
+            let server = TcpListener::bind((loopback, 0)).await?;
+            let server_address = server.local_addr()?;
+            let serving = tokio::spawn(hashing_server(server));
+            let pairs = start_pairs(loopback, loopback, server_address).await?;
+            let entry = if sealed { pairs.sealed } else { pairs.plain };
+            let (sent, received) = send_through(entry, 3 * 1024 * 1024 + 5).await?;
+            assert_eq!(
+                sent, received,
+                "sealed={sealed}: the bytes differ at the server"
+            );
+            serving.await??;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn roles_parse_and_unknown_ones_are_named() {
+        assert_eq!("seal".parse::<Role>().ok(), Some(Role::Seal));
+        assert_eq!("open".parse::<Role>().ok(), Some(Role::Open));
+        assert_eq!("plain".parse::<Role>().ok(), Some(Role::Plain));
+        let error = "tls".parse::<Role>().err().map(|error| error.to_string());
+        assert!(error.is_some_and(|text| text.contains("\"tls\"")));
+    }
+}
