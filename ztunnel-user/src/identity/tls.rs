@@ -1,7 +1,7 @@
 //! The TLS configurations of HBONE (DESIGN §5): TLS 1.3 only, ALPN `h2`, no SNI, client
 //! certificate required, identities checked by [`super::verify`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::{
     ClientConfig, ServerConfig,
@@ -19,9 +19,13 @@ use super::{
 /// The only ALPN protocol HBONE speaks.
 pub const ALPN_H2: &[u8] = b"h2";
 
-/// The crypto provider every HBONE configuration uses.
+/// The crypto provider every HBONE configuration uses: built once (its cipher suite and
+/// key-exchange lists are allocations), shared after that.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// A server configuration presenting `identity`'s current certificate (looked up at each
