@@ -265,23 +265,20 @@ async fn measure() -> anyhow::Result<()> {
 
 async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> {
     let bytes = options.megabytes * 1024 * 1024;
-    let mut results: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut results: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     // Warm up the pooled HBONE connection and the caches.
     for (_, address) in bulk.named() {
         throughput(address, 16 * 1024 * 1024).await?;
     }
-    let key = |prefix: &str, name: &str| -> &'static str {
-        Box::leak(format!("{prefix}_{name}").into_boxed_str())
-    };
     for run in 0..options.runs {
         for (name, address) in bulk.named() {
             let transfer = throughput(address, bytes).await?;
             results
-                .entry(key("throughput_gbps", name))
+                .entry(format!("throughput_gbps_{name}"))
                 .or_default()
                 .push(transfer.gbps);
             results
-                .entry(key("cpu_seconds_per_gib", name))
+                .entry(format!("cpu_seconds_per_gib_{name}"))
                 .or_default()
                 .push(transfer.cpu_per_gib);
             println!(
@@ -293,12 +290,14 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
             // The aes relay seals one direction only; the plain relay is the latency reference.
             for (name, address) in ping.named().into_iter().take(3) {
                 let (p50, p99) = latency(address, size, options.round_trips).await?;
-                let key50: &'static str =
-                    Box::leak(format!("latency_{size}b_p50_us_{name}").into_boxed_str());
-                let key99: &'static str =
-                    Box::leak(format!("latency_{size}b_p99_us_{name}").into_boxed_str());
-                results.entry(key50).or_default().push(p50);
-                results.entry(key99).or_default().push(p99);
+                results
+                    .entry(format!("latency_{size}b_p50_us_{name}"))
+                    .or_default()
+                    .push(p50);
+                results
+                    .entry(format!("latency_{size}b_p99_us_{name}"))
+                    .or_default()
+                    .push(p99);
                 println!(
                     "run {run}: {name:9} {size:4}-byte round trip p50 {p50:8.1} µs p99 {p99:8.1} µs"
                 );
@@ -307,7 +306,7 @@ async fn run(options: &Options, bulk: &Path, ping: &Path) -> anyhow::Result<()> 
     }
     let mut medians = serde_json::Map::new();
     for (key, values) in &results {
-        medians.insert((*key).to_owned(), serde_json::json!(median(values)));
+        medians.insert(key.clone(), serde_json::json!(median(values)));
     }
     let get = |key: &str| {
         medians
