@@ -309,6 +309,24 @@ struct Inner {
     idle_timeouts: Family<ReporterLabels, Counter>,
 }
 
+/// The counters one open connection adds to when it ends, from [`Metrics::connection_opened`].
+#[derive(Debug)]
+pub struct OpenConnectionCounters {
+    closed: Counter,
+    sent_bytes: Counter,
+    received_bytes: Counter,
+}
+
+impl OpenConnectionCounters {
+    /// The connection ended; `sent` bytes went to the client, `received` came from it
+    /// (Istio's convention: received is the request direction).
+    pub fn closed(self, sent: u64, received: u64) {
+        self.closed.inc();
+        self.sent_bytes.inc_by(sent);
+        self.received_bytes.inc_by(received);
+    }
+}
+
 /// The process's metrics; cheap to clone, every clone counts into the same registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -423,20 +441,17 @@ impl Metrics {
         }
     }
 
-    /// A connection was accepted for proxying.
-    pub fn connection_opened(&self, labels: &ConnectionLabels) {
+    /// A connection was accepted for proxying. The counters its end adds to are looked up now,
+    /// under the same labels: a workload that changes or leaves while the connection is open
+    /// does not split one connection across two label sets (Istio's ztunnel also labels a
+    /// connection once), and closing it costs no label lookup.
+    pub fn connection_opened(&self, labels: &ConnectionLabels) -> OpenConnectionCounters {
         self.inner.opened.get_or_create(labels).inc();
-    }
-
-    /// A connection ended; `sent` bytes went to the client, `received` came from it
-    /// (Istio's convention: received is the request direction).
-    pub fn connection_closed(&self, labels: &ConnectionLabels, sent: u64, received: u64) {
-        self.inner.closed.get_or_create(labels).inc();
-        self.inner.sent_bytes.get_or_create(labels).inc_by(sent);
-        self.inner
-            .received_bytes
-            .get_or_create(labels)
-            .inc_by(received);
+        OpenConnectionCounters {
+            closed: self.inner.closed.get_or_create(labels).clone(),
+            sent_bytes: self.inner.sent_bytes.get_or_create(labels).clone(),
+            received_bytes: self.inner.received_bytes.get_or_create(labels).clone(),
+        }
     }
 
     /// A connection could not be established (upstream refused, no route...).

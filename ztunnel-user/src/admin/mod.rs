@@ -22,7 +22,8 @@ use ztunnel_common::constants::{ADMIN_PORT, METRICS_PORT, READINESS_PORT};
 
 pub use config_dump::{CertificateDetails, CertificateInfo, CertificateSummary, no_certificates};
 pub use metrics::{
-    ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
+    ConnectionLabels, IdentityFailureReason, Metrics, OpenConnectionCounters, Reporter,
+    ResponseFlags, SecurityPolicy,
 };
 pub use operations::{Operations, OperationsError};
 pub use readiness::{Readiness, ReadinessBlocker};

@@ -133,7 +133,7 @@ impl ConnectHandler for InboundHandler {
         self.context.metrics.answered(StatusCode::OK);
         let outcome = match answer.accept() {
             Ok(tunnel) => {
-                self.context.opened(&record);
+                let opened = self.context.opened(&record);
                 let (transferred, result) = tunnel
                     .copy_with(&mut upstream, self.context.limits.idle_timeout)
                     .await;
@@ -143,6 +143,7 @@ impl ConnectHandler for InboundHandler {
                     received: transferred.sent,
                 };
                 Outcome::Closed(
+                    opened,
                     transferred,
                     result.map_err(|source| ProxyError::Interrupted {
                         address: request.authority,

@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use super::{
     access_log::ConnectionRecord,
     metrics::{HandshakeSide, RefusalReason},
-    observer::{ConnectionObserver, FailureKind},
+    observer::{ConnectionObserver, FailureKind, OpenConnection},
 };
 use crate::{
     admin::metrics::{
-        ConnectionLabels, IdentityFailureReason, Metrics, Reporter, ResponseFlags, SecurityPolicy,
+        ConnectionLabels, IdentityFailureReason, Metrics, OpenConnectionCounters, Reporter,
+        ResponseFlags, SecurityPolicy,
     },
     hbone::Transferred,
     identity::SpiffeId,
@@ -62,6 +63,13 @@ impl IstioMetrics {
     }
 }
 
+impl OpenConnection for OpenConnectionCounters {
+    fn closed(self: Box<Self>, transferred: Transferred) {
+        // Istio: "received" is the request direction (from the client), "sent" the response.
+        (*self).closed(transferred.received, transferred.sent);
+    }
+}
+
 fn reporter(record: &ConnectionRecord) -> Reporter {
     match record.direction {
         "outbound" => Reporter::Source,
@@ -79,17 +87,8 @@ impl ConnectionObserver for IstioMetrics {
         self.metrics.idle_timeout(reporter(record));
     }
 
-    fn opened(&self, record: &ConnectionRecord) {
-        self.metrics.connection_opened(&self.labels(record));
-    }
-
-    fn closed(&self, record: &ConnectionRecord, transferred: Transferred) {
-        // Istio: "received" is the request direction (from the client), "sent" the response.
-        self.metrics.connection_closed(
-            &self.labels(record),
-            transferred.received,
-            transferred.sent,
-        );
+    fn opened(&self, record: &ConnectionRecord) -> Box<dyn OpenConnection> {
+        Box::new(self.metrics.connection_opened(&self.labels(record)))
     }
 
     fn failed(&self, record: &ConnectionRecord, kind: FailureKind) {
@@ -131,3 +130,6 @@ impl ConnectionObserver for IstioMetrics {
         self.metrics.source_mismatch(peer, claimed);
     }
 }
+
+#[cfg(test)]
+mod tests;

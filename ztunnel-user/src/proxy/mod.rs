@@ -113,12 +113,16 @@ impl ProxyContext {
         })
     }
 
-    /// A connection is established end to end.
-    pub(crate) fn opened(&self, record: &access_log::ConnectionRecord) {
+    /// A connection is established end to end; what is returned goes into its
+    /// [`Outcome::Closed`](outbound::Outcome::Closed).
+    pub(crate) fn opened(
+        &self,
+        record: &access_log::ConnectionRecord,
+    ) -> Box<dyn observer::OpenConnection> {
         self.metrics
             .connections_opened
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.observer.opened(record);
+        self.observer.opened(record)
     }
 
     /// The HBONE server at `address` could not be reached (`reason`) and the connection was

@@ -20,10 +20,11 @@ pub enum FailureKind {
 
 /// Receives connection events.
 pub trait ConnectionObserver: Send + Sync + 'static {
-    /// The connection is established end to end and carries bytes.
-    fn opened(&self, _record: &ConnectionRecord) {}
-    /// An opened connection ended.
-    fn closed(&self, _record: &ConnectionRecord, _transferred: Transferred) {}
+    /// The connection is established end to end and carries bytes. What is returned hears of
+    /// its end, so an exporter works out what it needs of the record once per connection.
+    fn opened(&self, _record: &ConnectionRecord) -> Box<dyn OpenConnection> {
+        Box::new(NoObserver)
+    }
     /// The connection was never established.
     fn failed(&self, _record: &ConnectionRecord, _kind: FailureKind) {}
     /// The HBONE server at `address` was unreachable (`reason`); the connection was retried on
@@ -40,8 +41,18 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn idle_timeout(&self, _record: &ConnectionRecord) {}
 }
 
+/// What an observer keeps of one open connection, from [`ConnectionObserver::opened`].
+pub trait OpenConnection: Send {
+    /// The connection ended, having moved `transferred`.
+    fn closed(self: Box<Self>, transferred: Transferred);
+}
+
 /// Observes nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoObserver;
 
 impl ConnectionObserver for NoObserver {}
+
+impl OpenConnection for NoObserver {
+    fn closed(self: Box<Self>, _transferred: Transferred) {}
+}

@@ -10,7 +10,7 @@ use super::{
     access_log::ConnectionRecord,
     copy,
     metrics::{HandshakeSide, RefusalReason},
-    observer::FailureKind,
+    observer::{FailureKind, OpenConnection},
     retry::{HboneHop, TunnelSource, open_tunnel},
 };
 use crate::{
@@ -78,11 +78,12 @@ pub async fn handle(
             record.destination_identity = hop.expected.first().cloned();
             match tunnel {
                 Ok(tunnel) => {
-                    context.opened(&record);
+                    let opened = context.opened(&record);
                     let (transferred, result) = tunnel
                         .copy_with(&mut client, context.limits.idle_timeout)
                         .await;
                     Outcome::Closed(
+                        opened,
                         transferred,
                         result.map_err(|source| ProxyError::Interrupted {
                             address: hop.hbone_address,
@@ -100,11 +101,12 @@ pub async fn handle(
             record.via = Some(address);
             match connect_plain(pod, address).await {
                 Ok(mut upstream) => {
-                    context.opened(&record);
+                    let opened = context.opened(&record);
                     let (transferred, result) =
                         copy::copy_tcp(&mut client, &mut upstream, context.limits.idle_timeout)
                             .await;
                     Outcome::Closed(
+                        opened,
                         transferred,
                         result.map_err(|source| ProxyError::Interrupted { address, source }),
                     )
@@ -125,8 +127,9 @@ pub async fn handle(
 
 /// How a proxied connection ended.
 pub(crate) enum Outcome {
-    /// It was established and carried `Transferred` bytes; then ended cleanly or not.
-    Closed(Transferred, Result<(), ProxyError>),
+    /// It was established (`opened` says so to the observer) and carried `Transferred` bytes;
+    /// then ended cleanly or not.
+    Closed(Box<dyn OpenConnection>, Transferred, Result<(), ProxyError>),
     /// It was never established.
     Failed(FailureKind, ProxyError),
 }
@@ -139,7 +142,7 @@ pub(crate) fn finish(
 ) -> Result<(), ProxyError> {
     use std::sync::atomic::Ordering::Relaxed;
     let (transferred, result) = match outcome {
-        Outcome::Closed(transferred, result) => {
+        Outcome::Closed(opened, transferred, result) => {
             if let Err(ProxyError::Interrupted { source, .. }) = &result
                 && is_idle_timeout(source)
             {
@@ -155,7 +158,7 @@ pub(crate) fn finish(
                 .metrics
                 .bytes_received
                 .fetch_add(transferred.received, Relaxed);
-            context.observer.closed(record, transferred);
+            opened.closed(transferred);
             (transferred, result)
         }
         Outcome::Failed(kind, error) => {

@@ -68,10 +68,11 @@ pub async fn handle_to(
     } else {
         match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
             Ok(mut upstream) => {
-                context.opened(&record);
+                let opened = context.opened(&record);
                 let (transferred, result) =
                     copy::copy_tcp(&mut client, &mut upstream, context.limits.idle_timeout).await;
                 Outcome::Closed(
+                    opened,
                     transferred,
                     result.map_err(|source| ProxyError::Interrupted {
                         address: destination,

@@ -180,9 +180,10 @@ impl ConnectHandler for WaypointHandler {
         self.context.metrics.answered(StatusCode::OK);
         let outcome = match answer.accept() {
             Ok(downstream) => {
-                self.context.opened(&record);
+                let opened = self.context.opened(&record);
                 let (transferred, result) = downstream.splice(onward).await;
                 Outcome::Closed(
+                    opened,
                     transferred,
                     result.map_err(|source| ProxyError::Interrupted {
                         address: hop.hbone_address,

@@ -16,8 +16,7 @@ fn exposition_has_istio_names_and_labels() {
         .with_source(&client, Some(&client.identity()))
         .with_destination(&server)
         .with_security(SecurityPolicy::MutualTls);
-    metrics.connection_opened(&labels);
-    metrics.connection_closed(&labels, 10, 20);
+    metrics.connection_opened(&labels).closed(10, 20);
     let text = metrics.encode().unwrap();
     for name in [
         "istio_tcp_connections_opened_total",
