@@ -134,6 +134,8 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 30)]
     pub memory_release_seconds: u64,
     #[command(flatten)]
+    pub runtime: super::runtime::RuntimeArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
 }
 

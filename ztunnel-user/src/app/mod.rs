@@ -9,6 +9,7 @@ pub mod args;
 pub mod certificates;
 pub mod memory;
 pub mod pod_handler;
+pub mod runtime;
 
 use std::{sync::Arc, time::Duration};
 
@@ -46,10 +47,7 @@ pub enum AppError {
 
 /// Runs the daemon until SIGTERM/SIGINT and the drain that follows.
 pub fn run(args: DaemonArgs) -> Result<(), AppError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(AppError::Runtime)?;
+    let runtime = runtime::build(&args.runtime).map_err(AppError::Runtime)?;
     runtime.block_on(run_async(args))
 }
 

@@ -27,7 +27,7 @@ pub use handler::{DIRECTION, WaypointHandler};
 
 use crate::{
     admin::{AdminArgs, AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
-    app::{IdentityArgs, certificates, memory},
+    app::{IdentityArgs, certificates, memory, runtime},
     config::{ConfigError, reload::Reloader},
     identity::{IdentityError, SpiffeId, tls},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -62,6 +62,8 @@ pub struct WaypointArgs {
     /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
     #[arg(long, default_value_t = 30)]
     pub memory_release_seconds: u64,
+    #[command(flatten)]
+    pub runtime: runtime::RuntimeArgs,
 }
 
 /// Why the waypoint could not start or stopped with an error.
@@ -96,10 +98,7 @@ pub fn run(args: WaypointArgs) -> Result<(), WaypointError> {
     // The node proxy's allocator policy: the waypoint forwards through h2 on both sides, so it
     // would page-fault fresh frame buffers in the same way (see `app::memory`).
     memory::keep_freed_memory_for_reuse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(WaypointError::Runtime)?;
+    let runtime = runtime::build(&args.runtime).map_err(WaypointError::Runtime)?;
     runtime.block_on(run_async(args))
 }
 
