@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the proxy's hot paths (criterion; `cargo bench -p ztunnel-user`):
 //! workload lookup by IP among 1,000 workloads, L4 policy evaluation with 100 policies, the
-//! TCP copy loop on loopback, and opening (and cleanly closing) an HBONE stream on a warm pool.
+//! TCP copy loop on loopback, opening (and cleanly closing) an HBONE stream on a warm pool, and
+//! exporting one connection's Istio metrics.
 
 use std::{
     hint::black_box,
@@ -16,16 +17,18 @@ use tokio::{
     runtime::Runtime,
 };
 use ztunnel::{
+    admin::metrics::Metrics,
     authz::{ConnectionAttributes, evaluate, policy::Policy},
     config::parse,
-    hbone::{HbonePool, TunnelRequest},
+    hbone::{HbonePool, Transferred, TunnelRequest},
     identity::{CertificateAuthority, CertificateStore, SpiffeId},
     proxy::{
-        Drain, PodContext, ProxyContext, ProxyLimits, WorkloadInfo, copy::copy_tcp,
-        directory::StaticDirectory, listeners,
+        ConnectionObserver, Drain, PodContext, ProxyContext, ProxyLimits, WorkloadInfo,
+        access_log::ConnectionRecord, copy::copy_tcp, directory::StaticDirectory,
+        istio_metrics::IstioMetrics, listeners,
     },
     socket::HostSocketFactory,
-    state::State,
+    state::{State, StateHandle},
 };
 use ztunnel_common::constants::HBONE_PORT;
 
@@ -35,7 +38,8 @@ fn workload_ip(index: u32) -> IpAddr {
     ))
 }
 
-fn workload_lookup(c: &mut Criterion) {
+/// 1,000 workloads at [`workload_ip`] 0..1000.
+fn thousand_workloads() -> State {
     let mut yaml = String::from("workloads:\n");
     for index in 0..1000 {
         yaml.push_str(&format!(
@@ -43,8 +47,12 @@ fn workload_lookup(c: &mut Criterion) {
             workload_ip(index)
         ));
     }
-    let state = State::from_config(parse(&yaml, "bench").expect("bench config parses"))
-        .expect("bench config is consistent");
+    State::from_config(parse(&yaml, "bench").expect("bench config parses"))
+        .expect("bench config is consistent")
+}
+
+fn workload_lookup(c: &mut Criterion) {
+    let state = thousand_workloads();
     let hit = workload_ip(777);
     let miss = workload_ip(5000);
     c.bench_function("workload_by_ip/1000 workloads, hit", |b| {
@@ -201,8 +209,32 @@ fn hbone_stream_open(c: &mut Criterion) {
     );
 }
 
+/// What exporting one connection costs: Istio's labels from the state, counted at open and
+/// close.
+fn connection_metrics(c: &mut Criterion) {
+    let observer = IstioMetrics::new(Metrics::new(), StateHandle::new(thousand_workloads()));
+    let record = ConnectionRecord {
+        direction: "outbound",
+        source: SocketAddr::new(workload_ip(1), 40000),
+        destination: SocketAddr::new(workload_ip(777), 8080),
+        source_identity: None,
+        destination_identity: None,
+        mutual_tls: true,
+        via: None,
+        started: std::time::Instant::now(),
+    };
+    let transferred = Transferred {
+        sent: 1,
+        received: 1,
+    };
+    c.bench_function("istio metrics/connection opened and closed", |b| {
+        b.iter(|| observer.opened(black_box(&record)).closed(transferred))
+    });
+}
+
 criterion_group!(
     hot_paths,
+    connection_metrics,
     workload_lookup,
     policy_evaluation,
     copy_loop,
