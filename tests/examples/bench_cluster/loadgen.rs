@@ -16,7 +16,8 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use ztunnel_e2e::relay;
+use ztunnel::app::runtime::{self, RuntimeArgs};
+use ztunnel_e2e::{echo, relay};
 
 /// Runs one mode; `args` are the words after `loadgen`.
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -54,7 +55,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// `relay <role> <listen> <onward> [<listen> <onward> ...]`: one reference relay per pair, on
-/// a runtime with a worker per CPU as the daemon has.
+/// the daemon's runtime (its default number of workers).
 fn relay(args: &[String]) -> anyhow::Result<()> {
     let (role, pairs) = args
         .split_first()
@@ -64,10 +65,10 @@ fn relay(args: &[String]) -> anyhow::Result<()> {
         !pairs.is_empty() && pairs.len() % 2 == 0,
         "loadgen relay: expected pairs of <listen> <onward>, got {pairs:?}"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    let workers = runtime::build(&RuntimeArgs {
+        worker_threads: runtime::DEFAULT_WORKER_THREADS,
+    })?;
+    workers.block_on(async {
         let mut relays = tokio::task::JoinSet::new();
         for pair in pairs.chunks(2) {
             let listen: SocketAddr = pair[0]
@@ -105,21 +106,8 @@ async fn serve(address: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {address}"))?;
     println!("listening on {address}");
     loop {
-        let (mut stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(read) => {
-                        if stream.write_all(&buffer[..read]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(echo::echo_connection(stream));
     }
 }
 

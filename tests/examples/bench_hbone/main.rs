@@ -21,12 +21,13 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use ztunnel::{
+    app::runtime::{self, RuntimeArgs},
     identity::{CertificateAuthority, CertificateStore, SpiffeId},
     proxy::{Drain, PodContext, ProxyContext, WorkloadInfo, directory::StaticDirectory, listeners},
     socket::HostSocketFactory,
 };
 use ztunnel_common::constants::HBONE_PORT;
-use ztunnel_e2e::relay;
+use ztunnel_e2e::{echo, relay};
 
 struct Options {
     runs: usize,
@@ -84,21 +85,8 @@ async fn sink(listener: TcpListener) {
 
 /// Echoes each message back (messages are fixed-size per connection).
 async fn echo(listener: TcpListener) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let mut buffer = vec![0u8; 64 * 1024];
-            loop {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(count) => {
-                        if stream.write_all(&buffer[..count]).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(echo::echo_connection(stream));
     }
 }
 
@@ -216,13 +204,13 @@ async fn path(
 }
 
 fn main() -> anyhow::Result<()> {
-    // The daemon's allocator settings, so the proxy half of this process behaves as it does.
+    // The daemon's allocator settings and runtime, so the proxy half of this process behaves
+    // as it does.
     ztunnel::app::memory::keep_freed_memory_for_reuse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(measure())
+    runtime::build(&RuntimeArgs {
+        worker_threads: runtime::DEFAULT_WORKER_THREADS,
+    })?
+    .block_on(measure())
 }
 
 async fn measure() -> anyhow::Result<()> {
