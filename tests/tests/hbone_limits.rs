@@ -18,15 +18,8 @@ use ztunnel::proxy::{
 
 /// Echoes every connection accepted on `listener` until its peer closes.
 async fn echo_server(listener: TcpListener) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        tokio::spawn(async move {
-            let mut buffer = vec![0u8; 16 * 1024];
-            while let Ok(count) = stream.read(&mut buffer).await {
-                if count == 0 || stream.write_all(&buffer[..count]).await.is_err() {
-                    break;
-                }
-            }
-        });
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(ztunnel_e2e::echo::echo_connection(stream));
     }
 }
 
