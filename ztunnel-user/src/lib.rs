@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod socket;
 pub mod state;
 pub mod waypoint;
+pub mod zds;

@@ -35,6 +35,14 @@ impl Netns {
         })
     }
 
+    /// A namespace received as a descriptor (ZDS); `label` names it in logs and errors.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, label: PathBuf) -> Self {
+        Self {
+            path: label,
+            file: File::from(fd),
+        }
+    }
+
     /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path
@@ -92,6 +100,12 @@ impl Netns {
 thread_local! {
     /// The network namespace each thread lives in, for [`Netns::run_here`] to go back to.
     static HOME: std::cell::OnceCell<File> = const { std::cell::OnceCell::new() };
+}
+
+impl std::os::fd::AsFd for Netns {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
 }
 
 /// Puts the thread back in its own namespace when [`Netns::run_here`]'s work ends, also when it
