@@ -106,12 +106,18 @@ async fn apply(
         )),
         (_, Some(_)) => Err("only AddWorkload may carry a descriptor".into()),
         (Payload::Keep(keep), None) => {
+            if keep.uid.is_empty() {
+                return Err("KeepWorkload without a uid".into());
+            }
             if let Some(named) = snapshot {
                 named.insert(keep.uid.clone());
             }
             sink.keep(&keep.uid)
         }
         (Payload::Del(delete), None) => {
+            if delete.uid.is_empty() {
+                return Err("DelWorkload without a uid".into());
+            }
             if let Some(named) = snapshot {
                 named.remove(&delete.uid);
             }
