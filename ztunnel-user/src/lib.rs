@@ -3,6 +3,7 @@
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
 pub mod admin;
+pub mod agent;
 pub mod app;
 pub mod authz;
 pub mod cni;

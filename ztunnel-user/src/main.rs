@@ -33,8 +33,14 @@ enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
-    /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
+    /// The capture agent and the proxy in one process: load or adopt the kernel programs and
+    /// serve every enrolled pod until SIGTERM.
     Daemon(ztunnel::app::DaemonArgs),
+    /// The capture agent alone: load or adopt the kernel programs, take enrollments, and hand
+    /// every enrolled pod to the proxies that connect over ZDS (ours or Istio's ztunnel).
+    Agent(ztunnel::app::AgentArgs),
+    /// The proxy alone: serve the pods a capture agent hands over on its ZDS socket.
+    Proxy(ztunnel::app::ProxyCommandArgs),
     /// Run an L4 waypoint: HBONE in, the destination's policy, HBONE out with its own identity.
     Waypoint(ztunnel::waypoint::WaypointArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
@@ -199,6 +205,11 @@ fn main() -> anyhow::Result<()> {
             ztunnel::app::memory::keep_freed_memory_for_reuse();
             ztunnel::app::run(args)?
         }
+        Command::Agent(args) => ztunnel::app::agent::run(args)?,
+        Command::Proxy(args) => {
+            ztunnel::app::memory::keep_freed_memory_for_reuse();
+            ztunnel::app::proxy::run(args)?
+        }
         Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
@@ -311,9 +322,15 @@ mod tests {
         let Command::Daemon(args) = parse(&["daemon"]).unwrap().command else {
             panic!("not daemon")
         };
+        let args = args.capture;
         assert_eq!(args.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
         assert_eq!(args.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
         assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            args.zds_socket(),
+            PathBuf::from("/run/ztunnel/ztunnel.sock"),
+            "Istio's ztunnel looks at /var/run/ztunnel/ztunnel.sock (/var/run is /run)"
+        );
         assert!(matches!(args.fail_mode, FailModeArg::Closed));
         assert!(matches!(
             args.kernel_log_level,
@@ -321,6 +338,38 @@ mod tests {
         ));
         assert!(parse(&["daemon", "--kernel-log-level", "loud"]).is_err());
         assert!(parse(&["daemon", "--fail-mode", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn agent_and_proxy_split_the_daemons_flags() {
+        let Command::Agent(agent) = parse(&[
+            "agent",
+            "--zds-socket",
+            "/tmp/z.sock",
+            "--cgroup",
+            "/sys/fs/cgroup/unified",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not agent")
+        };
+        assert_eq!(agent.capture.zds_socket(), PathBuf::from("/tmp/z.sock"));
+        assert!(
+            parse(&["agent", "--ca-dir", "/x"]).is_err(),
+            "the agent took a proxy flag"
+        );
+        let Command::Proxy(proxy) = parse(&["proxy"]).unwrap().command else {
+            panic!("not proxy")
+        };
+        assert_eq!(
+            proxy.zds_socket,
+            PathBuf::from(ztunnel::zds::DEFAULT_SOCKET)
+        );
+        assert!(
+            parse(&["proxy", "--bpffs-root", "/x"]).is_err(),
+            "the proxy took a capture flag"
+        );
     }
 
     #[test]

@@ -80,20 +80,23 @@ impl From<KernelLogLevelArg> for KernelLogLevel {
     }
 }
 
-/// `ztunnel daemon`.
+/// Where the capture agent keeps its state and how it captures: the flags `ztunnel agent` and
+/// `ztunnel daemon` share.
 #[derive(Debug, Args)]
-pub struct DaemonArgs {
+pub struct CaptureArgs {
     /// bpffs directory where maps and links are pinned.
     #[arg(long, default_value = DEFAULT_BPFFS_ROOT)]
     pub bpffs_root: PathBuf,
-    /// Directory holding the durable enrolled set and the enrollment socket.
+    /// Directory holding the durable enrolled set, the CNI plugin's enrollment socket and (by
+    /// default) the ZDS socket.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
-    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
+    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to. The proxy must
+    /// run in it or below it (its SO_ORIGINAL_DST lookups are answered there only).
     #[arg(long, default_value = "/sys/fs/cgroup")]
     pub cgroup: PathBuf,
-    /// What enrolled pods' traffic does while ztunnel is not serving them (iptables capture is
-    /// always closed).
+    /// What enrolled pods' traffic does while no proxy serves them (iptables capture is always
+    /// closed).
     #[arg(long, value_enum, default_value = "closed")]
     pub fail_mode: FailModeArg,
     /// How enrolled pods' traffic is captured; `auto` allows the iptables fallback.
@@ -103,6 +106,43 @@ pub struct DaemonArgs {
     /// every redirected or refused connection).
     #[arg(long, value_enum, default_value = "warn")]
     pub kernel_log_level: KernelLogLevelArg,
+    /// How many pods this node can enroll: the size of the `pods` and `stats` maps when they are
+    /// created (maps already pinned keep their size until they are removed).
+    #[arg(long, default_value_t = ztunnel_common::maps::MAX_PODS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pods: u32,
+    /// The ZDS socket proxies connect to (Istio's ztunnel: INPOD_UDS) [default:
+    /// <run-dir>/ztunnel.sock, which with the default run dir is /var/run/ztunnel/ztunnel.sock,
+    /// where Istio's ztunnel looks]
+    #[arg(long, value_name = "PATH")]
+    pub zds_socket: Option<PathBuf>,
+}
+
+impl CaptureArgs {
+    /// The ZDS socket path.
+    pub fn zds_socket(&self) -> PathBuf {
+        self.zds_socket
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join(crate::agent::ZDS_SOCKET_NAME))
+    }
+}
+
+/// `ztunnel agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// The workloads file (Istio ztunnel local-config shape), read for each pod's service
+    /// account to tell proxies; pods it does not list are announced with `default`.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// How often the config file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub config_poll_ms: u64,
+}
+
+/// The proxy's flags, shared by `ztunnel proxy` and `ztunnel daemon`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
     /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on
     /// change. Without it the mesh is empty: every destination is passed through.
     #[arg(long = "config", value_name = "FILE")]
@@ -114,18 +154,9 @@ pub struct DaemonArgs {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
-    /// How many pods this node can enroll: the size of the `pods` and `stats` maps when they are
-    /// created (maps already pinned keep their size until they are removed).
-    #[arg(long, default_value_t = ztunnel_common::maps::MAX_PODS, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_pods: u32,
     /// How long open connections may take to finish after SIGTERM, in seconds.
     #[arg(long, default_value_t = 25)]
     pub drain_seconds: u64,
-    /// If another daemon holds the run dir (an upgrade's old pod), serve every enrolled pod
-    /// beside it (SO_REUSEPORT listeners) and take over capture and the enrollment socket when
-    /// it exits, instead of failing.
-    #[arg(long)]
-    pub takeover: bool,
     /// How long an outgoing HBONE connection that carries no tunnel is kept for reuse before
     /// it is closed, in seconds.
     #[arg(long, default_value_t = crate::hbone::DEFAULT_POOL_IDLE_TIMEOUT.as_secs())]
@@ -137,6 +168,30 @@ pub struct DaemonArgs {
     pub runtime: super::runtime::RuntimeArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// `ztunnel proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyCommandArgs {
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// The capture agent's ZDS socket.
+    #[arg(long, value_name = "PATH", default_value = crate::zds::DEFAULT_SOCKET)]
+    pub zds_socket: PathBuf,
+}
+
+/// `ztunnel daemon`: the capture agent and the proxy in one process.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    /// If another daemon holds the run dir (an upgrade's old pod), serve every enrolled pod
+    /// beside it (SO_REUSEPORT listeners, pods learnt over its ZDS socket) and take over capture
+    /// and the sockets when it exits, instead of failing.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 /// Resource limits of the proxy.
@@ -167,7 +222,7 @@ impl From<&LimitArgs> for ProxyLimits {
     }
 }
 
-impl DaemonArgs {
+impl ProxyArgs {
     /// The config poll interval.
     pub fn config_poll_interval(&self) -> Duration {
         Duration::from_millis(self.config_poll_ms.max(1))

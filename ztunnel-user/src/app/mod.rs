@@ -1,31 +1,42 @@
-//! `ztunnel daemon`: the node proxy put together — the workload config (reloaded on change),
-//! workload identity, the HBONE proxy behind every enrolled pod's in-pod listeners, the kernel
-//! capture, and the operations servers (admin, metrics, readiness) on their own thread.
+//! The three ways to run a node, put together in order:
+//!
+//! - `ztunnel daemon` ([`run`]): the capture agent and the proxy in one process, joined by an
+//!   in-process ZDS connection — the same protocol Istio's ztunnel speaks with our agent.
+//! - `ztunnel agent` ([`agent::run`]): capture only; proxies connect over the ZDS socket.
+//! - `ztunnel proxy` ([`proxy::run`]): our proxy as a ZDS client of an agent.
 //!
 //! Shutdown (SIGTERM): readiness turns 503, the in-pod listeners close (the kernel applies the
-//! fail mode to new connections; pins stay), then open connections get the drain window.
+//! fail mode to new connections; pins stay), the agent's sockets close and the run dir is
+//! released — in that order, so an upgrade's new daemon standing by never finds the pods
+//! without a listener — then open connections get the drain window.
 
+pub mod agent;
 pub mod args;
 pub mod certificates;
 pub mod memory;
-pub mod pod_handler;
+pub mod proxy;
 pub mod runtime;
+pub mod takeover;
 
-use std::{sync::Arc, time::Duration};
-
-pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs};
-
-use crate::{
-    admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
-    config::{ConfigError, reload::Reloader},
-    ebpf::{EbpfError, PinLayout, loader::MapSizes},
-    identity::IdentityError,
-    inpod::{InpodError, daemon::DaemonConfig},
-    proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
-    state::StateHandle,
+pub use args::{
+    AgentArgs, CaptureArg, CaptureArgs, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs,
+    ProxyArgs, ProxyCommandArgs,
 };
 
-/// Why the daemon could not start or stopped with an error.
+use tokio::sync::watch;
+
+use crate::{
+    admin::AdminError,
+    agent::{Agent, AgentConfig, CaptureConfig},
+    config::ConfigError,
+    ebpf::{EbpfError, PinLayout, loader::MapSizes},
+    identity::IdentityError,
+    inpod::{InpodError, pods::PodServers},
+    state::StateHandle,
+    zds::{self, ZdsError},
+};
+
+/// Why a node process could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The workload config file is unusable at start (later bad versions are only rejected).
@@ -40,80 +51,18 @@ pub enum AppError {
     /// Capture or the in-pod listeners failed.
     #[error(transparent)]
     Inpod(#[from] InpodError),
+    /// The agent/proxy connection failed.
+    #[error(transparent)]
+    Zds(#[from] ZdsError),
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// Runs the daemon until SIGTERM/SIGINT and the drain that follows.
-pub fn run(args: DaemonArgs) -> Result<(), AppError> {
-    let runtime = runtime::build(&args.runtime).map_err(AppError::Runtime)?;
-    runtime.block_on(run_async(args))
-}
-
-async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
-    // Before anything else starts: a daemon that cannot pin must not take ports or report ready.
-    let layout = PinLayout::new(&args.bpffs_root);
-    layout.check().map_err(|problem| {
-        InpodError::from(EbpfError::Bpffs {
-            root: args.bpffs_root.clone(),
-            problem,
-        })
-    })?;
-    let metrics = Metrics::new();
-    let (state, reload) = match &args.config_file {
-        Some(path) => {
-            let reloader = Reloader::start(path)?.with_metrics(metrics.clone());
-            let state = reloader.state();
-            let outcomes = reloader.subscribe();
-            tokio::spawn(reloader.run(args.config_poll_interval()));
-            (state, Some(outcomes))
-        }
-        None => {
-            tracing::info!(
-                "no --config: the mesh is empty and every destination is passed through"
-            );
-            (StateHandle::default(), None)
-        }
-    };
-    let certificates = certificates::store(&args.identity)?;
-    let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
-        args.identity.cert_refresh_seconds.max(1),
-    ));
-
-    let _memory =
-        memory::spawn_periodic_release(Duration::from_secs(args.memory_release_seconds.max(1)));
-
-    let (drain, drain_watch) = Drain::new();
-    let observer = Arc::new(IstioMetrics::new(metrics.clone(), state.clone()));
-    let context = ProxyContext::with_limits(
-        Arc::new(StateDirectory::new(state.clone())),
-        certificates.clone(),
-        drain_watch,
-        observer,
-        (&args.limits).into(),
-    );
-    context
-        .pool
-        .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
-
-    let readiness = Readiness::new();
-    let serving = readiness.block("enrolled pods served");
-    readiness.startup_complete();
-    let _admin = AdminServers::start(
-        &(&args.admin).into(),
-        AdminSources {
-            state: state.clone(),
-            metrics,
-            readiness: readiness.clone(),
-            certificates: certificates.clone(),
-            reload,
-        },
-    )?;
-
-    let handler = Arc::new(pod_handler::MeshHandler::new(context, state, certificates));
-    let daemon = DaemonConfig {
-        layout,
+/// The capture agent's configuration from its flags.
+pub(crate) fn capture_config(args: &CaptureArgs) -> CaptureConfig {
+    CaptureConfig {
+        layout: PinLayout::new(&args.bpffs_root),
         cgroup: args.cgroup.clone(),
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
@@ -121,13 +70,100 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         map_sizes: MapSizes {
             max_pods: args.max_pods,
         },
-        takeover: args.takeover,
         capture: args.capture.into(),
+    }
+}
+
+/// A daemon or agent that cannot pin must not take ports or report ready: checked first.
+pub(crate) fn check_bpffs(args: &CaptureArgs) -> Result<(), AppError> {
+    PinLayout::new(&args.bpffs_root).check().map_err(|problem| {
+        AppError::from(InpodError::from(EbpfError::Bpffs {
+            root: args.bpffs_root.clone(),
+            problem,
+        }))
+    })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT and the drain that follows.
+pub fn run(args: DaemonArgs) -> Result<(), AppError> {
+    let runtime = runtime::build(&args.proxy.runtime).map_err(AppError::Runtime)?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
+    check_bpffs(&args.capture)?;
+    let half = proxy::ProxyHalf::start(&args.proxy)?;
+    let mut stop = proxy::stop_on_signal()?;
+    let serving = half.readiness.block("enrolled pods served");
+    half.readiness.startup_complete();
+    let mut pods = PodServers::new(half.server.clone());
+    let mut ready: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || serving.release()));
+    let zds_socket = args.capture.zds_socket();
+
+    // The run dir's lock first: a daemon already running keeps its sockets and its state.
+    let lock = match crate::agent::lock_run_dir(&args.capture.run_dir) {
+        Ok(lock) => lock,
+        Err(error) if args.takeover => {
+            tracing::info!(%error, "standing by (--takeover)");
+            let standing = takeover::stand_by(
+                &zds_socket,
+                &args.capture.run_dir,
+                &mut pods,
+                &mut ready,
+                &mut stop,
+            );
+            match standing.await? {
+                Some(lock) => lock,
+                None => {
+                    let served = pods.len();
+                    pods.clear();
+                    tracing::info!(
+                        pods = served,
+                        "stopped while standing by: in-pod listeners closed"
+                    );
+                    half.drain().await;
+                    return Ok(());
+                }
+            }
+        }
+        Err(error) => return Err(error.into()),
     };
-    let outcome = crate::inpod::daemon::run(daemon, handler, move || serving.release()).await;
-    readiness.set_draining();
-    let timeout = Duration::from_secs(args.drain_seconds);
-    let left = drain.drain(timeout).await;
-    tracing::info!(left_open = left, ?timeout, "drain finished");
-    outcome.map_err(AppError::from)
+    let agent = Agent::start(
+        AgentConfig {
+            capture: capture_config(&args.capture),
+            zds_socket,
+            mesh: Some(half.server.state.clone()),
+        },
+        lock,
+    )?;
+    let connection = agent.connect_in_process()?;
+    let (stop_agent, agent_stopped) = watch::channel(false);
+    let agent = tokio::spawn(agent.run(agent_stopped));
+    let mut sink = proxy::ReadyAfterSnapshot {
+        pods: &mut pods,
+        ready,
+    };
+    let outcome = zds::client::serve_connection(&connection, &mut sink, &mut stop).await;
+    let served = pods.len();
+    pods.clear();
+    tracing::info!(pods = served, "in-pod listeners closed");
+    stop_agent.send_replace(true);
+    let agent_outcome = agent
+        .await
+        .map_err(|error| InpodError::Invalid(format!("the capture agent task failed: {error}")))?;
+    half.drain().await;
+    outcome?;
+    agent_outcome?;
+    Ok(())
+}
+
+/// The mesh state the agent reads service accounts from: the config file, when given.
+pub(crate) fn mesh_state(args: &AgentArgs) -> Result<Option<StateHandle>, AppError> {
+    let Some(path) = &args.config_file else {
+        return Ok(None);
+    };
+    let reloader = crate::config::reload::Reloader::start(path)?;
+    let state = reloader.state();
+    tokio::spawn(reloader.run(std::time::Duration::from_millis(args.config_poll_ms.max(1))));
+    Ok(Some(state))
 }

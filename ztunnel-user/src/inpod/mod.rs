@@ -1,32 +1,25 @@
-//! Everything ztunnel does inside enrolled pods' network namespaces:
+//! ztunnel's presence inside enrolled pods' network namespaces, and the capture it installs
+//! there:
 //!
+//! - [`netns`]: entering a pod's netns around `socket()`/`bind()`; its cookie and addresses.
+//! - [`socket_factory`]: sockets made inside a pod's netns (listeners, bypass-marked outbound
+//!   sockets, upstream sockets that keep the client's address); [`routing`]: the in-pod rule
+//!   that brings the application's replies to those back to ztunnel.
+//! - [`pod_server`]: one served pod — its listeners and who it is; [`pods`]: the proxy's set of
+//!   served pods, driven over ZDS by the capture agent ([`crate::agent`]).
 //! - [`capture`]: eBPF or iptables capture (the node's mode); [`iptables`]: the in-pod rules
-//!   of the latter.
-//! - [`netns`]: entering a pod's netns around `socket()`/`bind()`.
-//! - [`enroll`]: the enroll/unenroll library API; [`state`]: the durable enrolled set.
-//! - [`listeners`]: the in-pod listeners 15001/15006/15008 and their accept loops, which hand
-//!   connections to a [`handler::PodTrafficHandler`] ([`forwarder::TcpForwarder`] for now).
-//! - [`socket_factory`]: [`crate::socket::SocketFactory`] for a pod's netns, plus upstream
-//!   sockets that keep the client's address; [`routing`]: the in-pod rule that brings the
-//!   application's replies to those back to ztunnel.
-//! - [`daemon`]: the `ztunnel daemon` lifecycle; [`enrollment_handler`]: its answers to the CNI
-//!   plugin on the enrollment socket; [`takeover`]: an upgrade's new daemon serving beside the
-//!   old one until it can take over.
+//!   of the latter; [`enroll`]: the enroll/unenroll library API the agent, the CNI plugin and
+//!   the CLI share; [`state`]: the durable enrolled set.
 
 pub mod capture;
-pub mod daemon;
 pub mod enroll;
-pub mod enrollment_handler;
-pub mod forwarder;
-pub mod handler;
 pub mod iptables;
-pub mod listeners;
 pub mod netns;
-pub mod original_destination;
+pub mod pod_server;
+pub mod pods;
 pub mod routing;
 pub mod socket_factory;
 pub mod state;
-pub mod takeover;
 
 use std::{
     net::SocketAddr,
@@ -95,7 +88,7 @@ pub enum InpodError {
 }
 
 impl InpodError {
-    fn state(run_dir: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn state(run_dir: &Path, source: std::io::Error) -> Self {
         Self::State {
             run_dir: run_dir.to_owned(),
             source,

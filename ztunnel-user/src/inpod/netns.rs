@@ -91,6 +91,34 @@ impl Netns {
         })
     }
 
+    /// The addresses of the namespace's interfaces, loopback and link-local ones left out: a
+    /// pod's own IPs, as its primary CNI plugin configured them.
+    pub fn addresses(&self) -> io::Result<Vec<std::net::IpAddr>> {
+        self.run(|| {
+            let mut addresses = Vec::new();
+            for interface in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+                let Some(address) = interface.address else {
+                    continue;
+                };
+                let ip = if let Some(v4) = address.as_sockaddr_in() {
+                    std::net::IpAddr::V4(v4.ip())
+                } else if let Some(v6) = address.as_sockaddr_in6() {
+                    std::net::IpAddr::V6(v6.ip())
+                } else {
+                    continue;
+                };
+                let link_local = match ip {
+                    std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                    std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+                };
+                if !ip.is_loopback() && !link_local && !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
+            Ok(addresses)
+        })
+    }
+
     /// The namespace's cookie, the key of the `pods` map. Minimum kernel 5.14.
     pub fn cookie(&self) -> io::Result<u64> {
         self.run(current_netns_cookie)

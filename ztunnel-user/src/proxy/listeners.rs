@@ -1,12 +1,33 @@
-//! Accept loops over ordinary listeners: the in-pod listeners hand their sockets to the same
-//! entry points; tests and benchmarks use these on loopback. Each loop stops accepting when
-//! draining starts.
+//! The one accept loop, for every listener the proxy has: a pod's in-pod listeners
+//! ([`crate::inpod::pod_server`]) and the loopback listeners of tests and benchmarks. Each loop
+//! stops accepting when draining starts (or when its task is dropped: a pod that leaves).
+//!
+//! What differs between listeners is pluggable: where the accepted connection's pod context comes
+//! from ([`PodSource`]: fixed, or a pod server that re-resolves it when the mesh state changed)
+//! and where an outbound connection's original destination comes from ([`OriginalDestination`]:
+//! `SO_ORIGINAL_DST`, or fixed for tests).
 
 use std::{io, net::SocketAddr, sync::Arc};
 
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
+use ztunnel_common::constants::INBOUND_PLAINTEXT_PORT;
 
 use super::{PodContext, ProxyContext, inbound, outbound, passthrough};
+
+/// Where the pod context of an accepted connection comes from.
+pub trait PodSource: Send + Sync + 'static {
+    /// The context to serve a connection accepted now with; `None` refuses the connection (the
+    /// source logged why).
+    fn current(self: Arc<Self>) -> Option<Arc<PodContext>>;
+}
+
+/// A fixed pod: every connection gets the same context.
+impl PodSource for PodContext {
+    fn current(self: Arc<Self>) -> Option<Arc<PodContext>> {
+        Some(self)
+    }
+}
 
 /// Finds the original destination of an accepted outbound connection.
 pub trait OriginalDestination: Send + Sync + 'static {
@@ -24,10 +45,57 @@ impl OriginalDestination for FixedDestination {
     }
 }
 
+/// `getsockopt(SO_ORIGINAL_DST)`, as any proxy asks: answered by our `cgroup/getsockopt`
+/// program under eBPF capture (for processes under the cgroup it is attached to; minimum kernel
+/// 5.15) and by conntrack under iptables capture. One lookup per connection. A socket that was
+/// not redirected (someone dialled the listener itself) has no other destination than its own
+/// address and is refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOriginalDestination;
+
+impl OriginalDestination for SocketOriginalDestination {
+    fn original_destination(&self, accepted: &TcpStream) -> io::Result<SocketAddr> {
+        let local = accepted.local_addr()?;
+        let destination = asked_destination(accepted, local)?;
+        if destination == local {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the connection was not redirected (it was dialled to the listener itself)",
+            ));
+        }
+        Ok(destination)
+    }
+}
+
+/// `SO_ORIGINAL_DST` of an accepted socket, in the family of its local address.
+fn asked_destination(accepted: &TcpStream, local: SocketAddr) -> io::Result<SocketAddr> {
+    let socket = SockRef::from(accepted);
+    let answer = if local.is_ipv6() {
+        socket.original_dst_v6()?
+    } else {
+        socket.original_dst_v4()?
+    };
+    answer
+        .as_socket()
+        .ok_or_else(|| io::Error::other("SO_ORIGINAL_DST answered with a non-IP address"))
+}
+
+/// The destination of a plaintext connection accepted on 15006. eBPF capture hands it over
+/// unchanged (TC `bpf_sk_assign`, TPROXY semantics): the local address *is* the destination.
+/// Only a connection whose local port is 15006 itself was rewritten (iptables REDIRECT), and
+/// conntrack answers `SO_ORIGINAL_DST` for it.
+fn inbound_destination(accepted: &TcpStream) -> io::Result<SocketAddr> {
+    let local = accepted.local_addr()?;
+    if local.port() != INBOUND_PLAINTEXT_PORT {
+        return Ok(local);
+    }
+    asked_destination(accepted, local)
+}
+
 /// Accepts outbound connections until draining starts.
 pub async fn serve_outbound(
     context: Arc<ProxyContext>,
-    pod: Arc<PodContext>,
+    pod: Arc<dyn PodSource>,
     listener: TcpListener,
     destinations: Arc<dyn OriginalDestination>,
 ) {
@@ -37,9 +105,12 @@ pub async fn serve_outbound(
             let destination = match destinations.original_destination(&stream) {
                 Ok(destination) => destination,
                 Err(error) => {
-                    tracing::warn!(%error, "no original destination for an outbound connection; closing it");
+                    tracing::warn!(%error, peer = ?stream.peer_addr().ok(), "no original destination for an outbound connection; closing it");
                     return;
                 }
+            };
+            let Some(pod) = pod.current() else {
+                return;
             };
             if let Err(error) = outbound::handle(&context, &pod, stream, destination).await {
                 tracing::debug!(%error, %destination, "outbound connection failed");
@@ -52,13 +123,18 @@ pub async fn serve_outbound(
 /// Accepts HBONE connections until draining starts.
 pub async fn serve_inbound_hbone(
     context: Arc<ProxyContext>,
-    pod: Arc<PodContext>,
+    pod: Arc<dyn PodSource>,
     listener: TcpListener,
 ) {
     accept_loop(&context, listener, "inbound HBONE", |stream| {
         let (context, pod) = (context.clone(), pod.clone());
         async move {
-            let _ = inbound::serve_hbone_connection(context, pod, stream).await;
+            let Some(pod) = pod.current() else {
+                return;
+            };
+            if let Err(error) = inbound::serve_hbone_connection(context, pod, stream).await {
+                tracing::debug!(%error, "inbound HBONE connection failed");
+            }
         }
     })
     .await
@@ -67,13 +143,24 @@ pub async fn serve_inbound_hbone(
 /// Accepts plaintext inbound connections until draining starts.
 pub async fn serve_passthrough(
     context: Arc<ProxyContext>,
-    pod: Arc<PodContext>,
+    pod: Arc<dyn PodSource>,
     listener: TcpListener,
 ) {
     accept_loop(&context, listener, "inbound plaintext", |stream| {
         let (context, pod) = (context.clone(), pod.clone());
         async move {
-            if let Err(error) = passthrough::handle(&context, &pod, stream).await {
+            let destination = match inbound_destination(&stream) {
+                Ok(destination) => destination,
+                Err(error) => {
+                    tracing::warn!(%error, peer = ?stream.peer_addr().ok(), "no original destination for an inbound plaintext connection; closing it");
+                    return;
+                }
+            };
+            let Some(pod) = pod.current() else {
+                return;
+            };
+            if let Err(error) = passthrough::handle_to(&context, &pod, stream, destination).await
+            {
                 tracing::debug!(%error, "inbound plaintext connection failed");
             }
         }

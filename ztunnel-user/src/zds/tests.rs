@@ -257,7 +257,11 @@ async fn a_malformed_request_gets_an_error_ack_and_the_connection_goes_on() {
         1
     );
     // (An empty message cannot be told from the end of the connection on a seqpacket socket.)
-    for garbage in [&b"\xff\xff\xff"[..], &b"\x0a\x02\x0a\x00"[..], &b"\x12\x00"[..]] {
+    for garbage in [
+        &b"\xff\xff\xff"[..],
+        &b"\x0a\x02\x0a\x00"[..],
+        &b"\x12\x00"[..],
+    ] {
         agent.send(garbage, None).await.expect("send");
         let answer = agent.recv().await.expect("recv").expect("an answer");
         let answer = WorkloadResponse::decode(answer.bytes.as_slice()).expect("a response");
