@@ -37,8 +37,8 @@ fn ipv6_outbound_and_inbound_are_captured() -> anyhow::Result<()> {
             "outbound connection captured",
             "pod=client",
             "peer=[::1]:",
-            &format!("sockopt_destination={destination}"),
-            &format!("map_destination={destination}"),
+            // SO_ORIGINAL_DST, answered by the getsockopt hook from the orig_dst map (no NAT).
+            &format!("original_destination={destination}"),
         ],
     )?;
     println!(

@@ -1,5 +1,6 @@
 //! Must-show (a): an enrolled pod's outbound TCP lands on its in-pod 15001 listener, which learns
-//! the original destination both from `getsockopt(SO_ORIGINAL_DST)` and from the map, and the
+//! the original destination from `getsockopt(SO_ORIGINAL_DST)` (answered by our hook from the
+//! `orig_dst` map), and the
 //! bytes reach the server and come back. A socket marked 0x539 in the same pod goes direct.
 
 use ztunnel_e2e::{
@@ -32,8 +33,8 @@ fn outbound_connect_is_captured_with_its_original_destination() -> anyhow::Resul
         &[
             "outbound connection captured",
             "pod=client",
-            &format!("sockopt_destination={destination}"),
-            &format!("map_destination={destination}"),
+            // SO_ORIGINAL_DST, answered by the getsockopt hook from the orig_dst map (no NAT).
+            &format!("original_destination={destination}"),
         ],
     )?;
     let kernel_log = daemon.wait_for_log_all(

@@ -229,7 +229,7 @@ pub fn lock_run_dir(run_dir: &std::path::Path) -> Result<DaemonLock, InpodError>
     DaemonLock::acquire(run_dir).map_err(|source| {
         if source.kind() == std::io::ErrorKind::WouldBlock {
             InpodError::Invalid(format!(
-                "cannot start: another ztunnel agent or daemon uses run dir {} ({source}); stop it, pass another --run-dir, or (daemon) pass --takeover to serve beside it and take over when it exits",
+                "cannot start: another ztunnel daemon uses run dir {} (a `ztunnel daemon` or `ztunnel agent` holds its lock: {source}); stop it, pass another --run-dir, or (daemon) pass --takeover to serve beside it and take over when it exits",
                 run_dir.display()
             ))
         } else {

@@ -97,7 +97,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     let serving = half.readiness.block("enrolled pods served");
     half.readiness.startup_complete();
     let mut pods = PodServers::new(half.server.clone());
-    let mut ready: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || serving.release()));
+    let mut release: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || serving.release()));
     let zds_socket = args.capture.zds_socket();
 
     // The run dir's lock first: a daemon already running keeps its sockets and its state.
@@ -109,7 +109,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
                 &zds_socket,
                 &args.capture.run_dir,
                 &mut pods,
-                &mut ready,
+                &mut release,
                 &mut stop,
             );
             match standing.await? {
@@ -137,11 +137,18 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         lock,
     )?;
     let connection = agent.connect_in_process()?;
+    let mode = agent.mode();
     let (stop_agent, agent_stopped) = watch::channel(false);
     let agent = tokio::spawn(agent.run(agent_stopped));
+    let release = release.take();
     let mut sink = proxy::ReadyAfterSnapshot {
         pods: &mut pods,
-        ready,
+        ready: Some(Box::new(move || {
+            if let Some(release) = release {
+                release();
+            }
+            tracing::info!(capture = ?mode, "ztunnel daemon ready");
+        })),
     };
     let outcome = zds::client::serve_connection(&connection, &mut sink, &mut stop).await;
     let served = pods.len();

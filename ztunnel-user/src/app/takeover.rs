@@ -37,9 +37,17 @@ pub async fn stand_by(
 ) -> Result<Option<DaemonLock>, AppError> {
     tracing::info!(run_dir = %run_dir.display(), zds_socket = %zds_socket.display(), "another ztunnel daemon holds the run dir; standing by beside it until it exits (--takeover)");
     let connection = SeqPacket::connect(zds_socket).await?;
+    let release = ready.take();
     let mut sink = ReadyAfterSnapshot {
         pods,
-        ready: ready.take(),
+        ready: Some(Box::new(move || {
+            if let Some(release) = release {
+                release();
+            }
+            tracing::info!(
+                "ztunnel daemon standing by: serving enrolled pods beside the running daemon"
+            );
+        })),
     };
     let mut stop_serving = stop.clone();
     let serving = client::serve_connection(&connection, &mut sink, &mut stop_serving);

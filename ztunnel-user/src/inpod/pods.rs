@@ -112,7 +112,7 @@ impl PodSink for PodServers {
     fn delete(&mut self, uid: &str) {
         if let Some(server) = self.servers.remove(uid) {
             let pod = server.identity();
-            tracing::info!(pod = %pod.name, namespace = %pod.namespace, %uid, "pod removed: its listeners are closed");
+            tracing::info!(pod = %pod.name, namespace = %pod.namespace, %uid, "pod no longer enrolled; its listeners are closed");
         }
     }
 

@@ -112,6 +112,7 @@ pub async fn serve_outbound(
             let Some(pod) = pod.current() else {
                 return;
             };
+            tracing::info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, peer = %display_peer(&stream), original_destination = %destination, "outbound connection captured");
             if let Err(error) = outbound::handle(&context, &pod, stream, destination).await {
                 tracing::debug!(%error, %destination, "outbound connection failed");
             }
@@ -132,6 +133,7 @@ pub async fn serve_inbound_hbone(
             let Some(pod) = pod.current() else {
                 return;
             };
+            tracing::info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, peer = %display_peer(&stream), local_address = %display_local(&stream), "inbound HBONE connection accepted");
             if let Err(error) = inbound::serve_hbone_connection(context, pod, stream).await {
                 tracing::debug!(%error, "inbound HBONE connection failed");
             }
@@ -159,6 +161,7 @@ pub async fn serve_passthrough(
             let Some(pod) = pod.current() else {
                 return;
             };
+            tracing::info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, peer = %display_peer(&stream), original_destination = %destination, "inbound plaintext connection captured");
             if let Err(error) = passthrough::handle_to(&context, &pod, stream, destination).await
             {
                 tracing::debug!(%error, "inbound plaintext connection failed");
@@ -166,6 +169,20 @@ pub async fn serve_passthrough(
         }
     })
     .await
+}
+
+/// An accepted socket's peer for a log line (`-` once the socket lost it).
+fn display_peer(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map_or_else(|_| "-".to_owned(), |peer| peer.to_string())
+}
+
+/// An accepted socket's local address for a log line.
+fn display_local(stream: &TcpStream) -> String {
+    stream
+        .local_addr()
+        .map_or_else(|_| "-".to_owned(), |local| local.to_string())
 }
 
 async fn accept_loop<F, Fut>(
