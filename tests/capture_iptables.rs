@@ -110,7 +110,8 @@ fn iptables_capture_carries_http_across_nodes_only_in_hbone() -> anyhow::Result<
     let all = UnderlayCapture::read(&pcap_path, "tcp")?;
     let not_hbone = UnderlayCapture::read(&pcap_path, "tcp and not port 15008")?;
     let clients = nginx.clients_after(1);
-    let captured = log_lines(&mesh, 1, "connection captured by iptables");
+    // No getsockopt hook is attached under iptables capture: conntrack answers SO_ORIGINAL_DST.
+    let captured = log_lines(&mesh, 1, "outbound connection captured");
     let access = log_lines(&mesh, 1, "ztunnel::access");
     println!(
         "underlay: {} TCP packets, {} not on port 15008: {:?}",

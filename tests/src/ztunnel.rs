@@ -49,7 +49,8 @@ pub fn cli_output(env: &TestEnv, args: &[&str]) -> anyhow::Result<std::process::
         .with_context(|| format!("cannot run {} {args:?}", binary.display()))
 }
 
-/// A running `ztunnel daemon`, in the test cgroup, attached to it. Killed on drop.
+/// A running `ztunnel daemon` (or `agent` or `proxy`), in the test cgroup, attached to it.
+/// Killed on drop.
 pub struct Daemon {
     process: Process,
 }
@@ -74,58 +75,104 @@ pub fn mesh_root(scratch: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(directory)
 }
 
+/// The flags a `ztunnel` process of this env takes.
+enum Role {
+    /// `ztunnel daemon`: agent and proxy.
+    Daemon,
+    /// `ztunnel agent`: capture only.
+    Agent,
+    /// `ztunnel proxy`: a ZDS client of the env's agent.
+    Proxy,
+}
+
 impl Daemon {
     /// Starts the daemon (extra flags appended) and waits until it says it is ready.
     pub fn start(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
-        let binary = binary()?;
-        let binary = binary.to_string_lossy();
-        let root = env.bpffs_root();
-        let run_dir = env.run_dir();
+        let daemon = Self::spawn(env, Role::Daemon, extra, Some(&env.cgroup_procs()))?;
+        daemon.wait_for_log("the daemon to be ready", "ztunnel daemon ready")?;
+        Ok(daemon)
+    }
+
+    /// Starts `ztunnel agent` (capture only, in the test cgroup) and waits until it is ready.
+    pub fn start_agent(env: &TestEnv, extra: &[&str]) -> anyhow::Result<Self> {
+        let agent = Self::spawn(env, Role::Agent, extra, Some(&env.cgroup_procs()))?;
+        agent.wait_for_log("the agent to be ready", "capture agent ready")?;
+        Ok(agent)
+    }
+
+    /// Starts `ztunnel proxy` against the env's agent socket, in the test cgroup unless
+    /// `outside_cgroup`; does not wait (it connects when the agent is there).
+    pub fn spawn_proxy(env: &TestEnv, outside_cgroup: bool) -> anyhow::Result<Self> {
+        let cgroup_procs = env.cgroup_procs();
+        let cgroup = (!outside_cgroup).then_some(cgroup_procs.as_path());
+        Self::spawn(env, Role::Proxy, &[], cgroup)
+    }
+
+    fn spawn(
+        env: &TestEnv,
+        role: Role,
+        extra: &[&str],
+        cgroup_procs: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let binary = binary()?.to_string_lossy().into_owned();
+        let root = env.bpffs_root().to_string_lossy().into_owned();
+        let run_dir = env.run_dir().to_string_lossy().into_owned();
+        let zds_socket = env.run_dir().join("ztunnel.sock");
+        let zds_socket = zds_socket.to_string_lossy().into_owned();
         let cgroup = env.cgroup.to_string_lossy().into_owned();
-        let ca_dir = mesh_root(&env.scratch)?;
-        let ca_dir = ca_dir.to_string_lossy();
-        let mut argv = vec![
-            binary.as_ref(),
-            "daemon",
-            "--ca-dir",
-            ca_dir.as_ref(),
+        let ca_dir = mesh_root(&env.scratch)?.to_string_lossy().into_owned();
+        let capture = [
             "--bpffs-root",
-            root.to_str().unwrap_or_default(),
+            &root,
             "--run-dir",
-            run_dir.to_str().unwrap_or_default(),
+            &run_dir,
             "--cgroup",
             &cgroup,
-            // These daemons share the host netns, so their operations servers take free ports.
+            "--kernel-log-level",
+            "debug",
+        ];
+        // These share the host netns, so their operations servers take free ports.
+        let proxy = [
+            "--ca-dir",
+            &ca_dir,
             "--admin-address",
             "127.0.0.1:0",
             "--metrics-address",
             "127.0.0.1:0",
             "--readiness-address",
             "127.0.0.1:0",
-            "--kernel-log-level",
-            "debug",
         ];
+        // Kernel (aya-log) records arrive through tracing under target ztunnel::ebpf.
+        let mut argv = vec!["env", "RUST_LOG=info,ztunnel::ebpf=debug", &binary];
+        let name = match role {
+            Role::Daemon => {
+                argv.push("daemon");
+                argv.extend(proxy);
+                argv.extend(capture);
+                "ztunnel daemon"
+            }
+            Role::Agent => {
+                argv.push("agent");
+                argv.extend(capture);
+                "ztunnel agent"
+            }
+            Role::Proxy => {
+                argv.extend(["proxy", "--zds-socket", &zds_socket]);
+                argv.extend(proxy);
+                "ztunnel proxy"
+            }
+        };
         argv.extend_from_slice(extra);
         let log = env.scratch.join(format!(
-            "daemon-{}.log",
+            "{}-{}.log",
+            name.replace(' ', "-"),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        // Kernel (aya-log) records arrive through tracing under target ztunnel::ebpf.
-        let mut full = vec!["env", "RUST_LOG=info,ztunnel::ebpf=debug"];
-        full.extend(argv);
-        let process = Process::spawn(
-            "ztunnel daemon",
-            Some(&env.cgroup_procs()),
-            None,
-            &full,
-            log,
-        )?;
-        let daemon = Self { process };
-        daemon.wait_for_log("the daemon to be ready", "ztunnel daemon ready")?;
-        Ok(daemon)
+        let process = Process::spawn(name, cgroup_procs, None, &argv, log)?;
+        Ok(Self { process })
     }
 
     /// Waits until a log line contains every one of `needles`; returns the line.
