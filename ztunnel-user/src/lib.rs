@@ -2,6 +2,8 @@
 //!
 //! One module per concern; `main.rs` only parses the command line and dispatches.
 
+#![deny(missing_docs)]
+
 pub mod admin;
 pub mod agent;
 pub mod app;

@@ -129,6 +129,7 @@ impl CaptureArgs {
 /// `ztunnel agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    /// Where and how the agent captures.
     #[command(flatten)]
     pub capture: CaptureArgs,
     /// The workloads file (Istio ztunnel local-config shape), read for each pod's service
@@ -150,8 +151,10 @@ pub struct ProxyArgs {
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub config_poll_ms: u64,
+    /// Where certificates come from.
     #[command(flatten)]
     pub identity: IdentityArgs,
+    /// The operations servers.
     #[command(flatten)]
     pub admin: AdminArgs,
     /// How long open connections may take to finish after SIGTERM, in seconds.
@@ -164,8 +167,10 @@ pub struct ProxyArgs {
     /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
     #[arg(long, default_value_t = 30)]
     pub memory_release_seconds: u64,
+    /// The async runtime.
     #[command(flatten)]
     pub runtime: super::runtime::RuntimeArgs,
+    /// Resource limits.
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -173,6 +178,7 @@ pub struct ProxyArgs {
 /// `ztunnel proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyCommandArgs {
+    /// The proxy.
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// The capture agent's ZDS socket.
@@ -183,8 +189,10 @@ pub struct ProxyCommandArgs {
 /// `ztunnel daemon`: the capture agent and the proxy in one process.
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    /// Where and how the agent captures.
     #[command(flatten)]
     pub capture: CaptureArgs,
+    /// The proxy.
     #[command(flatten)]
     pub proxy: ProxyArgs,
     /// If another daemon holds the run dir (an upgrade's old pod), serve every enrolled pod

@@ -52,8 +52,10 @@ pub struct WaypointArgs {
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub config_poll_ms: u64,
+    /// Where certificates come from.
     #[command(flatten)]
     pub identity: IdentityArgs,
+    /// The operations servers.
     #[command(flatten)]
     pub admin: AdminArgs,
     /// How long open connections may take to finish after SIGTERM, in seconds.
@@ -62,6 +64,7 @@ pub struct WaypointArgs {
     /// How often freed heap memory is returned to the kernel (glibc `malloc_trim`), in seconds.
     #[arg(long, default_value_t = 30)]
     pub memory_release_seconds: u64,
+    /// The async runtime.
     #[command(flatten)]
     pub runtime: runtime::RuntimeArgs,
 }
