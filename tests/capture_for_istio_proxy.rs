@@ -99,10 +99,7 @@ fn original_source_upstream_replies_return_to_the_proxy() -> anyhow::Result<()> 
     // SYN-ACK leaves the pod towards the real client pod, and the connect never completes.
     let destination = format!("{}:8080", app.ip);
     let source = client.ip.to_string();
-    let upstream = env.run_in_pod(
-        &app,
-        &[FOREIGN_PROXY, "upstream", &source, &destination],
-    )?;
+    let upstream = env.run_in_pod(&app, &[FOREIGN_PROXY, "upstream", &source, &destination])?;
     let output = String::from_utf8_lossy(&upstream.stdout).into_owned();
     // The server records a peer before it answers, so any answer means it is recorded.
     let peers = server.peers();

@@ -15,13 +15,10 @@
 
 use core::{ffi::c_void, ptr::read_volatile};
 
-use aya_ebpf::{
-    bindings::bpf_sock, helpers::generated::bpf_setsockopt, programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_setsockopt, programs::SockAddrContext};
 use aya_log_ebpf::{debug, warn};
 use ztunnel_common::{
-    FAMILY_IPV4, LOG_LEVEL_DEBUG, LOG_LEVEL_WARN, WorkloadKey,
-    constants::UPSTREAM_MARK,
+    FAMILY_IPV4, LOG_LEVEL_DEBUG, LOG_LEVEL_WARN, WorkloadKey, constants::UPSTREAM_MARK,
 };
 
 use crate::{helpers::address_bytes, maps::WORKLOADS};
