@@ -1,4 +1,5 @@
-//! The IPv6 path: connect6 rewrites to [::1]:15001, `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`
+//! The IPv6 path: connect6 rewrites to [::1]:15001 from the pod's own address (the listener's
+//! peer is the pod, as under ip6tables `REDIRECT`), `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`
 //! and the map agree on the original destination, and TC steers inbound IPv6 to [::]:15006.
 
 use ztunnel_e2e::{
@@ -36,7 +37,7 @@ fn ipv6_outbound_and_inbound_are_captured() -> anyhow::Result<()> {
         &[
             "outbound connection captured",
             "pod=client",
-            "peer=[::1]:",
+            &format!("peer=[{}]:", client.ipv6),
             // SO_ORIGINAL_DST, answered by the getsockopt hook from the orig_dst map (no NAT).
             &format!("original_destination={destination}"),
         ],

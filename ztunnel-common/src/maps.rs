@@ -7,7 +7,8 @@
 /// read by every kernel program to decide whether a socket or packet belongs to an enrolled pod.
 pub const PODS_MAP: &str = "pods";
 /// `workloads`: [`crate::WorkloadKey`] (pod IP) → [`crate::WorkloadRecord`]. Written by
-/// userspace on enrollment; read by operators and by future kernel programs.
+/// userspace on enrollment; read by operators and by the connect hooks (whether an address is
+/// the pod's own).
 pub const WORKLOADS_MAP: &str = "workloads";
 /// `connect_dst`: socket cookie (`u64`) → [`crate::OriginalDestination`], LRU. Written by the
 /// connect hooks; read and deleted by `sockops` when the connection is established.

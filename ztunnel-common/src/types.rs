@@ -17,6 +17,11 @@ pub struct PodRecord {
     pub index: u32,
     /// [`POD_FLAG_CAPTURED`] and [`POD_FLAG_HBONE`] bits.
     pub flags: u32,
+    /// The pod's IPv4 address, network order; all zero when the pod has none. The connect
+    /// hooks bind a redirected socket to it, so the outbound listener sees the pod as the peer.
+    pub ipv4: [u8; 4],
+    /// The pod's IPv6 address, network order; all zero when the pod has none.
+    pub ipv6: [u8; 16],
 }
 
 /// [`PodRecord::flags`]: the pod's TCP is captured (outbound connects and inbound plaintext).
@@ -179,7 +184,7 @@ mod tests {
     /// a change here is a change of the pinned-map ABI and needs a migration.
     #[test]
     fn layouts_match_the_kernel_contract() {
-        assert_eq!((size_of::<PodRecord>(), align_of::<PodRecord>()), (8, 4));
+        assert_eq!((size_of::<PodRecord>(), align_of::<PodRecord>()), (28, 4));
         assert_eq!(
             (size_of::<WorkloadKey>(), align_of::<WorkloadKey>()),
             (20, 2)
@@ -217,6 +222,8 @@ mod tests {
         assert_eq!(offset_of!(ConnectionKey, padding), 46);
         assert_eq!(offset_of!(ConfigRecord, fail_mode), 16);
         assert_eq!(offset_of!(WorkloadKey, padding), 18);
+        assert_eq!(offset_of!(PodRecord, ipv4), 8);
+        assert_eq!(offset_of!(PodRecord, ipv6), 12);
     }
 
     #[test]

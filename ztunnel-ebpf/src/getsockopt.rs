@@ -4,6 +4,11 @@
 //! destination the way it would under iptables REDIRECT. Runs after the kernel's own handler
 //! (which fails with `ENOPROTOOPT`/`ENOENT` without conntrack) and overrides its result.
 //!
+//! A dual-stack listener (Istio's ztunnel listens on `[::]:15001`) accepts an IPv4 client as an
+//! `AF_INET6` socket with IPv4-mapped addresses; such a proxy asks `SOL_IP`/`SO_ORIGINAL_DST`
+//! first (as it would under iptables, where the IPv4 conntrack entry answers it), so the lookup
+//! uses the IPv4 form of the connection, the form `sockops` filed it under.
+//!
 //! Every other `getsockopt` is passed through untouched; for option buffers larger than a page
 //! that relies on kernel >= 6.5 ignoring an unmodified program buffer, which the node's TCX
 //! requirement (6.6) already implies.
@@ -101,9 +106,12 @@ fn accepted_connection_key(socket: *const bpf_sock, netns_cookie: u64) -> Connec
             read_volatile(&(*socket).dst_port),
         )
     };
-    let ipv4 = family == AF_INET;
-    let (client_words, proxy_words) = if ipv4 {
+    let v4_mapped = family != AF_INET && is_v4_mapped(&src_ip6) && is_v4_mapped(&dst_ip6);
+    let ipv4 = family == AF_INET || v4_mapped;
+    let (client_words, proxy_words) = if family == AF_INET {
         ([dst_ip4, 0, 0, 0], [src_ip4, 0, 0, 0])
+    } else if v4_mapped {
+        ([dst_ip6[3], 0, 0, 0], [src_ip6[3], 0, 0, 0])
     } else {
         (dst_ip6, src_ip6)
     };
@@ -116,6 +124,12 @@ fn accepted_connection_key(socket: *const bpf_sock, netns_cookie: u64) -> Connec
         family: if ipv4 { FAMILY_IPV4 } else { FAMILY_IPV6 },
         padding: 0,
     }
+}
+
+/// Whether an IPv6 address (kernel words) is IPv4-mapped (::ffff:a.b.c.d).
+#[inline(always)]
+fn is_v4_mapped(words: &[u32; 4]) -> bool {
+    words[0] == 0 && words[1] == 0 && words[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
 }
 
 /// Writes `struct sockaddr_in` (family, port, address; zero padding) if it fits.

@@ -1,6 +1,7 @@
 //! ztunnel's kernel programs. Read the files in the order the kernel runs them:
 //! outbound `connect.rs` → `sockops.rs` → `getsockopt.rs` (the proxy) and `getpeername.rs` (the
-//! application); inbound `tc_ingress.rs`. `bind.rs` keeps ztunnel's in-pod ports for ztunnel.
+//! application); inbound `tc_ingress.rs`. `return_path.rs` (called by the connect hooks) marks a
+//! proxy's original-source connections to its own pod; `bind.rs` keeps ztunnel's in-pod ports.
 //! `maps.rs` declares every map; `helpers.rs` holds what the hooks share.
 #![no_std]
 #![no_main]
@@ -11,6 +12,7 @@ mod getpeername;
 mod getsockopt;
 mod helpers;
 mod maps;
+mod return_path;
 mod sockops;
 mod tc_ingress;
 

@@ -15,7 +15,8 @@ use ztunnel_common::{
 #[btf_map(name = "pods")]
 pub static PODS: HashMap<u64, PodRecord, { MAX_PODS as usize }> = HashMap::new();
 
-/// Pod IPs (`ztunnel_common::maps::WORKLOADS_MAP`). Userspace-maintained; not read here yet.
+/// Pod IPs (`ztunnel_common::maps::WORKLOADS_MAP`). Userspace-maintained; read by the connect
+/// hooks to tell a pod's own addresses (`return_path.rs`).
 #[btf_map(name = "workloads")]
 pub static WORKLOADS: HashMap<WorkloadKey, WorkloadRecord, { MAX_WORKLOADS as usize }> =
     HashMap::new();

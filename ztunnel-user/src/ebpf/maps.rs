@@ -199,9 +199,43 @@ pub fn workload_key(address: IpAddr) -> WorkloadKey {
     }
 }
 
+/// The `pods` value of an enrolled pod: its stats slot, flags and its first IPv4 and first IPv6
+/// address (the source the connect hooks bind a redirected socket to; zero when it has none).
+pub fn pod_record(index: u32, flags: u32, ips: &[IpAddr]) -> PodRecord {
+    let mut record = PodRecord {
+        index,
+        flags,
+        ..PodRecord::default()
+    };
+    if let Some(IpAddr::V4(ipv4)) = ips.iter().find(|ip| ip.is_ipv4()) {
+        record.ipv4 = ipv4.octets();
+    }
+    if let Some(IpAddr::V6(ipv6)) = ips.iter().find(|ip| ip.is_ipv6()) {
+        record.ipv6 = ipv6.octets();
+    }
+    record
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_record_carries_the_first_address_of_each_family() {
+        let ips: Vec<IpAddr> = ["2001:db8::10", "198.18.0.10", "198.18.0.11"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        let record = pod_record(3, 1, &ips);
+        assert_eq!((record.index, record.flags), (3, 1));
+        assert_eq!(record.ipv4, [198, 18, 0, 10]);
+        assert_eq!(
+            record.ipv6,
+            "2001:db8::10".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        let only_v4 = pod_record(0, 0, &ips[1..2]);
+        assert_eq!(only_v4.ipv6, [0; 16]);
+    }
 
     #[test]
     fn addresses_round_trip_through_map_form() {

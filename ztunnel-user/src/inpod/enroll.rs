@@ -13,7 +13,7 @@ use std::{
 };
 
 use ztunnel_common::{
-    POD_FLAG_CAPTURED, POD_FLAG_HBONE, PodRecord, WorkloadRecord,
+    POD_FLAG_CAPTURED, POD_FLAG_HBONE, WorkloadRecord,
     maps::{PODS_MAP, WORKLOADS_MAP},
 };
 
@@ -28,7 +28,7 @@ use super::{
 use crate::ebpf::{
     EbpfError, LoadedPrograms, PinLayout, PinnedMaps,
     loader::{interface_index, remove_pod_pins},
-    maps::{pod_capacity, workload_key},
+    maps::{pod_capacity, pod_record, workload_key},
 };
 
 /// What the caller knows about a pod to enroll.
@@ -167,10 +167,7 @@ pub fn write_map_entries(maps: &mut PinnedMaps, pod: &EnrolledPod) -> Result<(),
             .insert(workload_key(*ip), record, 0)
             .map_err(|source| EbpfError::map(WORKLOADS_MAP, "write", source))?;
     }
-    let record = PodRecord {
-        index: pod.index,
-        flags,
-    };
+    let record = pod_record(pod.index, flags, &pod.ips);
     maps.pods
         .insert(pod.netns_cookie, record, 0)
         .map_err(|source| EbpfError::map(PODS_MAP, "write", source))

@@ -12,6 +12,11 @@
 //! - `ip rule add fwmark 0x111 lookup 133` and `ip route add local default dev lo table 133`
 //!   (IPv4 and IPv6): marked replies are delivered locally, to ztunnel's socket.
 //!
+//! Another proxy (Istio's ztunnel) marks such sockets 0x539 instead and relies on connmark rules;
+//! the connect hooks give a 0x539 socket that dials its own pod from a foreign address
+//! [`UPSTREAM_MARK`] before its SYN leaves (`ztunnel-ebpf/src/return_path.rs`), so the same rule
+//! serves it.
+//!
 //! No iptables, no conntrack. The bypass mark 0x539 is never routed to the local table: ztunnel's
 //! own outbound sockets carry it and must leave the pod. Written with raw rtnetlink messages (a
 //! rule and a route per family) rather than a netlink crate; minimum kernel 2.6.
