@@ -49,6 +49,7 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
+    forget_cargo_run_environment();
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
@@ -62,5 +63,31 @@ fn main() -> anyhow::Result<()> {
             bench: None,
             cluster,
         } => bench_cluster::run(&cluster),
+    }
+}
+
+/// Removes what `cargo run` (the `cargo xtask` alias) set for this binary alone, so that the
+/// cargo commands xtask runs see the same environment as a cargo run from the shell. ring's
+/// build script watches `CARGO_MANIFEST_DIR`: inherited as `xtask/`, it made every nested
+/// build recompile ring, rustls and ztunnel-user, and the next shell build recompile them back.
+fn forget_cargo_run_environment() {
+    const SET_BY_CARGO_RUN: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+    ];
+    let names: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let name = name.to_string_lossy();
+            SET_BY_CARGO_RUN.contains(&name.as_ref()) || name.starts_with("CARGO_PKG_")
+        })
+        .collect();
+    for name in names {
+        // SAFETY: called first thing in main, before any thread exists, so nothing reads the
+        // environment concurrently.
+        unsafe { std::env::remove_var(name) };
     }
 }
