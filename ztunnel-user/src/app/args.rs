@@ -89,9 +89,10 @@ pub struct DaemonArgs {
     /// Directory holding the durable enrolled set and the enrollment socket.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
-    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to.
-    #[arg(long, default_value = "/sys/fs/cgroup")]
-    pub cgroup: PathBuf,
+    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to [default: the
+    /// cgroup2 mount found in /proc/mounts, e.g. /sys/fs/cgroup/unified on a hybrid host].
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
     /// What enrolled pods' traffic does while ztunnel is not serving them (iptables capture is
     /// always closed).
     #[arg(long, value_enum, default_value = "closed")]

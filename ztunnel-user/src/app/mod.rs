@@ -18,7 +18,7 @@ pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs};
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
     config::{ConfigError, reload::Reloader},
-    ebpf::{EbpfError, PinLayout, loader::MapSizes},
+    ebpf::{EbpfError, PinLayout, cgroup::CgroupError, loader::MapSizes},
     identity::IdentityError,
     inpod::{InpodError, daemon::DaemonConfig},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
@@ -40,6 +40,9 @@ pub enum AppError {
     /// Capture or the in-pod listeners failed.
     #[error(transparent)]
     Inpod(#[from] InpodError),
+    /// No cgroup-v2 directory for the capture hooks.
+    #[error("cannot choose the cgroup for eBPF capture: {0}")]
+    Cgroup(#[from] CgroupError),
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -52,7 +55,9 @@ pub fn run(args: DaemonArgs) -> Result<(), AppError> {
 }
 
 async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
-    // Before anything else starts: a daemon that cannot pin must not take ports or report ready.
+    // Before anything else starts: a daemon that cannot attach or pin must not take ports,
+    // touch pins or report ready.
+    let cgroup = capture_cgroup(&args)?;
     let layout = PinLayout::new(&args.bpffs_root);
     layout.check().map_err(|problem| {
         InpodError::from(EbpfError::Bpffs {
@@ -114,7 +119,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     let handler = Arc::new(pod_handler::MeshHandler::new(context, state, certificates));
     let daemon = DaemonConfig {
         layout,
-        cgroup: args.cgroup.clone(),
+        cgroup,
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
@@ -130,4 +135,19 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     let left = drain.drain(timeout).await;
     tracing::info!(left_open = left, ?timeout, "drain finished");
     outcome.map_err(AppError::from)
+}
+
+/// The cgroup the capture hooks attach to (`--cgroup`, else the cgroup2 mount). eBPF capture
+/// cannot do without one; `iptables` never attaches, and `auto` falls back to iptables when
+/// attaching fails, so for those a missing cgroup is only a warning.
+fn capture_cgroup(args: &DaemonArgs) -> Result<std::path::PathBuf, AppError> {
+    match crate::ebpf::cgroup::daemon_cgroup(args.cgroup.as_deref()) {
+        Ok(cgroup) => Ok(cgroup),
+        Err(error) if args.capture == CaptureArg::Ebpf => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(%error, capture = ?args.capture,
+                "no cgroup-v2 directory: the cgroup programs will not attach");
+            Ok(args.cgroup.clone().unwrap_or_default())
+        }
+    }
 }
