@@ -224,9 +224,9 @@ pub fn parse_ip_block(text: &str) -> Result<IpNet, String> {
         IpAddr::V4(_) => ("IPv4", 32),
         IpAddr::V6(_) => ("IPv6", 128),
     };
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|_| format!("{text:?}: prefix length {prefix:?} is not a number from 0 to {bits}"))?;
+    let prefix: u8 = prefix.parse().map_err(|_| {
+        format!("{text:?}: prefix length {prefix:?} is not a number from 0 to {bits}")
+    })?;
     IpNet::new(address, prefix).map_err(|_| {
         format!("{text:?}: prefix length {prefix} is longer than an {family} address ({bits} bits)")
     })

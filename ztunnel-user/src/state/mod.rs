@@ -261,9 +261,17 @@ impl State {
         let waypoints = self
             .workloads
             .values()
-            .filter_map(|workload| Some((format!("workload {}", workload.key()), workload.waypoint.as_ref()?)))
+            .filter_map(|workload| {
+                Some((
+                    format!("workload {}", workload.key()),
+                    workload.waypoint.as_ref()?,
+                ))
+            })
             .chain(self.services.values().filter_map(|service| {
-                Some((format!("service {}", service.key()), service.waypoint.as_ref()?))
+                Some((
+                    format!("service {}", service.key()),
+                    service.waypoint.as_ref()?,
+                ))
             }));
         for (named_by, waypoint) in waypoints {
             if !self.waypoint_defined(waypoint) {
