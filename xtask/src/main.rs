@@ -26,7 +26,7 @@ enum Task {
     /// Run setup, the unit tests and the privileged end-to-end suite.
     Test(test::TestArgs),
     /// Run setup and build, then show two nodes of pods talking through the mesh (needs root).
-    Demo,
+    Demo(demo::DemoArgs),
     /// Run each libFuzzer target in fuzz/ for a bounded time (nightly, cargo-fuzz; installs
     /// cargo-fuzz if missing) and report executions, coverage and crashes.
     Fuzz(fuzz::FuzzArgs),
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test(args) => test::run(&args),
-        Task::Demo => demo::run(),
+        Task::Demo(args) => demo::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
         Task::Bench {
             bench: Some(Bench::Hbone(args)),
