@@ -93,14 +93,15 @@ pub fn how_to_reach(
     );
     for pod in pods.values() {
         let cgroup = &cluster.node(pod.node).cgroup;
+        // The cgroup first: `ip netns exec` mounts a fresh /sys, without the cgroup2 mount.
         lines.push(format!(
-            "  {}/{} (node {}, {}): ip netns exec {} sh -c 'echo $$ > {}/cgroup.procs && exec bash'",
+            "  {}/{} (node {}, {}): sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} bash'",
             pod.namespace,
             pod.name,
             pod.node,
             pod.ip,
-            pod.netns(),
-            cgroup.display()
+            cgroup.display(),
+            pod.netns()
         ));
     }
     lines.push("  e.g. in client: curl http://198.18.2.2/   iperf3 -c 198.18.2.3 -t 2".to_owned());

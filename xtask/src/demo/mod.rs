@@ -326,6 +326,11 @@ fn show(
             String::from_utf8_lossy(&dump.stderr).trim()
         ));
     }
+    console.line(
+        "(bpftool prints the key's address as its 16 bytes, an IPv4 address in the first four; \
+         `ztunnel inspect workloads` decodes them:)",
+    );
+    console.line(node.ztunnel_cli(&["inspect", "workloads"])?.trim_end());
     for node in cluster.nodes.iter() {
         console.line(&format!(
             "\n== istio_tcp_* metrics (node {}, :15020/metrics; labels abridged) ==",
