@@ -51,7 +51,7 @@ pub fn daemon_cgroup(requested: Option<&Path>) -> Result<PathBuf, CgroupError> {
         Ok(stat) if stat.filesystem_type() == CGROUP2_SUPER_MAGIC => return Ok(path.to_owned()),
         Ok(stat) => format!(
             "not a cgroup-v2 directory (it is on {})",
-            super::pins::filesystem_name(stat.filesystem_type().0 as i64)
+            super::pins::filesystem_name(stat.filesystem_type().0)
         ),
         Err(errno) => format!("cannot inspect it: {errno}"),
     };
