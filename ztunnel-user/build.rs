@@ -4,17 +4,28 @@
 //! With `ZTUNNEL_EBPF_OBJECT` set (by `cargo xtask bench` and `cargo xtask fuzz`), it copies that
 //! already built object instead, so the kernel programs are compiled once per checkout rather
 //! than once per profile.
-use std::path::Path;
+//!
+//! aya-build replays every line of the nested cargo build as a `cargo:warning=` directive, and
+//! cargo replays a build script's warnings on every later build, even when nothing was rebuilt.
+//! So its standard output is captured: directives go through, the nested build's lines are kept
+//! in `OUT_DIR/ebpf-build.log` and printed (on standard error, which cargo shows when a build
+//! script fails) only when the build fails.
+use std::{
+    fs::File,
+    io::Write,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=ZTUNNEL_EBPF_OBJECT");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     if let Some(object) = std::env::var_os("ZTUNNEL_EBPF_OBJECT") {
         let object = Path::new(&object);
         println!("cargo:rerun-if-changed={}", object.display());
-        let out_dir = std::env::var("OUT_DIR")?;
-        std::fs::copy(object, Path::new(&out_dir).join("ztunnel")).with_context(|| {
+        std::fs::copy(object, out_dir.join("ztunnel")).with_context(|| {
             format!(
                 "cannot copy the kernel object from ZTUNNEL_EBPF_OBJECT={}",
                 object.display()
@@ -27,12 +38,71 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path to ztunnel-ebpf: {}", ebpf_dir.display()))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "ztunnel-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
+    let log_path = out_dir.join("ebpf-build.log");
+    let result = with_stdout_captured(&log_path, || {
+        aya_build::build_ebpf(
+            [aya_build::Package {
+                name: "ztunnel-ebpf",
+                root_dir: ebpf_dir,
+                ..Default::default()
+            }],
+            aya_build::Toolchain::default(),
+        )
+    })?;
+    let captured = std::fs::read_to_string(&log_path)
+        .with_context(|| format!("cannot read {}", log_path.display()))?;
+    let mut nested_output = Vec::new();
+    for line in captured.lines() {
+        match line.strip_prefix("cargo:warning=") {
+            Some(text) => nested_output.push(text),
+            None => println!("{line}"),
+        }
+    }
+    if let Err(error) = result {
+        eprintln!("the eBPF build (ztunnel-ebpf, nightly, bpf-linker) failed; its output:");
+        for line in nested_output {
+            eprintln!("  {line}");
+        }
+        // Printed here rather than returned: a returned error comes with a backtrace of this
+        // script when RUST_BACKTRACE is set, which says nothing about the eBPF build.
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Runs `body` with file descriptor 1 pointing at `log_path`, then puts it back.
+fn with_stdout_captured<T>(log_path: &Path, body: impl FnOnce() -> T) -> anyhow::Result<T> {
+    let log =
+        File::create(log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+    std::io::stdout().flush()?;
+    // SAFETY: dup and dup2 on descriptors this process owns; `saved` is closed below, after it
+    // has been copied back onto fd 1.
+    let saved = unsafe { libc::dup(libc::STDOUT_FILENO) };
+    anyhow::ensure!(
+        saved >= 0,
+        "cannot duplicate standard output: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: as above; `log` stays open until after the call.
+    let redirected = unsafe { libc::dup2(log.as_raw_fd(), libc::STDOUT_FILENO) };
+    anyhow::ensure!(
+        redirected >= 0,
+        "cannot redirect standard output: {}",
+        std::io::Error::last_os_error()
+    );
+    let value = body();
+    std::io::stdout().flush()?;
+    // SAFETY: restores cargo's pipe on fd 1 and closes the duplicate, both owned here.
+    let restored = unsafe {
+        let restored = libc::dup2(saved, libc::STDOUT_FILENO);
+        libc::close(saved);
+        restored
+    };
+    anyhow::ensure!(
+        restored >= 0,
+        "cannot restore standard output: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(value)
 }

@@ -1,9 +1,11 @@
 //! Running external commands with errors that say what was run.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Command, Output, Stdio},
+    process::{Command, ExitStatus, Output, Stdio},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -19,35 +21,64 @@ pub fn run_checked(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `command`, streaming its standard output through, and returns the lines that contain
-/// `marker` whether or not the command succeeded; fails with the command line if it fails.
-pub fn run_collecting(command: &mut Command, marker: &str) -> (anyhow::Result<()>, Vec<String>) {
-    let mut child = match command.stdout(Stdio::piped()).spawn() {
-        Ok(child) => child,
-        Err(error) => {
-            return (
-                Err(error).context(format!("cannot start {command:?}")),
-                vec![],
-            );
+/// How long a command may print nothing before a "still running" line is printed.
+const HEARTBEAT_AFTER: Duration = Duration::from_secs(20);
+
+/// Runs `command`, passing each line of its standard output to `on_stdout` and its standard
+/// error through to ours; while it prints nothing for [`HEARTBEAT_AFTER`] (a long compile or
+/// link, a long test), prints `<doing>: still running (N s)` so the terminal never goes quiet
+/// for long. Returns the exit status.
+pub fn run_streaming(
+    command: &mut Command,
+    doing: &str,
+    mut on_stdout: impl FnMut(&str),
+) -> anyhow::Result<ExitStatus> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let started = Instant::now();
+    let last_output = Mutex::new(Instant::now());
+    let touch = || {
+        if let Ok(mut last) = last_output.lock() {
+            *last = Instant::now();
         }
     };
-    let mut collected = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let mut out = std::io::stdout().lock();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // A closed terminal must not stop the run; the lines are still collected.
-            let _ = writeln!(out, "{line}");
-            if line.contains(marker) {
-                collected.push(line);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let status = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                touch();
+            }
+        });
+        let (last_output, touch) = (&last_output, &touch);
+        scope.spawn(move || {
+            // Wakes every few seconds until `stop` is dropped.
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(5))
+            {
+                let silent = last_output.lock().map(|last| last.elapsed()).ok();
+                if silent.is_some_and(|silent| silent >= HEARTBEAT_AFTER) {
+                    eprintln!("{doing}: still running ({} s)", started.elapsed().as_secs());
+                    touch();
+                }
+            }
+        });
+        if let Some(stdout) = stdout {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                on_stdout(&line);
+                touch();
             }
         }
-    }
-    let result = match child.wait() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(anyhow::anyhow!("{command:?} failed ({status})")),
-        Err(error) => Err(error).context(format!("cannot wait for {command:?}")),
-    };
-    (result, collected)
+        let status = child.wait();
+        drop(stop);
+        status
+    });
+    status.with_context(|| format!("cannot wait for {command:?}"))
 }
 
 /// Runs `command` capturing its output; the output is returned whatever the exit status.

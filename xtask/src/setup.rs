@@ -33,7 +33,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// peer (an HTTP/2 implementation that is not ours) and the Kubernetes manifest validator.
 const PYTHON_PACKAGES: &[&str] = &["h2>=4.1,<5", "kubernetes-validate==1.37.0"];
 
-/// LLVM majors that the bpf-linker release we install can be built against.
+/// The bpf-linker release we install (`cargo install --locked`, so its dependencies are the
+/// ones it was released with).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// LLVM majors that [`BPF_LINKER_VERSION`] can be built against (its `llvm-N` features).
 const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 
 /// Where the bpffs root that a real node (and the demo) uses is mounted.
@@ -111,9 +115,17 @@ fn install_debian_packages() -> anyhow::Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     run_checked(Command::new("apt-get").arg("update").arg("-q"))
         .context("apt-get update failed: is the Debian mirror reachable?")?;
+    // Only the missing packages, none of them upgraded if present (`--no-upgrade`); apt still
+    // upgrades a dependency when a new package needs a newer version of it, and says so.
     run_checked(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "--no-upgrade",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
@@ -126,7 +138,24 @@ fn debian_package_installed(package: &str) -> bool {
         .is_some_and(|status| status.ends_with("installed") && !status.contains("not-installed"))
 }
 
+/// Installs the nightly toolchain (only the eBPF crate builds with it) when rustup has none,
+/// and its `rust-src` component (`-Z build-std=core` for the BPF target).
 fn install_nightly_rust_src() -> anyhow::Result<()> {
+    let toolchains = stdout_if_ok(Command::new("rustup").args(["toolchain", "list"]))
+        .context("`rustup toolchain list` failed: is rustup installed (https://rustup.rs)?")?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain with rust-src (for the eBPF crate)");
+        return run_checked(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("cannot install the nightly toolchain (see rustup's output above)");
+    }
     let installed = stdout_if_ok(Command::new("rustup").args([
         "component",
         "list",
@@ -134,7 +163,7 @@ fn install_nightly_rust_src() -> anyhow::Result<()> {
         "--toolchain",
         "nightly",
     ]))
-    .context("rustup has no nightly toolchain: run `rustup toolchain install nightly`")?;
+    .context("`rustup component list --toolchain nightly` failed")?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         return Ok(());
     }
@@ -193,16 +222,19 @@ pub fn install_cargo_fuzz() -> anyhow::Result<()> {
         .context("cannot install cargo-fuzz (see cargo's output above)")
 }
 
-/// Installs bpf-linker linked against the nightly toolchain's own libLLVM, rebuilding it when
-/// the nightly's LLVM has changed since the last install (recorded in a stamp file).
+/// Installs bpf-linker [`BPF_LINKER_VERSION`] linked against the nightly toolchain's own
+/// libLLVM, rebuilding it when another version is installed or the nightly's LLVM has changed
+/// since the last install (recorded in a stamp file).
 fn install_bpf_linker() -> anyhow::Result<()> {
     let llvm = nightly_llvm()?;
     let cargo_home = cargo_home()?;
     let stamp_path = cargo_home.join("bpf-linker.llvm");
     let stamp = format!("{} {}\n", llvm.major, llvm.sysroot.display());
     let binary = cargo_home.join("bin/bpf-linker");
-    let runs = stdout_if_ok(Command::new(&binary).arg("--version")).is_some();
-    if runs && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+    // `bpf-linker --version` prints `bpf-linker 0.13.0`.
+    let pinned = stdout_if_ok(Command::new(&binary).arg("--version"))
+        .is_some_and(|version| version.split_whitespace().nth(1) == Some(BPF_LINKER_VERSION));
+    if pinned && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(());
     }
     if !BPF_LINKER_LLVM_MAJORS.contains(&llvm.major) {
@@ -215,7 +247,7 @@ fn install_bpf_linker() -> anyhow::Result<()> {
     }
     let prefix = llvm_prefix(&llvm, &cargo_home)?;
     eprintln!(
-        "setup: building bpf-linker against the nightly's LLVM {} (a few minutes)",
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {} (a few minutes)",
         llvm.major
     );
     run_checked(
@@ -224,6 +256,9 @@ fn install_bpf_linker() -> anyhow::Result<()> {
                 "+stable",
                 "install",
                 "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
                 "--force",
                 "--no-default-features",
             ])

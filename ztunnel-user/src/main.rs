@@ -175,11 +175,35 @@ fn invoked_as_cni_plugin() -> bool {
         .unwrap_or(false)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     if invoked_as_cni_plugin() {
         std::process::exit(i32::from(ztunnel::cni::main()));
     }
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_report(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and each of its causes that says something new. Most of our errors already name
+/// their cause in their own message (`...: {source}`) and also hand it out as `source()`, so
+/// anyhow's own report would print the same text again under "Caused by:".
+fn error_report(error: &anyhow::Error) -> String {
+    let mut report = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !report.contains(&text) {
+            report.push_str("\n  caused by: ");
+            report.push_str(&text);
+        }
+    }
+    report
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -313,6 +337,24 @@ mod tests {
     }
 
     #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot read /x: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let named = anyhow::Error::new(Outer {
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        let unnamed = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("cannot start");
+        let (named, unnamed) = (error_report(&named), error_report(&unnamed));
+        println!("named cause:\n{named}\nunnamed cause:\n{unnamed}");
+        assert_eq!(named, "cannot read /x: entity not found");
+        assert_eq!(unnamed, "cannot start\n  caused by: entity not found");
+    }
+
+    #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -325,7 +367,7 @@ mod tests {
         let args = args.capture;
         assert_eq!(args.bpffs_root, PathBuf::from(DEFAULT_BPFFS_ROOT));
         assert_eq!(args.run_dir, PathBuf::from(DEFAULT_RUN_DIR));
-        assert_eq!(args.cgroup, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(args.cgroup, None, "the cgroup2 mount is looked up at start");
         assert_eq!(
             args.zds_socket(),
             PathBuf::from("/run/ztunnel/ztunnel.sock"),

@@ -3,6 +3,7 @@
 //! makes is torn down when the cluster is dropped — also after Ctrl-C.
 
 mod interrupt;
+mod keep;
 mod report;
 mod traffic;
 
@@ -14,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use ztunnel_e2e::{
     apps::{Iperf3Server, Nginx},
     cluster::{Cluster, ClusterPod},
@@ -55,7 +57,16 @@ const PODS: [(u8, &str, &str); 6] = [
     (2, "neighbour", "198.18.2.4"),
 ];
 
-pub fn run() -> anyhow::Result<()> {
+/// Options of `cargo xtask demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Leave the cluster up after the report, print how to reach each node and pod, and tear
+    /// it down when Enter (or Ctrl-C) is pressed.
+    #[arg(long)]
+    keep: bool,
+}
+
+pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     interrupt::install_sigint_flag()?;
     setup::run()?;
@@ -78,7 +89,14 @@ pub fn run() -> anyhow::Result<()> {
     // SAFETY: no other thread exists yet, so nothing reads the environment concurrently.
     unsafe { env::set_var("ZTUNNEL_BIN", &binary) };
 
-    let detail_log = target.join("demo-harness.log");
+    // The logs of the last run stay here after teardown.
+    let logs = target.join("demo");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs)
+            .with_context(|| format!("cannot clear {}", logs.display()))?;
+    }
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let detail_log = logs.join("harness.log");
     let console = Arc::new(Console::divert_stdout(&detail_log)?);
     console.line(&format!(
         "demo: setup and build done in {:.0?}; harness detail goes to {}",
@@ -86,7 +104,12 @@ pub fn run() -> anyhow::Result<()> {
         detail_log.display()
     ));
     let body_console = Arc::clone(&console);
-    let body = std::thread::spawn(move || demo(&body_console));
+    let options = Options {
+        keep: args.keep,
+        binary,
+        logs: logs.clone(),
+    };
+    let body = std::thread::spawn(move || demo(&body_console, &options));
     let mut told = false;
     while !body.is_finished() {
         if interrupt::interrupted() && !told {
@@ -104,9 +127,11 @@ pub fn run() -> anyhow::Result<()> {
         )),
     };
     console.line(&format!(
-        "demo: torn down; `ip netns list` has {} namespaces of this run; total {:.1?}",
+        "demo: torn down; `ip netns list` has {} namespaces of this run; total {:.1?}; \
+         logs of this run in {}",
         leftover_namespaces(),
-        started.elapsed()
+        started.elapsed(),
+        logs.display()
     ));
     drop(console);
     let failures = result?;
@@ -154,9 +179,17 @@ impl Progress<'_> {
     }
 }
 
+/// What the demo body needs from `run`.
+struct Options {
+    keep: bool,
+    binary: std::path::PathBuf,
+    logs: std::path::PathBuf,
+}
+
 /// Builds the cluster, sends the traffic, shows the result; returns the flows that misbehaved.
-/// The cluster (and with it every namespace, process, cgroup and mount) is dropped on return.
-fn demo(console: &Console) -> anyhow::Result<Vec<String>> {
+/// The cluster (and with it every namespace, process, cgroup and mount) is dropped on return,
+/// after its ztunnel logs are copied to `options.logs`.
+fn demo(console: &Console, options: &Options) -> anyhow::Result<Vec<String>> {
     let mut progress = Progress {
         console,
         step: 0,
@@ -164,6 +197,8 @@ fn demo(console: &Console) -> anyhow::Result<Vec<String>> {
     };
     progress.step("creating 2 nodes on an underlay bridge (198.18.0.1, 198.18.0.2)")?;
     let mut cluster = Cluster::new("demo", 2, MESH)?;
+    // Declared after the cluster, so dropped (logs copied) before it, also on an early return.
+    let mut saved_logs = keep::SaveLogs::new(&cluster, &options.logs);
     for node in 1..=2 {
         progress.step(&format!("starting ztunnel on node {node}"))?;
         cluster.node_mut(node).start_ztunnel(&[])?;
@@ -227,7 +262,17 @@ fn demo(console: &Console) -> anyhow::Result<Vec<String>> {
     for failure in failures.iter().filter(|f| f.contains("access-log")) {
         console.line(&format!("FAIL {failure}"));
     }
-    progress.step("tearing down (CNI DEL of every pod, ztunnels, namespaces, cgroups, bpffs)")?;
+    if options.keep {
+        for line in keep::how_to_reach(&cluster, &pods, &options.binary) {
+            console.line(&line);
+        }
+        keep::wait_for_enter_or_ctrl_c();
+        console.line("tearing down (CNI DEL of every pod, ztunnels, namespaces, cgroups, bpffs)");
+    } else {
+        progress
+            .step("tearing down (CNI DEL of every pod, ztunnels, namespaces, cgroups, bpffs)")?;
+    }
+    saved_logs.save();
     drop((web, legacy, iperf));
     drop(pods);
     drop(cluster);
@@ -281,6 +326,11 @@ fn show(
             String::from_utf8_lossy(&dump.stderr).trim()
         ));
     }
+    console.line(
+        "(bpftool prints the key's address as its 16 bytes, an IPv4 address in the first four; \
+         `ztunnel inspect workloads` decodes them:)",
+    );
+    console.line(node.ztunnel_cli(&["inspect", "workloads"])?.trim_end());
     for node in cluster.nodes.iter() {
         console.line(&format!(
             "\n== istio_tcp_* metrics (node {}, :15020/metrics; labels abridged) ==",

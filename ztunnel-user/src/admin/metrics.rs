@@ -292,6 +292,70 @@ struct ReloadLabels {
     result: LabelText,
 }
 
+/// Each metric family's name (after its `istio_` or `ztunnel_` prefix) and help text.
+const TCP_CONNECTIONS_OPENED: (&str, &str) = (
+    "tcp_connections_opened",
+    "The total number of TCP connections opened",
+);
+const TCP_CONNECTIONS_CLOSED: (&str, &str) = (
+    "tcp_connections_closed",
+    "The total number of TCP connections closed",
+);
+const TCP_CONNECTIONS_FAILED: (&str, &str) = (
+    "tcp_connections_failed",
+    "The total number of TCP connections that failed to establish",
+);
+const TCP_RECEIVED_BYTES: (&str, &str) = (
+    "tcp_received_bytes",
+    "The size of total bytes received during request in case of a TCP connection",
+);
+const TCP_SENT_BYTES: (&str, &str) = (
+    "tcp_sent_bytes",
+    "The size of total bytes sent during response in case of a TCP connection",
+);
+const CONNECTIONS_DENIED: (&str, &str) = (
+    "connections_denied",
+    "Connections refused by authorization policy",
+);
+const IDENTITY_FAILURES: (&str, &str) = (
+    "identity_failures",
+    "Handshakes refused because of the peer's certificate or TLS version",
+);
+const ENDPOINT_RETRIES: (&str, &str) = (
+    "endpoint_retries",
+    "Connections routed to another endpoint (waypoint replica or service endpoint) \
+                 because the one picked could not be reached; that one is then skipped for a while",
+);
+const SOURCE_ADDRESS_MISMATCHES: (&str, &str) = (
+    "source_address_mismatches",
+    "HBONE streams refused because the source address they carried belongs to a workload of another identity",
+);
+const CONFIG_RELOADS: (&str, &str) = ("config_reloads", "Configuration reload attempts by result");
+const TUNNELS_REFUSED: (&str, &str) = (
+    "tunnels_refused",
+    "Connections reset before they were proxied because a limit was reached",
+);
+const IDLE_TIMEOUTS: (&str, &str) = (
+    "idle_timeouts",
+    "Established connections closed because no byte moved for the idle timeout",
+);
+
+/// Every family with its full name, for [`exposition::describe_empty_families`].
+const FAMILIES: &[(&str, (&str, &str))] = &[
+    ("istio", TCP_CONNECTIONS_OPENED),
+    ("istio", TCP_CONNECTIONS_CLOSED),
+    ("istio", TCP_CONNECTIONS_FAILED),
+    ("istio", TCP_RECEIVED_BYTES),
+    ("istio", TCP_SENT_BYTES),
+    ("ztunnel", CONNECTIONS_DENIED),
+    ("ztunnel", IDENTITY_FAILURES),
+    ("ztunnel", ENDPOINT_RETRIES),
+    ("ztunnel", SOURCE_ADDRESS_MISMATCHES),
+    ("ztunnel", CONFIG_RELOADS),
+    ("ztunnel", TUNNELS_REFUSED),
+    ("ztunnel", IDLE_TIMEOUTS),
+];
+
 #[derive(Debug)]
 struct Inner {
     registry: Registry,
@@ -358,71 +422,54 @@ impl Metrics {
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
-                "tcp_connections_opened",
-                "The total number of TCP connections opened",
+                TCP_CONNECTIONS_OPENED.0,
+                TCP_CONNECTIONS_OPENED.1,
                 opened.clone(),
             );
             istio.register(
-                "tcp_connections_closed",
-                "The total number of TCP connections closed",
+                TCP_CONNECTIONS_CLOSED.0,
+                TCP_CONNECTIONS_CLOSED.1,
                 closed.clone(),
             );
             istio.register(
-                "tcp_connections_failed",
-                "The total number of TCP connections that failed to establish",
+                TCP_CONNECTIONS_FAILED.0,
+                TCP_CONNECTIONS_FAILED.1,
                 failed.clone(),
             );
             istio.register(
-                "tcp_received_bytes",
-                "The size of total bytes received during request in case of a TCP connection",
+                TCP_RECEIVED_BYTES.0,
+                TCP_RECEIVED_BYTES.1,
                 received_bytes.clone(),
             );
-            istio.register(
-                "tcp_sent_bytes",
-                "The size of total bytes sent during response in case of a TCP connection",
-                sent_bytes.clone(),
-            );
+            istio.register(TCP_SENT_BYTES.0, TCP_SENT_BYTES.1, sent_bytes.clone());
         }
         {
             let own = registry.sub_registry_with_prefix("ztunnel");
+            own.register(CONNECTIONS_DENIED.0, CONNECTIONS_DENIED.1, denied.clone());
             own.register(
-                "connections_denied",
-                "Connections refused by authorization policy",
-                denied.clone(),
-            );
-            own.register(
-                "identity_failures",
-                "Handshakes refused because of the peer's certificate or TLS version",
+                IDENTITY_FAILURES.0,
+                IDENTITY_FAILURES.1,
                 identity_failures.clone(),
             );
             own.register(
-                "endpoint_retries",
-                "Connections routed to another endpoint (waypoint replica or service endpoint) \
-                 because the one picked could not be reached; that one is then skipped for a while",
+                ENDPOINT_RETRIES.0,
+                ENDPOINT_RETRIES.1,
                 endpoint_retries.clone(),
             );
             own.register(
-                "source_address_mismatches",
-                "HBONE streams refused because the source address they carried belongs to a workload of another identity",
+                SOURCE_ADDRESS_MISMATCHES.0,
+                SOURCE_ADDRESS_MISMATCHES.1,
                 source_mismatches.clone(),
             );
+            own.register(CONFIG_RELOADS.0, CONFIG_RELOADS.1, config_reloads.clone());
             own.register(
-                "config_reloads",
-                "Configuration reload attempts by result",
-                config_reloads.clone(),
-            );
-            own.register(
-                "tunnels_refused",
-                "Connections reset before they were proxied because a limit was reached",
+                TUNNELS_REFUSED.0,
+                TUNNELS_REFUSED.1,
                 tunnels_refused.clone(),
             );
-            own.register(
-                "idle_timeouts",
-                "Established connections closed because no byte moved for the idle timeout",
-                idle_timeouts.clone(),
-            );
+            own.register(IDLE_TIMEOUTS.0, IDLE_TIMEOUTS.1, idle_timeouts.clone());
         }
-        Self {
+        let metrics = Self {
             inner: Arc::new(Inner {
                 registry,
                 opened,
@@ -438,7 +485,9 @@ impl Metrics {
                 tunnels_refused,
                 idle_timeouts,
             }),
-        }
+        };
+        metrics.create_known_series();
+        metrics
     }
 
     /// A connection was accepted for proxying. The counters its end adds to are looked up now,
@@ -533,9 +582,47 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        exposition::describe_empty_families(&mut text, FAMILIES);
         Ok(text)
+    }
+
+    /// Creates at zero every series whose labels are known before anything happens, so a
+    /// scrape shows 0 rather than nothing (see [`exposition`]).
+    fn create_known_series(&self) {
+        const IDENTITY_FAILURE_REASONS: [IdentityFailureReason; 8] = [
+            IdentityFailureReason::WrongTrustDomain,
+            IdentityFailureReason::UnexpectedServerSan,
+            IdentityFailureReason::ExpiredCertificate,
+            IdentityFailureReason::UnknownIssuer,
+            IdentityFailureReason::NoClientCertificate,
+            IdentityFailureReason::TlsVersion,
+            IdentityFailureReason::BadSan,
+            IdentityFailureReason::Other,
+        ];
+        for reporter in [Reporter::Source, Reporter::Destination] {
+            for reason in IDENTITY_FAILURE_REASONS {
+                let reason = reason.into();
+                let _ = self
+                    .inner
+                    .identity_failures
+                    .get_or_create(&IdentityFailureLabels { reporter, reason });
+            }
+            let _ = self
+                .inner
+                .idle_timeouts
+                .get_or_create(&ReporterLabels { reporter });
+        }
+        for result in ["applied", "rejected"] {
+            let _ = self.inner.config_reloads.get_or_create(&ReloadLabels {
+                result: result.into(),
+            });
+        }
+        let _ = self.inner.tunnels_refused.get_or_create(&RefusalLabels {
+            reason: crate::proxy::metrics::RefusalReason::PerPodLimit.as_str(),
+        });
     }
 }
 
+mod exposition;
 #[cfg(test)]
 mod tests;

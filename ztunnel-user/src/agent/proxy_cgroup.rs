@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{inpod::capture::CaptureMode, zds::transport::SeqPacket};
+use crate::{ebpf::cgroup::cgroup2_mount, inpod::capture::CaptureMode, zds::transport::SeqPacket};
 
 /// The check, set up once at start.
 #[derive(Debug, Clone)]
@@ -64,27 +64,18 @@ fn process_cgroup(pid: i32) -> std::io::Result<PathBuf> {
         .ok_or_else(|| std::io::Error::other("no cgroup2 entry (0::) in its /proc/<pid>/cgroup"))
 }
 
-/// `cgroup` as a path inside the cgroup2 hierarchy, found from `/proc/mounts`.
+/// `cgroup` as a path inside the cgroup2 hierarchy, whose mount [`cgroup2_mount`] finds.
 fn relative_to_cgroup2_root(cgroup: &Path) -> std::io::Result<PathBuf> {
+    let root = cgroup2_mount().map_err(std::io::Error::other)?;
     let cgroup = cgroup.canonicalize()?;
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_, mount_point, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            (kind == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .find_map(|root| {
-            cgroup
-                .strip_prefix(&root)
-                .ok()
-                .map(|relative| Path::new("/").join(relative))
-        })
-        .ok_or_else(|| {
+    cgroup
+        .strip_prefix(&root)
+        .map(|relative| Path::new("/").join(relative))
+        .map_err(|_| {
             std::io::Error::other(format!(
-                "{} is not under any cgroup2 mount in /proc/mounts",
-                cgroup.display()
+                "{} is not under the cgroup2 mount {}",
+                cgroup.display(),
+                root.display()
             ))
         })
 }

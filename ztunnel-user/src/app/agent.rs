@@ -3,7 +3,10 @@
 
 use tokio::sync::watch;
 
-use super::{AgentArgs, AppError, capture_config, check_bpffs, mesh_state, proxy::stop_on_signal};
+use super::{
+    AgentArgs, AppError, capture_cgroup, capture_config, check_bpffs, mesh_state,
+    proxy::stop_on_signal,
+};
 use crate::agent::{Agent, AgentConfig, lock_run_dir};
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -15,12 +18,13 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
         .build()
         .map_err(AppError::Runtime)?;
     runtime.block_on(async move {
+        let cgroup = capture_cgroup(&args.capture)?;
         check_bpffs(&args.capture)?;
         let stop: watch::Receiver<bool> = stop_on_signal()?;
         let lock = lock_run_dir(&args.capture.run_dir)?;
         let agent = Agent::start(
             AgentConfig {
-                capture: capture_config(&args.capture),
+                capture: capture_config(&args.capture, cgroup),
                 zds_socket: args.capture.zds_socket(),
                 mesh: mesh_state(&args)?,
             },

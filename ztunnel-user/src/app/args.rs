@@ -91,10 +91,11 @@ pub struct CaptureArgs {
     /// default) the ZDS socket.
     #[arg(long, default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
-    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to. The proxy must
-    /// run in it or below it (its SO_ORIGINAL_DST lookups are answered there only).
-    #[arg(long, default_value = "/sys/fs/cgroup")]
-    pub cgroup: PathBuf,
+    /// cgroup-v2 directory to attach the connect/sockops/getsockopt programs to [default: the
+    /// cgroup2 mount found in /proc/mounts, e.g. /sys/fs/cgroup/unified on a hybrid host]. The
+    /// proxy must run in it or below it (its SO_ORIGINAL_DST lookups are answered there only).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
     /// What enrolled pods' traffic does while no proxy serves them (iptables capture is always
     /// closed).
     #[arg(long, value_enum, default_value = "closed")]

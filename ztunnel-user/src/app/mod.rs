@@ -23,13 +23,15 @@ pub use args::{
     ProxyArgs, ProxyCommandArgs,
 };
 
+use std::path::PathBuf;
+
 use tokio::sync::watch;
 
 use crate::{
     admin::AdminError,
     agent::{Agent, AgentConfig, CaptureConfig},
     config::ConfigError,
-    ebpf::{EbpfError, PinLayout, loader::MapSizes},
+    ebpf::{EbpfError, PinLayout, cgroup::CgroupError, loader::MapSizes},
     identity::IdentityError,
     inpod::{InpodError, pods::PodServers},
     state::StateHandle,
@@ -54,16 +56,19 @@ pub enum AppError {
     /// The agent/proxy connection failed.
     #[error(transparent)]
     Zds(#[from] ZdsError),
+    /// No cgroup-v2 directory for the capture hooks.
+    #[error("cannot choose the cgroup for eBPF capture: {0}")]
+    Cgroup(#[from] CgroupError),
     /// The async runtime cannot start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
 
-/// The capture agent's configuration from its flags.
-pub(crate) fn capture_config(args: &CaptureArgs) -> CaptureConfig {
+/// The capture agent's configuration from its flags and the cgroup [`capture_cgroup`] settled.
+pub(crate) fn capture_config(args: &CaptureArgs, cgroup: PathBuf) -> CaptureConfig {
     CaptureConfig {
         layout: PinLayout::new(&args.bpffs_root),
-        cgroup: args.cgroup.clone(),
+        cgroup,
         run_dir: args.run_dir.clone(),
         fail_mode: args.fail_mode.into(),
         kernel_log_level: args.kernel_log_level.into(),
@@ -91,6 +96,9 @@ pub fn run(args: DaemonArgs) -> Result<(), AppError> {
 }
 
 async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
+    // Before anything else starts: a daemon that cannot attach or pin must not take ports,
+    // touch pins or report ready.
+    let cgroup = capture_cgroup(&args.capture)?;
     check_bpffs(&args.capture)?;
     let half = proxy::ProxyHalf::start(&args.proxy)?;
     let mut stop = proxy::stop_on_signal()?;
@@ -130,7 +138,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     };
     let agent = Agent::start(
         AgentConfig {
-            capture: capture_config(&args.capture),
+            capture: capture_config(&args.capture, cgroup),
             zds_socket,
             mesh: Some(half.server.state.clone()),
         },
@@ -173,4 +181,19 @@ pub(crate) fn mesh_state(args: &AgentArgs) -> Result<Option<StateHandle>, AppErr
     let state = reloader.state();
     tokio::spawn(reloader.run(std::time::Duration::from_millis(args.config_poll_ms.max(1))));
     Ok(Some(state))
+}
+
+/// The cgroup the capture hooks attach to (`--cgroup`, else the cgroup2 mount). eBPF capture
+/// cannot do without one; `iptables` never attaches, and `auto` falls back to iptables when
+/// attaching fails, so for those a missing cgroup is only a warning.
+pub(crate) fn capture_cgroup(args: &CaptureArgs) -> Result<PathBuf, AppError> {
+    match crate::ebpf::cgroup::daemon_cgroup(args.cgroup.as_deref()) {
+        Ok(cgroup) => Ok(cgroup),
+        Err(error) if args.capture == CaptureArg::Ebpf => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(%error, capture = ?args.capture,
+                "no cgroup-v2 directory: the cgroup programs will not attach");
+            Ok(args.cgroup.clone().unwrap_or_default())
+        }
+    }
 }

@@ -166,16 +166,32 @@ pub struct Match {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_principals: Vec<StringMatch>,
     /// Source address ranges.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "ip_blocks"
+    )]
     pub source_ips: Vec<IpNet>,
     /// Source address ranges that must not match.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "ip_blocks"
+    )]
     pub not_source_ips: Vec<IpNet>,
     /// Destination address ranges.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "ip_blocks"
+    )]
     pub destination_ips: Vec<IpNet>,
     /// Destination address ranges that must not match.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "ip_blocks"
+    )]
     pub not_destination_ips: Vec<IpNet>,
     /// Destination ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -183,6 +199,37 @@ pub struct Match {
     /// Destination ports that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_destination_ports: Vec<u16>,
+}
+
+/// Address ranges (`198.18.0.0/15`, `2001:db8::/32`), refused with what is wrong with them.
+fn ip_blocks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| parse_ip_block(text).map_err(de::Error::custom))
+        .collect()
+}
+
+/// One address range, `address/prefix-length`. ipnet's own parser says "invalid IP address
+/// syntax" for any mistake, a prefix too long for the address included.
+pub fn parse_ip_block(text: &str) -> Result<IpNet, String> {
+    let Some((address, prefix)) = text.split_once('/') else {
+        return Err(format!(
+            "{text:?} is not an address range: write address/prefix-length, e.g. 198.18.0.0/15 (or /32 for one IPv4 address)"
+        ));
+    };
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| format!("{text:?}: {address:?} is not an IP address"))?;
+    let (family, bits) = match address {
+        IpAddr::V4(_) => ("IPv4", 32),
+        IpAddr::V6(_) => ("IPv6", 128),
+    };
+    let prefix: u8 = prefix.parse().map_err(|_| {
+        format!("{text:?}: prefix length {prefix:?} is not a number from 0 to {bits}")
+    })?;
+    IpNet::new(address, prefix).map_err(|_| {
+        format!("{text:?}: prefix length {prefix} is longer than an {family} address ({bits} bits)")
+    })
 }
 
 /// What a policy is matched against.

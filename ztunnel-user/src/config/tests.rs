@@ -171,11 +171,20 @@ fn wrong_values_are_refused_with_a_line() {
             "line 6",
         ),
         (
+            "policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{sourceIps: [\"198.18.0.0/33\"]}]]]\n",
+            "prefix length 33 is longer than an IPv4 address (32 bits)",
+        ),
+        (
+            "policies:\n- name: p\n  namespace: ns\n  scope: Global\n  action: Allow\n  rules: [[[{destinationIps: [\"198.18.0.300/24\"]}]]]\n",
+            "\"198.18.0.300\" is not an IP address",
+        ),
+        (
             "workloads:\n- name: no-namespace\n",
             "missing field `namespace`",
         ),
     ] {
         let error = parse(text, "bad.yaml").expect_err(text).to_string();
+        println!("{error}");
         assert!(error.contains(expected), "{expected:?} not in {error:?}");
     }
 }

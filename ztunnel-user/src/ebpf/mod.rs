@@ -1,6 +1,7 @@
 //! Loading, attaching, pinning and adopting the kernel programs, and typed map access.
 //!
 //! - [`pins`]: where everything is pinned under the bpffs root.
+//! - [`cgroup`]: the cgroup-v2 directory the cgroup programs attach to.
 //! - [`loader`]: load against pinned maps; attach or adopt cgroup and TC links.
 //! - [`map_layout`]: whether pinned maps have this build's layout, and what to do if not.
 //! - [`maps`]: typed access to the pinned maps (daemon, enrollment, `inspect`).
@@ -8,6 +9,7 @@
 //! - [`bpf_syscall`]: the link commands aya does not expose.
 
 pub mod bpf_syscall;
+pub mod cgroup;
 pub mod loader;
 pub mod logs;
 pub mod map_layout;

@@ -206,7 +206,7 @@ fn access_writable(path: &Path) -> io::Result<()> {
 }
 
 /// A readable name for a `statfs.f_type`.
-fn filesystem_name(magic: i64) -> String {
+pub(crate) fn filesystem_name(magic: i64) -> String {
     let name = match magic {
         0x0102_1994 => "tmpfs",
         0xef53 => "ext2/3/4",

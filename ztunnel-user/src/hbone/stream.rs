@@ -161,7 +161,7 @@ async fn send_all(send: &mut SendStream<Bytes>, mut chunk: Bytes) -> io::Result<
             None => {
                 return Err(io::Error::new(
                     io::ErrorKind::BrokenPipe,
-                    "HBONE stream closed",
+                    "HBONE stream closed by the peer",
                 ));
             }
         };
@@ -211,6 +211,16 @@ async fn h2_to_tcp(
 }
 
 fn h2_to_io(error: h2::Error) -> io::Error {
+    if error.is_remote()
+        && let Some(reason) = error.reason()
+    {
+        // The other side reset the stream or the whole HTTP/2 connection: for the TCP socket
+        // at this end that is what a peer's reset is.
+        return io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("HBONE stream reset by the peer ({reason:?})"),
+        );
+    }
     if error.is_io() {
         error
             .into_io()

@@ -168,9 +168,31 @@ pub(crate) fn finish(
     };
     match &result {
         Ok(()) => record.log(transferred, "ok"),
+        Err(ProxyError::Interrupted { address, source }) if ended_by_peer(source) => {
+            tracing::debug!(via = %address, error = %source, src = %record.source,
+                dst = %record.destination, "connection ended by a peer's reset; logged as closed");
+            record.log(transferred, "ok");
+            return Ok(());
+        }
         Err(error) => record.log(transferred, &error.to_string()),
     }
     result
+}
+
+/// Whether an established connection ended because one of its peers closed abruptly (a TCP
+/// reset, or the tunnel's stream reset by the other ztunnel, which relays such a reset).
+///
+/// A TCP connection may end that way at any time: iperf3's server, for one, closes its data
+/// connection with bytes still unread, and the kernel answers with a reset. Istio's ztunnel
+/// does not count these as errors (its copy loop ignores reset, broken pipe, unexpected EOF and
+/// not connected), and neither do we: the access log says `ok` and the metrics count a close,
+/// not a failure. The reset itself is still passed on to the other side.
+pub(crate) fn ended_by_peer(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected, UnexpectedEof};
+    matches!(
+        error.kind(),
+        ConnectionReset | BrokenPipe | UnexpectedEof | NotConnected
+    )
 }
 
 /// Resets a connection the pod may not open because it already has `limit` open; counts it.
@@ -246,4 +268,35 @@ async fn connect_plain(pod: &PodContext, address: SocketAddr) -> Result<TcpStrea
     let stream = socket.connect(address).await.map_err(upstream_error)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::ended_by_peer;
+    use crate::hbone::idle::idle_error;
+
+    #[test]
+    fn a_peer_reset_is_a_close_and_an_idle_timeout_is_not() {
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::NotConnected,
+        ] {
+            let error = Error::new(kind, "peer went away");
+            println!("{kind:?}: ended by peer = {}", ended_by_peer(&error));
+            assert!(ended_by_peer(&error), "{kind:?}");
+        }
+        let idle = idle_error(std::time::Duration::from_secs(1));
+        let refused = Error::from(ErrorKind::ConnectionRefused);
+        println!(
+            "idle timeout: {}, connection refused: {}",
+            ended_by_peer(&idle),
+            ended_by_peer(&refused)
+        );
+        assert!(!ended_by_peer(&idle));
+        assert!(!ended_by_peer(&refused));
+    }
 }

@@ -258,6 +258,41 @@ impl State {
                 tracing::warn!(workload = %workload.key(), %policy, "workload names an unknown policy; ignoring it");
             }
         }
+        let waypoints = self
+            .workloads
+            .values()
+            .filter_map(|workload| {
+                Some((
+                    format!("workload {}", workload.key()),
+                    workload.waypoint.as_ref()?,
+                ))
+            })
+            .chain(self.services.values().filter_map(|service| {
+                Some((
+                    format!("service {}", service.key()),
+                    service.waypoint.as_ref()?,
+                ))
+            }));
+        for (named_by, waypoint) in waypoints {
+            if !self.waypoint_defined(waypoint) {
+                tracing::warn!(%named_by, waypoint = %waypoint.destination,
+                    "names a waypoint the file does not define (no service or workload there); connections that must go through it are refused until it is defined");
+            }
+        }
+    }
+
+    /// Whether `waypoint` names a workload address, a service VIP or a service hostname that
+    /// this state holds.
+    fn waypoint_defined(&self, waypoint: &GatewayAddress) -> bool {
+        match &waypoint.destination {
+            GatewayDestination::Address(address) => {
+                self.workloads_by_ip.contains_key(&address.address)
+                    || self.services_by_vip.contains_key(&address.address)
+            }
+            GatewayDestination::Hostname(name) => self
+                .service_by_hostname(&name.namespace, &name.hostname)
+                .is_some(),
+        }
     }
 
     /// The workload that owns `ip`.

@@ -191,6 +191,27 @@ fn a_waypoint_named_by_address_is_that_workload() {
 }
 
 #[test]
+fn a_waypoint_is_defined_only_when_the_state_holds_it() {
+    let state = state(MESH);
+    let waypoint = |destination: &str| GatewayAddress {
+        destination: destination.parse().unwrap(),
+        hbone_mtls_port: 15008,
+    };
+    let cases = [
+        ("/198.18.2.20", true),
+        ("/198.19.0.20", true),
+        ("ns2/waypoint.ns2.svc.cluster.local", true),
+        ("/198.18.99.1", false),
+        ("ns2/nowhere.ns2.svc.cluster.local", false),
+    ];
+    for (destination, expected) in cases {
+        let defined = state.waypoint_defined(&waypoint(destination));
+        println!("{destination}: defined = {defined}");
+        assert_eq!(defined, expected, "{destination}");
+    }
+}
+
+#[test]
 fn policies_apply_by_scope() {
     let state = state(MESH);
     let names = |ip: &str| -> Vec<String> {

@@ -112,3 +112,33 @@ fn limit_refusals_and_idle_closes_are_exported() {
         "{text}"
     );
 }
+
+#[test]
+fn every_family_is_exported_before_the_first_connection() {
+    let metrics = Metrics::new();
+    let fresh = metrics.encode().unwrap();
+    println!("{fresh}");
+    for (prefix, (name, _)) in FAMILIES {
+        let described = format!("# TYPE {prefix}_{name} counter");
+        assert_eq!(fresh.matches(&described).count(), 1, "{described:?}");
+    }
+    for zero in [
+        "ztunnel_idle_timeouts_total{reporter=\"source\"} 0",
+        "ztunnel_tunnels_refused_total{reason=\"per_pod_limit\"} 0",
+        "ztunnel_config_reloads_total{result=\"rejected\"} 0",
+        "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"unknown_issuer\"} 0",
+    ] {
+        assert!(fresh.contains(zero), "{zero:?} missing");
+    }
+    assert!(fresh.trim_end().ends_with("# EOF"));
+
+    let labels = ConnectionLabels::new(Reporter::Source);
+    metrics.connection_opened(&labels).closed(1, 2);
+    let after = metrics.encode().unwrap();
+    let described = "# TYPE istio_tcp_connections_opened counter";
+    println!(
+        "after one connection: {} time(s) {described:?}",
+        after.matches(described).count()
+    );
+    assert_eq!(after.matches(described).count(), 1);
+}
