@@ -4,7 +4,7 @@
 //! - its dual-stack `[::]:15001` listener gets the original destination from
 //!   `SOL_IP`/`SO_ORIGINAL_DST` on the IPv4-mapped accepted socket (and from `SOL_IPV6` for an
 //!   IPv6 client), and sees the pod's own address as the peer, as under iptables `REDIRECT`;
-//! - its original-source connection to the application (0x539, `IP_TRANSPARENT`, bound to a
+//! - its original-source connection to the application (0x539, `IP_TRANSPARENT`, IPv4 and IPv6, bound to a
 //!   remote pod's address) gets the return-path mark 0x111 from the connect hook, so the
 //!   application's replies come back to it instead of leaving the pod.
 
@@ -89,7 +89,8 @@ fn original_source_upstream_replies_return_to_the_proxy() -> anyhow::Result<()> 
     let node = env.node(1)?;
     let client = node.pod("client", 10)?;
     let app = node.pod("app", 20)?;
-    let server = HttpServer::start(&app.netns, (app.ip, 8080).into(), "hello from app")?;
+    let server_v4 = HttpServer::start(&app.netns, (app.ip, 8080).into(), "hello from app")?;
+    let server_v6 = HttpServer::start(&app.netns, (app.ipv6, 8080).into(), "hello from app")?;
     let daemon = Daemon::start(&env, &[])?;
     env.enroll(&app)?;
     daemon.wait_serving(&app)?;
@@ -97,28 +98,48 @@ fn original_source_upstream_replies_return_to_the_proxy() -> anyhow::Result<()> 
 
     // The connect deadline is the proxy's own (5 s): without the return-path mark the app's
     // SYN-ACK leaves the pod towards the real client pod, and the connect never completes.
-    let destination = format!("{}:8080", app.ip);
-    let source = client.ip.to_string();
-    let upstream = env.run_in_pod(&app, &[FOREIGN_PROXY, "upstream", &source, &destination])?;
-    let output = String::from_utf8_lossy(&upstream.stdout).into_owned();
-    // The server records a peer before it answers, so any answer means it is recorded.
-    let peers = server.peers();
-    println!(
-        "original-source upstream {source} -> {destination} in the app pod: {}, output {output:?}, stderr {:?}; app saw peers {peers:?}",
-        upstream.status,
-        String::from_utf8_lossy(&upstream.stderr)
-    );
-    assert!(
-        upstream.status.success(),
-        "the original-source connection to the app did not complete"
-    );
-    assert!(
-        output.starts_with("mark=0x111 "),
-        "the connect hook did not give the socket the return-path mark"
-    );
-    assert!(
-        output.contains(&format!("hello from app peer={source}:")),
-        "the app did not see the remote client's address as its peer"
-    );
+    let mut outcomes = Vec::new();
+    for (source, destination, server) in [
+        (
+            client.ip.to_string(),
+            format!("{}:8080", app.ip),
+            &server_v4,
+        ),
+        (
+            client.ipv6.to_string(),
+            format!("[{}]:8080", app.ipv6),
+            &server_v6,
+        ),
+    ] {
+        let upstream = env.run_in_pod(&app, &[FOREIGN_PROXY, "upstream", &source, &destination])?;
+        let output = String::from_utf8_lossy(&upstream.stdout).into_owned();
+        // The server records a peer before it answers, so any answer means it is recorded.
+        println!(
+            "original-source upstream {source} -> {destination} in the app pod: {}, output {output:?}, stderr {:?}; app saw peers {:?}",
+            upstream.status,
+            String::from_utf8_lossy(&upstream.stderr),
+            server.peers()
+        );
+        outcomes.push((source, upstream.status.success(), output));
+    }
+    for (source, succeeded, output) in outcomes {
+        assert!(
+            succeeded,
+            "the original-source connection from {source} to the app did not complete"
+        );
+        assert!(
+            output.starts_with("mark=0x111 "),
+            "the connect hook did not give the socket from {source} the return-path mark"
+        );
+        let peer = if source.contains(':') {
+            format!("[{source}]")
+        } else {
+            source.clone()
+        };
+        assert!(
+            output.contains(&format!("hello from app peer={peer}:")),
+            "the app did not see the remote client's address {source} as its peer"
+        );
+    }
     Ok(())
 }
