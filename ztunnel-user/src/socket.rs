@@ -34,21 +34,6 @@ impl SocketFactory for HostSocketFactory {
 }
 
 /// Sets `SO_MARK` on a socket (needs `CAP_NET_ADMIN`; minimum kernel 2.6.25).
-pub fn set_mark(socket: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()> {
-    // SAFETY: the fd is a live socket owned by the caller; the option value is a valid u32 whose
-    // size is passed alongside it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            (&mark as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub fn set_mark(socket: &impl std::os::fd::AsFd, mark: u32) -> io::Result<()> {
+    socket2::SockRef::from(socket).set_mark(mark)
 }

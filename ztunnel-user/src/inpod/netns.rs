@@ -54,12 +54,8 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    // SAFETY: the fd is an open namespace file owned by `self`; setns only
-                    // changes this short-lived thread's network namespace.
-                    let rc = unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    if rc != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    // Only this short-lived thread changes namespace.
+                    enter(&self.file)?;
                     work()
                 })
                 .join()
@@ -81,11 +77,8 @@ impl Netns {
                     home.get_or_init(|| opened)
                 }
             };
-            // SAFETY: the fd is an open namespace file owned by `self`; setns changes only the
-            // calling thread's network namespace, and `GoHome` changes it back.
-            if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // Only the calling thread changes namespace, and `GoHome` changes it back.
+            enter(&self.file)?;
             let _back = GoHome(home);
             work()
         })
@@ -142,13 +135,17 @@ struct GoHome<'a>(&'a File);
 
 impl Drop for GoHome<'_> {
     fn drop(&mut self) {
-        // SAFETY: the fd is this thread's own namespace file, opened before it left.
-        if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            let error = io::Error::last_os_error();
+        if let Err(error) = enter(self.0) {
             tracing::error!(%error, "cannot return a thread to the daemon's own network namespace; aborting");
             std::process::abort();
         }
     }
+}
+
+/// Moves the calling thread into the network namespace `file` refers to (`setns(2)`).
+/// Needs `CAP_SYS_ADMIN`. Minimum kernel 3.0.
+fn enter(file: &File) -> io::Result<()> {
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
 /// The cookie of the calling thread's network namespace.

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io,
     net::IpAddr,
-    os::fd::AsRawFd,
+
     path::{Path, PathBuf},
 };
 
@@ -80,10 +80,7 @@ impl StateLock {
             .truncate(false)
             .write(true)
             .open(run_dir.join(LOCK_FILE))?;
-        // SAFETY: valid fd owned by `file`, which lives as long as the lock.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        file.lock()?;
         Ok(Self {
             _file: file,
             path: run_dir.join(STATE_FILE),
@@ -119,10 +116,10 @@ impl DaemonLock {
             .truncate(false)
             .write(true)
             .open(run_dir.join(DAEMON_LOCK_FILE))?;
-        // SAFETY: valid fd owned by `file`, which lives as long as the lock.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        file.try_lock().map_err(|error| match error {
+            std::fs::TryLockError::WouldBlock => io::Error::from(io::ErrorKind::WouldBlock),
+            std::fs::TryLockError::Error(error) => error,
+        })?;
         Ok(Self { _file: file })
     }
 }

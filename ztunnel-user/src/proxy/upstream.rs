@@ -3,7 +3,7 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
+
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -51,25 +51,11 @@ fn transparent_socket(
 ) -> io::Result<tokio::net::TcpSocket> {
     let socket = sockets.new_tcp_socket(ipv6)?;
     set_mark(&socket, UPSTREAM_MARK)?;
-    let (level, option) = if ipv6 {
-        (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+    let options = socket2::SockRef::from(&socket);
+    if ipv6 {
+        options.set_ip_transparent_v6(true)?;
     } else {
-        (libc::SOL_IP, libc::IP_TRANSPARENT)
-    };
-    let enable: libc::c_int = 1;
-    // SAFETY: the fd is a live socket we own; the option value is a valid c_int whose size is
-    // passed alongside it.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            option,
-            (&enable as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+        options.set_ip_transparent_v4(true)?;
     }
     socket.bind(SocketAddr::new(source_ip, 0))?;
     Ok(socket)
