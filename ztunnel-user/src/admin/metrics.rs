@@ -221,43 +221,6 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused. [`Metrics::identity_failure`] also takes any other
-/// `&'static str` reason word (e.g. the identity module's own), used as the label as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdentityFailureReason {
-    /// The peer's trust domain is not ours (`wrong_trust_domain`).
-    WrongTrustDomain,
-    /// The server's SAN is not the identity expected for the destination (`unexpected_server_san`).
-    UnexpectedServerSan,
-    /// The certificate is expired or not yet valid (`expired_certificate`).
-    ExpiredCertificate,
-    /// The certificate does not chain to our trust bundle (`unknown_issuer`).
-    UnknownIssuer,
-    /// The client presented no certificate (`no_client_certificate`).
-    NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3 (`tls_version`).
-    TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN (`bad_san`).
-    BadSan,
-    /// Anything else in the handshake (`other`).
-    Other,
-}
-
-impl From<IdentityFailureReason> for &'static str {
-    fn from(reason: IdentityFailureReason) -> Self {
-        match reason {
-            IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
-            IdentityFailureReason::UnexpectedServerSan => "unexpected_server_san",
-            IdentityFailureReason::ExpiredCertificate => "expired_certificate",
-            IdentityFailureReason::UnknownIssuer => "unknown_issuer",
-            IdentityFailureReason::NoClientCertificate => "no_client_certificate",
-            IdentityFailureReason::TlsVersion => "tls_version",
-            IdentityFailureReason::BadSan => "bad_san",
-            IdentityFailureReason::Other => "other",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityFailureLabels {
     reporter: Reporter,
@@ -280,6 +243,12 @@ struct SourceMismatchLabels {
     reporter: Reporter,
     source_principal: LabelText,
     claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HboneCloseLabels {
+    reporter: Reporter,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -307,6 +276,7 @@ struct Inner {
     config_reloads: Family<ReloadLabels, Counter>,
     tunnels_refused: Family<RefusalLabels, Counter>,
     idle_timeouts: Family<ReporterLabels, Counter>,
+    hbone_closes: Family<HboneCloseLabels, Counter>,
 }
 
 /// The counters one open connection adds to when it ends, from [`Metrics::connection_opened`].
@@ -355,6 +325,7 @@ impl Metrics {
         let config_reloads = Family::default();
         let tunnels_refused = Family::default();
         let idle_timeouts = Family::default();
+        let hbone_closes = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -413,13 +384,21 @@ impl Metrics {
             );
             own.register(
                 "tunnels_refused",
-                "Connections reset before they were proxied because a limit was reached",
+                "Connections and HBONE streams refused before they were proxied: a limit was reached \
+                 (per_pod_limit), a client asserted a source address it may not (untrusted_forwarded), \
+                 a stream asked for one of ztunnel's own ports (loop)",
                 tunnels_refused.clone(),
             );
             own.register(
                 "idle_timeouts",
                 "Established connections closed because no byte moved for the idle timeout",
                 idle_timeouts.clone(),
+            );
+            own.register(
+                "hbone_connections_closed",
+                "HBONE connections ztunnel closed although the peer had not: a keep-alive PING went \
+                 unanswered (ping_timeout), or the connection carried no stream for too long (no_stream)",
+                hbone_closes.clone(),
             );
         }
         Self {
@@ -437,6 +416,7 @@ impl Metrics {
                 config_reloads,
                 tunnels_refused,
                 idle_timeouts,
+                hbone_closes,
             }),
         }
     }
@@ -468,9 +448,9 @@ impl Metrics {
         self.inner.failed.get_or_create(&labels).inc();
     }
 
-    /// A handshake was refused because of the peer's identity or TLS version.
-    pub fn identity_failure(&self, reporter: Reporter, reason: impl Into<&'static str>) {
-        let reason = reason.into();
+    /// A handshake was refused because of the peer's identity or TLS version; `reason` is the
+    /// word the log line of the failure carries (`wrong_trust_domain`, `tls_io_error`, ...).
+    pub fn identity_failure(&self, reporter: Reporter, reason: &'static str) {
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
@@ -513,11 +493,21 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`).
+    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`,
+    /// `untrusted_forwarded`, `loop`).
     pub fn tunnel_refused(&self, reason: &'static str) {
         self.inner
             .tunnels_refused
             .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// ztunnel closed an HBONE connection its peer had not closed (`reason`: `ping_timeout`,
+    /// `no_stream`).
+    pub fn hbone_connection_closed(&self, reporter: Reporter, reason: &'static str) {
+        self.inner
+            .hbone_closes
+            .get_or_create(&HboneCloseLabels { reporter, reason })
             .inc();
     }
 

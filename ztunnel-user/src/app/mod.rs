@@ -13,7 +13,7 @@ pub mod runtime;
 
 use std::{sync::Arc, time::Duration};
 
-pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs};
+pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, KeepaliveArgs, LimitArgs};
 
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},

@@ -164,7 +164,7 @@ async fn accept_loop(
                 handler.inbound_plaintext(pod.clone(), stream, destination)
             }
             Role::Hbone => {
-                tracing::info!(pod = %pod.name, namespace = %pod.namespace, %peer, local_address = %local, "inbound HBONE connection accepted");
+                tracing::debug!(pod = %pod.name, namespace = %pod.namespace, %peer, local_address = %local, "inbound HBONE connection accepted");
                 handler.inbound_hbone(pod.clone(), stream)
             }
         };
