@@ -141,10 +141,19 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
     let spoof = node.wait_for_log(
         "the refused forwarded source in the log",
         log_offset,
-        &["asserted a source address", &format!("claimed_source={SPOOFED_SOURCE}")],
+        &[
+            "asserted a source address",
+            &format!("claimed_source={SPOOFED_SOURCE}"),
+        ],
     )?;
     println!("log: {spoof}");
-    let metrics = node.run(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15020/metrics"])?;
+    let metrics = node.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:15020/metrics",
+    ])?;
     let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
     let counted = |series: &str| -> f64 {
         metrics
@@ -187,8 +196,14 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
             report.rss_after
         );
     }
-    assert_eq!(untrusted, 1.0, "the spoofed forwarded source is counted once");
-    assert_eq!(loops, 3.0, "the three CONNECTs to ztunnel's own ports are counted");
+    assert_eq!(
+        untrusted, 1.0,
+        "the spoofed forwarded source is counted once"
+    );
+    assert_eq!(
+        loops, 3.0,
+        "the three CONNECTs to ztunnel's own ports are counted"
+    );
     assert!(
         ping_timeouts >= 2.0,
         "the preface-only and the silent client are counted as PING timeouts"
@@ -311,10 +326,7 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
         client.silent_after(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec())
     );
     case!("SETTINGS, then nothing", client.silent_after(raw::start()));
-    case!(
-        "a live h2 client that opens no stream",
-        client.no_stream()
-    );
+    case!("a live h2 client that opens no stream", client.no_stream());
     reports
 }
 
@@ -683,7 +695,8 @@ impl Client {
         tls.write_all(&first).await?;
         let started = Instant::now();
         let bound = PING_INTERVAL + PING_TIMEOUT + SCHEDULING_ALLOWANCE;
-        let Ok((bytes, end)) = tokio::time::timeout(bound, read_until_closed(&mut tls)).await else {
+        let Ok((bytes, end)) = tokio::time::timeout(bound, read_until_closed(&mut tls)).await
+        else {
             anyhow::bail!("still open after {bound:?} (PING interval + timeout + allowance)");
         };
         Ok(format!(

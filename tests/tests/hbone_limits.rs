@@ -265,17 +265,24 @@ async fn a_pooled_connection_whose_server_stops_answering_pings_is_closed_and_co
     );
 
     let mut tunnel = TcpStream::connect(outbound).await.expect("connect");
-    let answer = within("an echo before the freeze", roundtrip(&mut tunnel, "before"))
-        .await
-        .expect("echo before the freeze");
+    let answer = within(
+        "an echo before the freeze",
+        roundtrip(&mut tunnel, "before"),
+    )
+    .await
+    .expect("echo before the freeze");
     let pool = &node.context.pool;
-    println!("before the freeze: echoed {answer:?}; connections opened {}", pool.connections_opened());
+    println!(
+        "before the freeze: echoed {answer:?}; connections opened {}",
+        pool.connections_opened()
+    );
     freeze.send_replace(true);
     let frozen_at = std::time::Instant::now();
     let metrics = &node.context.metrics;
-    wait_until("the pool to close the connection whose PINGs go unanswered", || {
-        metrics.hbone_closes(HandshakeSide::Outbound, HboneClose::PingTimeout) == 1
-    })
+    wait_until(
+        "the pool to close the connection whose PINGs go unanswered",
+        || metrics.hbone_closes(HandshakeSide::Outbound, HboneClose::PingTimeout) == 1,
+    )
     .await;
     let mut scratch = [0u8; 16];
     let tunnel_end = within("the tunnel on it to end", tunnel.read(&mut scratch)).await;
@@ -293,7 +300,10 @@ async fn a_pooled_connection_whose_server_stops_answering_pings_is_closed_and_co
         "after: echoed {answer:?}; connections opened {}",
         pool.connections_opened()
     );
-    assert!(closed(&tunnel_end), "the tunnel on the dead connection must end");
+    assert!(
+        closed(&tunnel_end),
+        "the tunnel on the dead connection must end"
+    );
     assert_eq!(answer, "after");
     assert_eq!(
         pool.connections_opened(),

@@ -8,8 +8,8 @@ use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
 use crate::{
     admin::AdminArgs,
     ebpf::maps::{FailMode, KernelLogLevel},
-    identity::DEFAULT_TRUST_DOMAIN,
     hbone::{Keepalive, keepalive},
+    identity::DEFAULT_TRUST_DOMAIN,
     inpod::{capture::CaptureRequest, state::DEFAULT_RUN_DIR},
     proxy::{ProxyLimits, limits::DEFAULT_MAX_CONNECTIONS_PER_POD},
 };

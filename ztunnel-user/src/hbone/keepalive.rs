@@ -55,7 +55,10 @@ pub enum PingFailure {
 /// Pings the peer every `keepalive.ping_interval` and returns when a PING goes unanswered for
 /// `keepalive.ping_timeout` or the connection fails. The h2 connection must be polled beside
 /// this future (the PING travels when it is).
-pub async fn ping_until_unanswered(mut ping_pong: h2::PingPong, keepalive: Keepalive) -> PingFailure {
+pub async fn ping_until_unanswered(
+    mut ping_pong: h2::PingPong,
+    keepalive: Keepalive,
+) -> PingFailure {
     loop {
         tokio::time::sleep(keepalive.ping_interval).await;
         match tokio::time::timeout(keepalive.ping_timeout, ping_pong.ping(h2::Ping::opaque())).await

@@ -18,8 +18,8 @@ pub mod server;
 pub mod stream;
 pub mod transport;
 
-pub use pool::{HbonePool, TunnelRequest};
 pub use keepalive::Keepalive;
+pub use pool::{HbonePool, TunnelRequest};
 pub use server::{
     Answer, BadRequest, ConnectHandler, ConnectTarget, ConnectionEnd, HboneRequest, PeerInfo,
     ServeLimits,
@@ -86,7 +86,9 @@ pub enum HboneError {
         timeout: std::time::Duration,
     },
     /// The peer stopped answering keep-alive PINGs: it is gone, or hostile.
-    #[error("HBONE peer {peer} did not answer a keep-alive PING within {timeout:?}; connection closed")]
+    #[error(
+        "HBONE peer {peer} did not answer a keep-alive PING within {timeout:?}; connection closed"
+    )]
     KeepaliveTimeout {
         /// The peer address.
         peer: std::net::SocketAddr,

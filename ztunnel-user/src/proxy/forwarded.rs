@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(credited_source(peer, Some(claimed), || false), Ok(claimed));
         // An IPv4 peer on a dual-stack listener shows as ::ffff:a.b.c.d.
         let mapped = address("[::ffff:198.18.1.2]:40000");
-        assert_eq!(credited_source(mapped, Some(claimed), || false), Ok(claimed));
+        assert_eq!(
+            credited_source(mapped, Some(claimed), || false),
+            Ok(claimed)
+        );
     }
 
     #[test]

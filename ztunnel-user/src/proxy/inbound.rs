@@ -73,9 +73,13 @@ pub async fn serve_hbone_connection(
     });
     let drain = context.drain.clone();
     let limits = context.limits.serve_limits();
-    let result = serve(tls, peer, handler, limits, async move {
-        drain.signaled().await
-    })
+    let result = serve(
+        tls,
+        peer,
+        handler,
+        limits,
+        async move { drain.signaled().await },
+    )
     .await;
     match &result {
         Ok(ConnectionEnd::Unused(timeout)) => {
@@ -166,7 +170,11 @@ impl ConnectHandler for InboundHandler {
         }
         let mut upstream = match self.admit(&request, record.source).await {
             Ok(upstream) => upstream,
-            Err(Refusal { status, why, counted }) => {
+            Err(Refusal {
+                status,
+                why,
+                counted,
+            }) => {
                 self.context.metrics.answered(status);
                 if let Some(reason) = counted {
                     self.context.refused(reason);
@@ -264,7 +272,11 @@ impl InboundHandler {
     }
 
     /// Decides a stream credited with `source`: the upstream connection, or why it is refused.
-    async fn admit(&self, request: &HboneRequest, source: SocketAddr) -> Result<TcpStream, Refusal> {
+    async fn admit(
+        &self,
+        request: &HboneRequest,
+        source: SocketAddr,
+    ) -> Result<TcpStream, Refusal> {
         let destination = request.authority;
         if !self.pod.owns(destination.ip()) {
             return Err(Refusal::new(

@@ -108,7 +108,10 @@ impl ProxyContext {
         let pool = {
             let (metrics, observer) = (metrics.clone(), observer.clone());
             HbonePool::new(certificates.clone()).with_keepalive(limits.keepalive, move |_server| {
-                let (side, reason) = (metrics::HandshakeSide::Outbound, metrics::HboneClose::PingTimeout);
+                let (side, reason) = (
+                    metrics::HandshakeSide::Outbound,
+                    metrics::HboneClose::PingTimeout,
+                );
                 metrics.hbone_closed(side, reason);
                 observer.hbone_closed(side, reason);
             })

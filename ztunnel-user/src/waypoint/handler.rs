@@ -64,9 +64,13 @@ impl WaypointHandler {
         let drain = self.context.drain.clone();
         let context = self.context.clone();
         let limits = context.limits.serve_limits();
-        let served = serve(tls, peer, self, limits, async move {
-            drain.signaled().await
-        });
+        let served = serve(
+            tls,
+            peer,
+            self,
+            limits,
+            async move { drain.signaled().await },
+        );
         match served.await {
             Ok(ConnectionEnd::Unused(_)) => {
                 context.hbone_closed(HandshakeSide::Inbound, HboneClose::Unused);
@@ -166,7 +170,12 @@ impl ConnectHandler for WaypointHandler {
             Ok(source) => source,
             Err(untrusted) => {
                 self.context.refused(RefusalReason::UntrustedForwarded);
-                return self.refuse(&record, answer, StatusCode::UNAUTHORIZED, untrusted.to_string());
+                return self.refuse(
+                    &record,
+                    answer,
+                    StatusCode::UNAUTHORIZED,
+                    untrusted.to_string(),
+                );
             }
         };
         record.source = source;
