@@ -164,6 +164,16 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
     };
     let untrusted = counted("ztunnel_tunnels_refused_total{reason=\"untrusted_forwarded\"}");
     let loops = counted("ztunnel_tunnels_refused_total{reason=\"loop\"}");
+    // The log line of a bare connect-and-close and its counter carry the same reason word.
+    let io_error_line = node.wait_for_log(
+        "a TLS I/O error in the log",
+        log_offset,
+        &["HBONE connection refused", "reason=\"tls_io_error\""],
+    )?;
+    println!("log: {io_error_line}");
+    let io_errors = counted(
+        "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"tls_io_error\"}",
+    );
     let ping_timeouts = counted(
         "ztunnel_hbone_connections_closed_total{reporter=\"destination\",reason=\"ping_timeout\"}",
     );
@@ -172,7 +182,7 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
     );
     println!(
         "metrics: refused untrusted_forwarded {untrusted}, loop {loops}; closed ping_timeout \
-         {ping_timeouts}, no_stream {unused}"
+         {ping_timeouts}, no_stream {unused}; identity failures tls_io_error {io_errors}"
     );
 
     for report in &reports {
@@ -196,6 +206,10 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
             report.rss_after
         );
     }
+    assert!(
+        io_errors >= 1.0,
+        "a connect-and-close is counted under the reason its log line gives"
+    );
     assert_eq!(
         untrusted, 1.0,
         "the spoofed forwarded source is counted once"
@@ -260,6 +274,7 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
     }
     case!("baseline: a well-formed tunnel", client.good_tunnel());
     case!("not TLS: plaintext HTTP/1.1", client.not_tls());
+    case!("TCP connect, then close", client.connect_and_close());
     case!(
         "TLS without a client certificate",
         client.no_client_certificate()
@@ -472,6 +487,13 @@ impl Client {
         tokio::time::timeout(CASE_DEADLINE, work)
             .await
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the tunnel hung")))
+    }
+
+    async fn connect_and_close(&self) -> anyhow::Result<String> {
+        let tcp = self.tcp().await?;
+        let local = tcp.local_addr()?;
+        drop(tcp);
+        Ok(format!("connected from {local} and closed"))
     }
 
     async fn not_tls(&self) -> anyhow::Result<String> {
