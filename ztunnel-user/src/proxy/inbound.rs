@@ -116,6 +116,35 @@ impl ConnectHandler for InboundHandler {
             via: Some(request.authority),
             started: Instant::now(),
         };
+        // Checked first: a claim naming another identity's workload says more (whose address
+        // was borrowed) than that the claim is untrusted.
+        let asserted = request.forwarded_for.unwrap_or(request.peer.address);
+        if let Some(claimed) = self.claimed_by_another_identity(&request, asserted) {
+            let status = StatusCode::UNAUTHORIZED;
+            self.context.metrics.answered(status);
+            self.context
+                .observer
+                .source_mismatch(&request.peer.identity, &claimed.identity);
+            tracing::warn!(peer = %request.peer.address, identity = %request.peer.identity,
+                claimed_source = %asserted, claimed_workload = %claimed.name,
+                claimed_identity = %claimed.identity, authority = %request.authority,
+                status = status.as_u16(),
+                "HBONE request refused: its source address belongs to a workload of another identity");
+            answer.refuse(status);
+            let error = ProxyError::NoRoute {
+                destination: request.authority,
+                reason: format!(
+                    "answered {status}: source address {} belongs to {} ({}), not to the peer's identity",
+                    asserted, claimed.name, claimed.identity
+                ),
+            };
+            let _ = finish(
+                &self.context,
+                &record,
+                Outcome::Failed(FailureKind::Denied, error),
+            );
+            return;
+        }
         let directory = &self.context.directory;
         record.source = match credited_source(request.peer.address, request.forwarded_for, || {
             directory.is_waypoint(&request.peer.identity)
@@ -142,32 +171,6 @@ impl ConnectHandler for InboundHandler {
                 return;
             }
         };
-        if let Some(claimed) = self.claimed_by_another_identity(&request, record.source) {
-            let status = StatusCode::UNAUTHORIZED;
-            self.context.metrics.answered(status);
-            self.context
-                .observer
-                .source_mismatch(&request.peer.identity, &claimed.identity);
-            tracing::warn!(peer = %request.peer.address, identity = %request.peer.identity,
-                claimed_source = %record.source, claimed_workload = %claimed.name,
-                claimed_identity = %claimed.identity, authority = %request.authority,
-                status = status.as_u16(),
-                "HBONE request refused: its source address belongs to a workload of another identity");
-            answer.refuse(status);
-            let error = ProxyError::NoRoute {
-                destination: request.authority,
-                reason: format!(
-                    "answered {status}: source address {} belongs to {} ({}), not to the peer's identity",
-                    record.source, claimed.name, claimed.identity
-                ),
-            };
-            let _ = finish(
-                &self.context,
-                &record,
-                Outcome::Failed(FailureKind::Denied, error),
-            );
-            return;
-        }
         let mut upstream = match self.admit(&request, record.source).await {
             Ok(upstream) => upstream,
             Err(Refusal {
@@ -247,16 +250,16 @@ impl Refusal {
 }
 
 impl InboundHandler {
-    /// The workload of another identity that owns the source address this stream is credited
-    /// with (see [`credited_source`]), if any.
+    /// The workload of another identity that owns `source`, the address this stream asserts
+    /// (its `forwarded` address, else its TCP peer), if any.
     ///
     /// A connection's identity is the peer's certificate, never an address: the sending ztunnel
     /// takes it from the pod whose listener accepted the connection. The source address it
-    /// forwards is only a claim, and policy (`ipBlocks`), access logs and metrics read it; a pod
-    /// that adds a neighbour's IP to its interface would otherwise travel under its own
-    /// certificate with the neighbour's address. So the address must belong to a workload of the
-    /// peer's identity, or to no known workload (a client outside the mesh, relayed by a
-    /// gateway). Waypoints relay other workloads' connections and are exempt.
+    /// forwards is only a claim; a pod that adds a neighbour's IP to its interface would
+    /// otherwise travel under its own certificate with the neighbour's address. So the address
+    /// must not belong to a workload of another identity (refused here, naming it); whether an
+    /// address of no such workload is believed is [`credited_source`]'s decision. Waypoints
+    /// relay other workloads' connections and are exempt.
     fn claimed_by_another_identity(
         &self,
         request: &HboneRequest,
