@@ -2,8 +2,13 @@
 //! from its node): not TLS, TLS without a client certificate, HTTP/1.1 instead of h2, h2 requests
 //! other than `CONNECT ip:port`, an oversized header block, more streams than the limit, a
 //! client that stalls in the handshake or never sends its HTTP/2 preface, and an RST flood.
-//! Each gets its answer or a clean close; after each, a well-formed tunnel still works and the
-//! daemon's resident memory stays bounded (printed before and after every case).
+//! Then what a hostile client with a valid certificate tries: a `forwarded` source that is not
+//! its own past a `sourceIps` DENY (refused `401`), a `CONNECT` to ztunnel's own ports in the
+//! pod (`503` at once), and connections that open no stream — the HTTP/2 preface and nothing
+//! else, SETTINGS and then silence, a live client that answers PINGs (closed within the
+//! keep-alive bounds the daemon was started with). Each gets its answer or a clean close; after
+//! each, a well-formed tunnel still works and the daemon's resident memory stays bounded
+//! (printed before and after every case); the refusals and closes are counted in its metrics.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -29,11 +34,29 @@ use ztunnel_e2e::{
     wait::{DEFAULT_TIMEOUT, wait_until},
 };
 
-/// One HBONE workload on node 1; host-local gives the first pod 198.18.1.2.
+/// One HBONE workload on node 1; host-local gives the first pod 198.18.1.2. Port 8080 is
+/// denied to every source address of the test range, where the test's client really is.
 const MESH: &str = r#"
 workloads:
 - {uid: t//web, name: web, namespace: default, serviceAccount: web, workloadIps: ["198.18.1.2"], protocol: HBONE, node: node-1}
+policies:
+- name: deny-8080-from-test-range
+  namespace: default
+  scope: Namespace
+  action: Deny
+  rules:
+  - - - sourceIps: ["198.18.0.0/15"]
+        destinationPorts: [8080]
 "#;
+/// The address a hostile client asserts in `forwarded: for=` (outside the DENY's range).
+const SPOOFED_SOURCE: &str = "203.0.113.7:1234";
+/// The daemon's keep-alive in this test (`--hbone-ping-interval-ms`, `--hbone-ping-timeout-ms`,
+/// `--hbone-unused-timeout-ms`).
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_millis(1000);
+const UNUSED_TIMEOUT: Duration = Duration::from_millis(2000);
+/// What a loaded CI machine may add to a configured bound before a close counts as missing.
+const SCHEDULING_ALLOWANCE: Duration = Duration::from_secs(5);
 const PAGE: &str = "served through a well-formed tunnel: ok-5c1e\n";
 /// The daemon's handshake timeout in this test (`--handshake-timeout-ms`).
 const HANDSHAKE_TIMEOUT_MS: u64 = 1000;
@@ -49,9 +72,22 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
 {
     let mut cluster = Cluster::new("malformed", 1, MESH)?;
     let timeout = HANDSHAKE_TIMEOUT_MS.to_string();
-    cluster
-        .node_mut(1)
-        .start_ztunnel(&["--handshake-timeout-ms", &timeout])?;
+    let millis = |duration: Duration| duration.as_millis().to_string();
+    let (ping_interval, ping_timeout, unused_timeout) = (
+        millis(PING_INTERVAL),
+        millis(PING_TIMEOUT),
+        millis(UNUSED_TIMEOUT),
+    );
+    cluster.node_mut(1).start_ztunnel(&[
+        "--handshake-timeout-ms",
+        &timeout,
+        "--hbone-ping-interval-ms",
+        &ping_interval,
+        "--hbone-ping-timeout-ms",
+        &ping_timeout,
+        "--hbone-unused-timeout-ms",
+        &unused_timeout,
+    ])?;
     let web = cluster.pod(1, "default", "web")?;
     let _nginx = Nginx::start(&cluster, &web, PAGE)?;
     let node = cluster.node(1);
@@ -67,8 +103,10 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
         .map(|meta| meta.len())
         .unwrap_or(0);
     println!(
-        "set up: ztunnel pid {pid} with --handshake-timeout-ms {HANDSHAKE_TIMEOUT_MS}, pod web {} \
-         (nginx on :80), HBONE {hbone}; clients run in node 1's netns",
+        "set up: ztunnel pid {pid} with --handshake-timeout-ms {HANDSHAKE_TIMEOUT_MS}, PINGs every \
+         {PING_INTERVAL:?} answered within {PING_TIMEOUT:?}, unused connections closed after \
+         {UNUSED_TIMEOUT:?}; pod web {} (nginx on :80, port 8080 denied to 198.18.0.0/15), \
+         HBONE {hbone}; clients run in node 1's netns",
         web.ip
     );
 
@@ -100,6 +138,52 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
         &["HBONE connection", "handshake_timeout"],
     )?;
     println!("log: {timeouts}");
+    let spoof = node.wait_for_log(
+        "the refused forwarded source in the log",
+        log_offset,
+        &[
+            "asserted a source address",
+            &format!("claimed_source={SPOOFED_SOURCE}"),
+        ],
+    )?;
+    println!("log: {spoof}");
+    let metrics = node.run(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:15020/metrics",
+    ])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let counted = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let untrusted = counted("ztunnel_tunnels_refused_total{reason=\"untrusted_forwarded\"}");
+    let loops = counted("ztunnel_tunnels_refused_total{reason=\"loop\"}");
+    // The log line of a bare connect-and-close and its counter carry the same reason word.
+    let io_error_line = node.wait_for_log(
+        "a TLS I/O error in the log",
+        log_offset,
+        &["HBONE connection refused", "reason=\"tls_io_error\""],
+    )?;
+    println!("log: {io_error_line}");
+    let io_errors = counted(
+        "ztunnel_identity_failures_total{reporter=\"destination\",reason=\"tls_io_error\"}",
+    );
+    let ping_timeouts = counted(
+        "ztunnel_hbone_connections_closed_total{reporter=\"destination\",reason=\"ping_timeout\"}",
+    );
+    let unused = counted(
+        "ztunnel_hbone_connections_closed_total{reporter=\"destination\",reason=\"no_stream\"}",
+    );
+    println!(
+        "metrics: refused untrusted_forwarded {untrusted}, loop {loops}; closed ping_timeout \
+         {ping_timeouts}, no_stream {unused}; identity failures tls_io_error {io_errors}"
+    );
 
     for report in &reports {
         assert!(
@@ -122,6 +206,26 @@ fn malformed_hbone_traffic_is_refused_cleanly_and_the_listener_keeps_serving() -
             report.rss_after
         );
     }
+    assert!(
+        io_errors >= 1.0,
+        "a connect-and-close is counted under the reason its log line gives"
+    );
+    assert_eq!(
+        untrusted, 1.0,
+        "the spoofed forwarded source is counted once"
+    );
+    assert_eq!(
+        loops, 3.0,
+        "the three CONNECTs to ztunnel's own ports are counted"
+    );
+    assert!(
+        ping_timeouts >= 2.0,
+        "the preface-only and the silent client are counted as PING timeouts"
+    );
+    assert!(
+        unused >= 1.0,
+        "the client without a stream is counted as closed for carrying none"
+    );
     Ok(())
 }
 
@@ -170,6 +274,7 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
     }
     case!("baseline: a well-formed tunnel", client.good_tunnel());
     case!("not TLS: plaintext HTTP/1.1", client.not_tls());
+    case!("TCP connect, then close", client.connect_and_close());
     case!(
         "TLS without a client certificate",
         client.no_client_certificate()
@@ -215,6 +320,28 @@ async fn run_cases(client: &Client, pid: u32) -> Vec<Report> {
         "TLS done, HTTP/2 preface never sent",
         client.no_h2_preface()
     );
+    case!(
+        "forwarded: another source past a sourceIps DENY",
+        client.spoofed_source()
+    );
+    case!(
+        "CONNECT to the pod's own 15008",
+        client.request_status("CONNECT", "198.18.1.2:15008", 503)
+    );
+    case!(
+        "CONNECT to the pod's own 15001",
+        client.request_status("CONNECT", "198.18.1.2:15001", 503)
+    );
+    case!(
+        "CONNECT to the pod's own 15006",
+        client.request_status("CONNECT", "198.18.1.2:15006", 503)
+    );
+    case!(
+        "HTTP/2 preface only, then nothing",
+        client.silent_after(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec())
+    );
+    case!("SETTINGS, then nothing", client.silent_after(raw::start()));
+    case!("a live h2 client that opens no stream", client.no_stream());
     reports
 }
 
@@ -362,6 +489,13 @@ impl Client {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the tunnel hung")))
     }
 
+    async fn connect_and_close(&self) -> anyhow::Result<String> {
+        let tcp = self.tcp().await?;
+        let local = tcp.local_addr()?;
+        drop(tcp);
+        Ok(format!("connected from {local} and closed"))
+    }
+
     async fn not_tls(&self) -> anyhow::Result<String> {
         let mut tcp = self.tcp().await?;
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: 198.18.1.2\r\n\r\n")
@@ -464,6 +598,9 @@ impl Client {
                     raw::SETTINGS if frame.flags & raw::ACK == 0 => {
                         tls.write_all(&raw::settings_ack()).await?
                     }
+                    raw::PING if frame.flags & raw::ACK == 0 => {
+                        tls.write_all(&raw::ping_ack(&frame.payload)).await?
+                    }
                     raw::GOAWAY => {
                         end = format!("GOAWAY {:?}", frame.error_code());
                         break;
@@ -517,6 +654,9 @@ impl Client {
                     raw::PING if frame.flags & raw::ACK != 0 => {
                         break "survived: PING answered".to_owned();
                     }
+                    raw::PING => {
+                        let _ = tls.write_all(&raw::ping_ack(&frame.payload)).await;
+                    }
                     raw::GOAWAY => {
                         break format!("GOAWAY with error code {:?}", frame.error_code());
                     }
@@ -542,6 +682,63 @@ impl Client {
         let (bytes, end) = read_until_closed(&mut tcp).await;
         Ok(format!(
             "closed after {:?}, {bytes} bytes ({end})",
+            started.elapsed()
+        ))
+    }
+
+    /// CONNECT to the denied port 8080: without `forwarded`, then asserting a source outside
+    /// the DENY's range. Both must be refused `401`: policy sees the connection's address.
+    async fn spoofed_source(&self) -> anyhow::Result<String> {
+        let authority = SocketAddr::new(self.hbone.ip(), 8080).to_string();
+        let mut answers = Vec::new();
+        for forwarded in [None, Some(format!("for=\"{SPOOFED_SOURCE}\""))] {
+            let mut sender = self.h2().await?;
+            let mut request = http::Request::builder()
+                .method("CONNECT")
+                .uri(authority.as_str());
+            if let Some(value) = &forwarded {
+                request = request.header("forwarded", value.as_str());
+            }
+            let (response, _send) = sender.send_request(request.body(())?, false)?;
+            answers.push((forwarded, response.await?.status()));
+        }
+        let summary = format!("{answers:?}");
+        anyhow::ensure!(
+            answers.iter().all(|(_, status)| *status == 401),
+            "expected 401 with and without the spoofed source: {summary}"
+        );
+        Ok(summary)
+    }
+
+    /// TLS, then `first` (a preface, or a preface and SETTINGS), then silence: no SETTINGS ACK,
+    /// no PING answered. The server must close within one PING interval and timeout.
+    async fn silent_after(&self, first: Vec<u8>) -> anyhow::Result<String> {
+        let mut tls = self.tls(&self.with_certificate).await?;
+        tls.write_all(&first).await?;
+        let started = Instant::now();
+        let bound = PING_INTERVAL + PING_TIMEOUT + SCHEDULING_ALLOWANCE;
+        let Ok((bytes, end)) = tokio::time::timeout(bound, read_until_closed(&mut tls)).await
+        else {
+            anyhow::bail!("still open after {bound:?} (PING interval + timeout + allowance)");
+        };
+        Ok(format!(
+            "closed after {:?} (bound {bound:?}), {bytes} bytes ({end})",
+            started.elapsed()
+        ))
+    }
+
+    /// A client library that answers PINGs but never opens a stream: the server must send
+    /// GOAWAY and close once the connection carried no stream for the unused timeout.
+    async fn no_stream(&self) -> anyhow::Result<String> {
+        let tls = self.tls(&self.with_certificate).await?;
+        let (_sender, connection) = h2::client::handshake(tls).await?;
+        let started = Instant::now();
+        let bound = UNUSED_TIMEOUT + SCHEDULING_ALLOWANCE;
+        let Ok(end) = tokio::time::timeout(bound, connection).await else {
+            anyhow::bail!("still open after {bound:?} (unused timeout + allowance)");
+        };
+        Ok(format!(
+            "closed after {:?} (bound {bound:?}): {end:?}",
             started.elapsed()
         ))
     }
@@ -623,6 +820,11 @@ mod raw {
 
     pub fn ping() -> Vec<u8> {
         frame(PING, 0, 0, b"ztunnel!")
+    }
+
+    /// The answer to the server's keep-alive PING.
+    pub fn ping_ack(payload: &[u8]) -> Vec<u8> {
+        frame(PING, ACK, 0, payload)
     }
 
     pub fn rst_stream(stream: u32, code: u32) -> Vec<u8> {

@@ -46,8 +46,11 @@ async fn drive(data: &[u8]) {
         identity: SpiffeId::new("cluster.local", "default", "client"),
         certificate_serial: "01".to_owned(),
     };
-    let timeout = Duration::from_secs(10);
-    let serving = server::serve(server_side, peer, Arc::new(Handler), timeout, std::future::pending());
+    let limits = server::ServeLimits {
+        preface_timeout: Duration::from_secs(10),
+        keepalive: ztunnel::hbone::Keepalive::default(),
+    };
+    let serving = server::serve(server_side, peer, Arc::new(Handler), limits, std::future::pending());
     let talking = async {
         let _ = client.write_all(data).await;
         let _ = client.shutdown().await;

@@ -55,7 +55,11 @@ def exchange(args, tls, conn):
     headers = [(":method", args.method), (":authority", args.authority)]
     if args.method != "CONNECT":
         headers += [(":scheme", "https"), (":path", "/")]
-    headers += [("forwarded", 'for="198.18.0.9:4242"'),
+    # As a sending ztunnel in-pod: the source it forwards is the address it connects from
+    # (a destination refuses any other from a peer that is not a waypoint).
+    host, port = tls.getsockname()[:2]
+    source = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    headers += [("forwarded", f'for="{source}"'),
                 ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
     stream_id = conn.get_next_available_stream_id()
     conn.send_headers(stream_id, headers, end_stream=False)

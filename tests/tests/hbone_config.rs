@@ -17,7 +17,7 @@ use ztunnel::{
         Drain, PodContext, ProxyContext, listeners,
         state_directory::{StateDirectory, workload_info},
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
     state::{State, StateHandle},
 };
 use ztunnel_common::constants::HBONE_PORT;
@@ -94,7 +94,8 @@ async fn a_replaced_state_applies_to_the_next_connection() {
             .workload_by_ip("127.0.61.2".parse().unwrap())
             .unwrap(),
     );
-    let client = PodContext::new(sleep, Arc::new(HostSocketFactory), &store).unwrap();
+    let client_sockets = Arc::new(PodAddressSockets(sleep.ips[0]));
+    let client = PodContext::new(sleep, client_sockets, &store).unwrap();
     let server = PodContext::new(echo, Arc::new(HostSocketFactory), &store).unwrap();
     let hbone = TcpListener::bind(("127.0.61.2", HBONE_PORT)).await.unwrap();
     tokio::spawn(listeners::serve_inbound_hbone(

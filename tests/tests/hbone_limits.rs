@@ -1,19 +1,24 @@
 //! Resource limits: a pod past its cap on open connections gets a reset (counted), and a
 //! connection that moves nothing for the idle timeout is closed on both sides — through an HBONE
-//! tunnel and through passthrough — while an active one is left alone.
+//! tunnel and through passthrough — while an active one is left alone. A pooled HBONE
+//! connection whose server stops answering keep-alive PINGs is closed and counted.
 
 mod hbone_support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use hbone_support::{Node, loopback, wait_until, within};
+use hbone_support::{Node, id, loopback, wait_until, within};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::watch,
 };
-use ztunnel::proxy::{
-    ProxyLimits,
-    metrics::{ProxyMetrics, RefusalReason},
+use ztunnel::{
+    hbone::Keepalive,
+    proxy::{
+        ProxyLimits, WorkloadInfo,
+        metrics::{HandshakeSide, HboneClose, ProxyMetrics, RefusalReason},
+    },
 };
 
 /// Echoes every connection accepted on `listener` until its peer closes.
@@ -189,4 +194,120 @@ async fn idle_then_closed(
     assert!(closed(&client_end), "the client's side must be closed");
     assert!(closed(&server_end), "the app's side must be closed");
     assert!(idle_closes >= 1, "the idle close must be counted");
+}
+
+/// Relays every connection accepted on `listener` to `onward`, from the client's own address (no
+/// NAT: the server checks that a stream's source is the connection's); while `frozen` holds,
+/// whatever it reads is held back (a peer that vanished without a FIN, as a node that lost
+/// power).
+async fn freezable_relay(listener: TcpListener, onward: SocketAddr, frozen: watch::Receiver<bool>) {
+    async fn copy(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: watch::Receiver<bool>,
+    ) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(count) = from.read(&mut buffer).await {
+            if count == 0 || frozen.wait_for(|frozen| !*frozen).await.is_err() {
+                return;
+            }
+            if to.write_all(&buffer[..count]).await.is_err() {
+                return;
+            }
+        }
+    }
+    while let Ok((client, peer)) = listener.accept().await {
+        let connected = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(peer.ip(), 0))?;
+            socket.connect(onward).await
+        };
+        let Ok(server) = connected.await else {
+            continue;
+        };
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        tokio::spawn(copy(client_read, server_write, frozen.clone()));
+        tokio::spawn(copy(server_read, client_write, frozen.clone()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_whose_server_stops_answering_pings_is_closed_and_counted() {
+    let keepalive = Keepalive {
+        ping_interval: Duration::from_millis(200),
+        ping_timeout: Duration::from_millis(500),
+        ..Keepalive::default()
+    };
+    let limits = ProxyLimits {
+        keepalive,
+        ..ProxyLimits::default()
+    };
+    // The client pool reaches the server pod's HBONE listener through a relay on its address.
+    let relay = TcpListener::bind(SocketAddr::new(loopback(84, 2), 0))
+        .await
+        .expect("bind relay");
+    let relay_address = relay.local_addr().expect("relay address");
+    let server = WorkloadInfo::new(id("default", "echo"), loopback(84, 2));
+    let node = Node::start_with_limits(84, limits, |directory| {
+        directory.with_hbone_workload_on_port(server, relay_address.port())
+    })
+    .await;
+    let (freeze, frozen) = watch::channel(false);
+    tokio::spawn(freezable_relay(relay, node.hbone_address, frozen));
+    let app = node.app_listener().await;
+    let app_address = app.local_addr().expect("app address");
+    tokio::spawn(echo_server(app));
+    let outbound = node.outbound_to(app_address).await;
+    println!(
+        "set up: PINGs every {:?} answered within {:?}; HBONE to {} through a relay on {relay_address}",
+        keepalive.ping_interval, keepalive.ping_timeout, node.hbone_address
+    );
+
+    let mut tunnel = TcpStream::connect(outbound).await.expect("connect");
+    let answer = within(
+        "an echo before the freeze",
+        roundtrip(&mut tunnel, "before"),
+    )
+    .await
+    .expect("echo before the freeze");
+    let pool = &node.context.pool;
+    println!(
+        "before the freeze: echoed {answer:?}; connections opened {}",
+        pool.connections_opened()
+    );
+    freeze.send_replace(true);
+    let frozen_at = std::time::Instant::now();
+    let metrics = &node.context.metrics;
+    wait_until(
+        "the pool to close the connection whose PINGs go unanswered",
+        || metrics.hbone_closes(HandshakeSide::Outbound, HboneClose::PingTimeout) == 1,
+    )
+    .await;
+    let mut scratch = [0u8; 16];
+    let tunnel_end = within("the tunnel on it to end", tunnel.read(&mut scratch)).await;
+    println!(
+        "frozen: the pool closed the connection after {:?} (PING interval + timeout {:?}); the tunnel on it read {tunnel_end:?}",
+        frozen_at.elapsed(),
+        keepalive.ping_interval + keepalive.ping_timeout
+    );
+    freeze.send_replace(false);
+    let mut again = TcpStream::connect(outbound).await.expect("connect");
+    let answer = within("an echo after the freeze", roundtrip(&mut again, "after"))
+        .await
+        .expect("echo after the freeze");
+    println!(
+        "after: echoed {answer:?}; connections opened {}",
+        pool.connections_opened()
+    );
+    assert!(
+        closed(&tunnel_end),
+        "the tunnel on the dead connection must end"
+    );
+    assert_eq!(answer, "after");
+    assert_eq!(
+        pool.connections_opened(),
+        2,
+        "the new tunnel goes on a new connection"
+    );
 }

@@ -88,10 +88,10 @@ async fn rotation_keeps_open_tunnels_and_new_tunnels_use_the_new_certificate() {
         while let Ok((tcp, peer)) = hbone.accept().await {
             let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
-                let timeout = ztunnel::hbone::HANDSHAKE_TIMEOUT;
+                let limits = ztunnel::proxy::ProxyLimits::default().serve_limits();
+                let timeout = limits.preface_timeout;
                 if let Ok((tls, peer)) = server::accept_tls(&acceptor, tcp, peer, timeout).await {
-                    let _ =
-                        server::serve(tls, peer, handler, timeout, std::future::pending()).await;
+                    let _ = server::serve(tls, peer, handler, limits, std::future::pending()).await;
                 }
             });
         }

@@ -27,7 +27,7 @@ use ztunnel::{
         access_log::ConnectionRecord, copy::copy_tcp, directory::StaticDirectory,
         istio_metrics::IstioMetrics, listeners,
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, SocketFactory},
     state::{State, StateHandle},
 };
 use ztunnel_common::constants::HBONE_PORT;
@@ -178,7 +178,7 @@ fn hbone_stream_open(c: &mut Criterion) {
         hbone_address: SocketAddr::new(server_ip, HBONE_PORT),
         authority: upstream,
         forwarded_for: SocketAddr::new(client_ip, 40000),
-        sockets: &HostSocketFactory,
+        sockets: &ClientPodSockets(client_ip),
     };
     // Warm the pool: the TLS handshake happens here, not in the measurement.
     runtime
@@ -241,3 +241,15 @@ criterion_group!(
     hbone_stream_open
 );
 criterion_main!(hot_paths);
+
+/// The client pod's sockets leave from its address, as from a real pod's netns: the server
+/// refuses a `forwarded` source that the connection does not come from.
+struct ClientPodSockets(IpAddr);
+
+impl SocketFactory for ClientPodSockets {
+    fn new_tcp_socket(&self, ipv6: bool) -> std::io::Result<tokio::net::TcpSocket> {
+        let socket = HostSocketFactory.new_tcp_socket(ipv6)?;
+        socket.bind(SocketAddr::new(self.0, 0))?;
+        Ok(socket)
+    }
+}

@@ -24,7 +24,7 @@ use ztunnel::{
     app::runtime::{self, RuntimeArgs},
     identity::{CertificateAuthority, CertificateStore, SpiffeId},
     proxy::{Drain, PodContext, ProxyContext, WorkloadInfo, directory::StaticDirectory, listeners},
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
 };
 use ztunnel_common::constants::HBONE_PORT;
 use ztunnel_e2e::{echo, relay};
@@ -232,7 +232,8 @@ async fn measure() -> anyhow::Result<()> {
         .with_workload(server_info.clone(), true);
     let (_drain, watch) = Drain::new();
     let context = ProxyContext::new(Arc::new(directory), store.clone(), watch);
-    let client = PodContext::new(client_info, Arc::new(HostSocketFactory), &store)?;
+    // The client pod's HBONE connections leave from its address, as from a real pod's netns.
+    let client = PodContext::new(client_info, Arc::new(PodAddressSockets(client_ip)), &store)?;
     let server = PodContext::new(server_info, Arc::new(HostSocketFactory), &store)?;
     let hbone = TcpListener::bind((server_ip, HBONE_PORT))
         .await

@@ -22,7 +22,7 @@ use ztunnel::{
         listeners::{self, FixedDestination},
         observer::NoObserver,
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
 };
 
 /// How long any awaited condition may take before the test fails.
@@ -131,8 +131,9 @@ impl Node {
             Arc::new(NoObserver),
             limits,
         );
-        let client =
-            PodContext::new(client_info, Arc::new(HostSocketFactory), &store).expect("client pod");
+        // The client pod's HBONE connections leave from its address, as from a real pod's netns.
+        let client_sockets = Arc::new(PodAddressSockets(client_info.ips[0]));
+        let client = PodContext::new(client_info, client_sockets, &store).expect("client pod");
         let server =
             PodContext::new(server_info, Arc::new(HostSocketFactory), &store).expect("server pod");
         tokio::spawn(listeners::serve_inbound_hbone(

@@ -221,43 +221,6 @@ impl ConnectionLabels {
     }
 }
 
-/// Why a peer's identity was refused. [`Metrics::identity_failure`] also takes any other
-/// `&'static str` reason word (e.g. the identity module's own), used as the label as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdentityFailureReason {
-    /// The peer's trust domain is not ours (`wrong_trust_domain`).
-    WrongTrustDomain,
-    /// The server's SAN is not the identity expected for the destination (`unexpected_server_san`).
-    UnexpectedServerSan,
-    /// The certificate is expired or not yet valid (`expired_certificate`).
-    ExpiredCertificate,
-    /// The certificate does not chain to our trust bundle (`unknown_issuer`).
-    UnknownIssuer,
-    /// The client presented no certificate (`no_client_certificate`).
-    NoClientCertificate,
-    /// The peer offered a TLS version other than 1.3 (`tls_version`).
-    TlsVersion,
-    /// The certificate has no usable SPIFFE URI SAN (`bad_san`).
-    BadSan,
-    /// Anything else in the handshake (`other`).
-    Other,
-}
-
-impl From<IdentityFailureReason> for &'static str {
-    fn from(reason: IdentityFailureReason) -> Self {
-        match reason {
-            IdentityFailureReason::WrongTrustDomain => "wrong_trust_domain",
-            IdentityFailureReason::UnexpectedServerSan => "unexpected_server_san",
-            IdentityFailureReason::ExpiredCertificate => "expired_certificate",
-            IdentityFailureReason::UnknownIssuer => "unknown_issuer",
-            IdentityFailureReason::NoClientCertificate => "no_client_certificate",
-            IdentityFailureReason::TlsVersion => "tls_version",
-            IdentityFailureReason::BadSan => "bad_san",
-            IdentityFailureReason::Other => "other",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct IdentityFailureLabels {
     reporter: Reporter,
@@ -280,6 +243,12 @@ struct SourceMismatchLabels {
     reporter: Reporter,
     source_principal: LabelText,
     claimed_principal: LabelText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HboneCloseLabels {
+    reporter: Reporter,
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -333,7 +302,14 @@ const SOURCE_ADDRESS_MISMATCHES: (&str, &str) = (
 const CONFIG_RELOADS: (&str, &str) = ("config_reloads", "Configuration reload attempts by result");
 const TUNNELS_REFUSED: (&str, &str) = (
     "tunnels_refused",
-    "Connections reset before they were proxied because a limit was reached",
+    "Connections and HBONE streams refused before they were proxied: a limit was reached \
+     (per_pod_limit), a client asserted a source address it may not (untrusted_forwarded), \
+     a stream asked for one of ztunnel's own ports (loop)",
+);
+const HBONE_CLOSES: (&str, &str) = (
+    "hbone_connections_closed",
+    "HBONE connections ztunnel closed although the peer had not: a keep-alive PING went \
+     unanswered (ping_timeout), or the connection carried no stream for too long (no_stream)",
 );
 const IDLE_TIMEOUTS: (&str, &str) = (
     "idle_timeouts",
@@ -354,6 +330,7 @@ const FAMILIES: &[(&str, (&str, &str))] = &[
     ("ztunnel", CONFIG_RELOADS),
     ("ztunnel", TUNNELS_REFUSED),
     ("ztunnel", IDLE_TIMEOUTS),
+    ("ztunnel", HBONE_CLOSES),
 ];
 
 #[derive(Debug)]
@@ -371,6 +348,7 @@ struct Inner {
     config_reloads: Family<ReloadLabels, Counter>,
     tunnels_refused: Family<RefusalLabels, Counter>,
     idle_timeouts: Family<ReporterLabels, Counter>,
+    hbone_closes: Family<HboneCloseLabels, Counter>,
 }
 
 /// The counters one open connection adds to when it ends, from [`Metrics::connection_opened`].
@@ -419,6 +397,7 @@ impl Metrics {
         let config_reloads = Family::default();
         let tunnels_refused = Family::default();
         let idle_timeouts = Family::default();
+        let hbone_closes = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -468,6 +447,7 @@ impl Metrics {
                 tunnels_refused.clone(),
             );
             own.register(IDLE_TIMEOUTS.0, IDLE_TIMEOUTS.1, idle_timeouts.clone());
+            own.register(HBONE_CLOSES.0, HBONE_CLOSES.1, hbone_closes.clone());
         }
         let metrics = Self {
             inner: Arc::new(Inner {
@@ -484,6 +464,7 @@ impl Metrics {
                 config_reloads,
                 tunnels_refused,
                 idle_timeouts,
+                hbone_closes,
             }),
         };
         metrics.create_known_series();
@@ -517,9 +498,9 @@ impl Metrics {
         self.inner.failed.get_or_create(&labels).inc();
     }
 
-    /// A handshake was refused because of the peer's identity or TLS version.
-    pub fn identity_failure(&self, reporter: Reporter, reason: impl Into<&'static str>) {
-        let reason = reason.into();
+    /// A handshake was refused because of the peer's identity or TLS version; `reason` is the
+    /// word the log line of the failure carries (`wrong_trust_domain`, `tls_io_error`, ...).
+    pub fn identity_failure(&self, reporter: Reporter, reason: &'static str) {
         self.inner
             .identity_failures
             .get_or_create(&IdentityFailureLabels { reporter, reason })
@@ -562,11 +543,21 @@ impl Metrics {
             .inc();
     }
 
-    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`).
+    /// A connection was refused before it was proxied (`reason`: `per_pod_limit`,
+    /// `untrusted_forwarded`, `loop`).
     pub fn tunnel_refused(&self, reason: &'static str) {
         self.inner
             .tunnels_refused
             .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// ztunnel closed an HBONE connection its peer had not closed (`reason`: `ping_timeout`,
+    /// `no_stream`).
+    pub fn hbone_connection_closed(&self, reporter: Reporter, reason: &'static str) {
+        self.inner
+            .hbone_closes
+            .get_or_create(&HboneCloseLabels { reporter, reason })
             .inc();
     }
 
@@ -589,19 +580,17 @@ impl Metrics {
     /// Creates at zero every series whose labels are known before anything happens, so a
     /// scrape shows 0 rather than nothing (see [`exposition`]).
     fn create_known_series(&self) {
-        const IDENTITY_FAILURE_REASONS: [IdentityFailureReason; 8] = [
-            IdentityFailureReason::WrongTrustDomain,
-            IdentityFailureReason::UnexpectedServerSan,
-            IdentityFailureReason::ExpiredCertificate,
-            IdentityFailureReason::UnknownIssuer,
-            IdentityFailureReason::NoClientCertificate,
-            IdentityFailureReason::TlsVersion,
-            IdentityFailureReason::BadSan,
-            IdentityFailureReason::Other,
+        // The verdicts of `identity::verify::failure_reason` an operator alerts on.
+        const IDENTITY_FAILURE_REASONS: [&str; 6] = [
+            "wrong_trust_domain",
+            "unexpected_identity",
+            "expired",
+            "unknown_issuer",
+            "no_client_certificate",
+            "tls_version_not_1_3",
         ];
         for reporter in [Reporter::Source, Reporter::Destination] {
             for reason in IDENTITY_FAILURE_REASONS {
-                let reason = reason.into();
                 let _ = self
                     .inner
                     .identity_failures

@@ -22,8 +22,7 @@ use ztunnel_common::constants::{ADMIN_PORT, METRICS_PORT, READINESS_PORT};
 
 pub use config_dump::{CertificateDetails, CertificateInfo, CertificateSummary, no_certificates};
 pub use metrics::{
-    ConnectionLabels, IdentityFailureReason, Metrics, OpenConnectionCounters, Reporter,
-    ResponseFlags, SecurityPolicy,
+    ConnectionLabels, Metrics, OpenConnectionCounters, Reporter, ResponseFlags, SecurityPolicy,
 };
 pub use operations::{Operations, OperationsError};
 pub use readiness::{Readiness, ReadinessBlocker};

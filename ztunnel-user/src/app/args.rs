@@ -8,6 +8,7 @@ use ztunnel_common::constants::DEFAULT_BPFFS_ROOT;
 use crate::{
     admin::AdminArgs,
     ebpf::maps::{FailMode, KernelLogLevel},
+    hbone::{Keepalive, keepalive},
     identity::DEFAULT_TRUST_DOMAIN,
     inpod::{capture::CaptureRequest, state::DEFAULT_RUN_DIR},
     proxy::{ProxyLimits, limits::DEFAULT_MAX_CONNECTIONS_PER_POD},
@@ -219,6 +220,9 @@ pub struct LimitArgs {
     /// `ztunnel_tunnels_refused_total{reason="per_pod_limit"}`.
     #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS_PER_POD)]
     pub max_connections_per_pod: usize,
+    /// HBONE keep-alive PINGs and the bound on a connection without streams.
+    #[command(flatten)]
+    pub keepalive: KeepaliveArgs,
 }
 
 impl From<&LimitArgs> for ProxyLimits {
@@ -227,6 +231,35 @@ impl From<&LimitArgs> for ProxyLimits {
             handshake_timeout: Duration::from_millis(args.handshake_timeout_ms.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
             max_connections_per_pod: args.max_connections_per_pod,
+            keepalive: (&args.keepalive).into(),
+        }
+    }
+}
+
+/// Keep-alive of HBONE connections (the daemon's and the waypoint's, both directions).
+#[derive(Debug, Clone, Args)]
+pub struct KeepaliveArgs {
+    /// How often an HBONE connection's peer is sent an HTTP/2 PING, in milliseconds (Istio's
+    /// ztunnel: 10 s).
+    #[arg(long, default_value_t = keepalive::DEFAULT_PING_INTERVAL.as_millis() as u64)]
+    pub hbone_ping_interval_ms: u64,
+    /// A PING not answered within this many milliseconds closes the connection (Istio's
+    /// ztunnel: 20 s); counted in `ztunnel_hbone_connections_closed_total{reason="ping_timeout"}`.
+    #[arg(long, default_value_t = keepalive::DEFAULT_PING_TIMEOUT.as_millis() as u64)]
+    pub hbone_ping_timeout_ms: u64,
+    /// An inbound HBONE connection that carries no stream for this many milliseconds is closed
+    /// with GOAWAY (longer than clients keep unused pooled connections, 5 min); counted in
+    /// `ztunnel_hbone_connections_closed_total{reason="no_stream"}`.
+    #[arg(long, default_value_t = keepalive::DEFAULT_UNUSED_TIMEOUT.as_millis() as u64)]
+    pub hbone_unused_timeout_ms: u64,
+}
+
+impl From<&KeepaliveArgs> for Keepalive {
+    fn from(args: &KeepaliveArgs) -> Self {
+        Self {
+            ping_interval: Duration::from_millis(args.hbone_ping_interval_ms.max(1)),
+            ping_timeout: Duration::from_millis(args.hbone_ping_timeout_ms.max(1)),
+            unused_timeout: Duration::from_millis(args.hbone_unused_timeout_ms.max(1)),
         }
     }
 }

@@ -19,8 +19,8 @@ pub mod runtime;
 pub mod takeover;
 
 pub use args::{
-    AgentArgs, CaptureArg, CaptureArgs, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs,
-    ProxyArgs, ProxyCommandArgs,
+    AgentArgs, CaptureArg, CaptureArgs, DaemonArgs, FailModeArg, IdentityArgs, KeepaliveArgs,
+    LimitArgs, ProxyArgs, ProxyCommandArgs,
 };
 
 use std::path::PathBuf;

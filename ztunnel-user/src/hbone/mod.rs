@@ -7,16 +7,23 @@
 //!   connection left without tunnels is closed after an idle timeout.
 //! - [`stream`]: one tunnel (an h2 stream) and the copy between it and a TCP socket.
 //! - [`idle`]: when a copy loop last moved a byte, for idle timeouts.
+//! - [`keepalive`]: PINGs with a deadline on every connection, and the server's bound on a
+//!   connection that carries no stream.
 //! - [`transport`]: the TCP socket under TLS (reads buffered).
 
 pub mod idle;
+pub mod keepalive;
 pub mod pool;
 pub mod server;
 pub mod stream;
 pub mod transport;
 
+pub use keepalive::Keepalive;
 pub use pool::{HbonePool, TunnelRequest};
-pub use server::{Answer, BadRequest, ConnectHandler, ConnectTarget, HboneRequest, PeerInfo};
+pub use server::{
+    Answer, BadRequest, ConnectHandler, ConnectTarget, ConnectionEnd, HboneRequest, PeerInfo,
+    ServeLimits,
+};
 pub use stream::{H2Stream, Transferred};
 
 use crate::identity::IdentityError;
@@ -78,6 +85,16 @@ pub enum HboneError {
         /// The limit.
         timeout: std::time::Duration,
     },
+    /// The peer stopped answering keep-alive PINGs: it is gone, or hostile.
+    #[error(
+        "HBONE peer {peer} did not answer a keep-alive PING within {timeout:?}; connection closed"
+    )]
+    KeepaliveTimeout {
+        /// The peer address.
+        peer: std::net::SocketAddr,
+        /// The PING deadline.
+        timeout: std::time::Duration,
+    },
     /// TLS completed without ALPN `h2`.
     #[error("peer {peer} did not negotiate ALPN h2")]
     NoAlpn {
@@ -132,6 +149,7 @@ impl HboneError {
             Self::Connect { .. } => "connect_failed",
             Self::Handshake { reason, .. } => reason,
             Self::HandshakeTimeout { .. } => "handshake_timeout",
+            Self::KeepaliveTimeout { .. } => "keepalive_timeout",
             Self::NoAlpn { .. } => "no_alpn_h2",
             Self::Identity(_) => "no_certificate",
             Self::H2 { .. } => "http2_error",

@@ -6,7 +6,8 @@
 //! been rotated keeps its open tunnels but gets no new ones, so new tunnels use the new
 //! certificate; so does a connection whose server sent `GOAWAY` (it is draining). A connection
 //! that has carried no tunnel for the pool's idle timeout is released (its TLS connection
-//! closed), so a burst of tunnels leaves no file descriptors behind.
+//! closed), so a burst of tunnels leaves no file descriptors behind. Every connection is pinged
+//! ([`super::keepalive`]); one whose server stops answering is closed and takes no more tunnels.
 
 use std::{
     collections::HashMap,
@@ -27,6 +28,7 @@ use super::{
     CLIENT_STREAMS_PER_CONNECTION, CONNECT_TIMEOUT, CONNECTION_WINDOW, DEFAULT_POOL_IDLE_TIMEOUT,
     H2Stream, HANDSHAKE_TIMEOUT, HboneError, MAX_FRAME_SIZE, RESPONSE_TIMEOUT, SEND_BUFFER,
     STREAM_WINDOW, handshake_error,
+    keepalive::{Keepalive, PingFailure, ping_until_unanswered},
 };
 use crate::{
     identity::{CertificateStore, SpiffeId, tls},
@@ -132,6 +134,17 @@ async fn release_idle(list: &ConnectionList, timeout: Duration) {
 
 type ConnectionList = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
 
+/// Told the HBONE server address of each pooled connection closed because a PING went
+/// unanswered (the proxy counts it).
+#[derive(Clone)]
+struct KeepaliveTimeoutHook(Arc<dyn Fn(SocketAddr) + Send + Sync>);
+
+impl std::fmt::Debug for KeepaliveTimeoutHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeepaliveTimeoutHook")
+    }
+}
+
 /// The pool of outgoing HBONE connections.
 #[derive(Debug)]
 pub struct HbonePool {
@@ -140,6 +153,8 @@ pub struct HbonePool {
     next_id: AtomicU64,
     connections_opened: AtomicU64,
     idle_timeout_ms: AtomicU64,
+    keepalive: Keepalive,
+    on_keepalive_timeout: Option<KeepaliveTimeoutHook>,
 }
 
 impl HbonePool {
@@ -151,7 +166,21 @@ impl HbonePool {
             next_id: AtomicU64::new(1),
             connections_opened: AtomicU64::new(0),
             idle_timeout_ms: AtomicU64::new(DEFAULT_POOL_IDLE_TIMEOUT.as_millis() as u64),
+            keepalive: Keepalive::default(),
+            on_keepalive_timeout: None,
         }
+    }
+
+    /// Pings every connection per `keepalive` instead of the defaults, and calls
+    /// `on_timeout(server address)` for each one closed because a PING went unanswered.
+    pub fn with_keepalive(
+        mut self,
+        keepalive: Keepalive,
+        on_timeout: impl Fn(SocketAddr) + Send + Sync + 'static,
+    ) -> Self {
+        self.keepalive = keepalive;
+        self.on_keepalive_timeout = Some(KeepaliveTimeoutHook(Arc::new(on_timeout)));
+        self
     }
 
     /// How long a connection without tunnels is kept for reuse (applies to tunnels that end
@@ -344,7 +373,7 @@ impl HbonePool {
         if tls.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
             return Err(HboneError::NoAlpn { peer: address });
         }
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
@@ -359,9 +388,33 @@ impl HbonePool {
         self.connections_opened.fetch_add(1, Ordering::Relaxed);
         let closed = Arc::new(AtomicBool::new(false));
         let closed_by_task = closed.clone();
+        let ping_pong = connection.ping_pong();
+        let keepalive = self.keepalive;
+        let on_keepalive_timeout = self.on_keepalive_timeout.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(connection = id, peer = %address, %error, "HBONE client connection ended with an error");
+            let pings = async move {
+                match ping_pong {
+                    Some(ping_pong) => ping_until_unanswered(ping_pong, keepalive).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut connection => if let Err(error) = result {
+                    tracing::debug!(connection = id, peer = %address, %error, "HBONE client connection ended with an error");
+                },
+                failure = pings => match failure {
+                    // Dropping the connection closes the socket; its tunnels end with an error.
+                    PingFailure::Unanswered(timeout) => {
+                        tracing::warn!(connection = id, peer = %address, ?timeout,
+                            "HBONE server did not answer a keep-alive PING; connection closed");
+                        if let Some(hook) = on_keepalive_timeout {
+                            (hook.0)(address);
+                        }
+                    }
+                    PingFailure::Connection(error) => {
+                        tracing::debug!(connection = id, peer = %address, %error, "HBONE client connection ended");
+                    }
+                },
             }
             closed_by_task.store(true, Ordering::Release);
         });

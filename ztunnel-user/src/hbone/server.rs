@@ -5,7 +5,12 @@
 //! handler decides the rest (`400` for an authority that is not its pod, `401` denied by policy,
 //! `503` no such workload or upstream refused, `200` then bytes).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
@@ -19,6 +24,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use super::{
     CONNECTION_WINDOW, H2Stream, HboneError, MAX_FRAME_SIZE, SEND_BUFFER,
     SERVER_MAX_CONCURRENT_STREAMS, SERVER_MAX_HEADER_LIST_SIZE, STREAM_WINDOW, handshake_error,
+    keepalive::{Keepalive, OpenStreams, PingFailure, ping_until_unanswered},
     transport::{Transport, transport},
 };
 use crate::identity::{SpiffeId, certificate::CertificateFacts, tls::ALPN_H2};
@@ -144,9 +150,31 @@ pub async fn accept_tls(
     Ok((tls, peer))
 }
 
-/// Serves the h2 connection until the client closes it, or until `shutdown` completes: then
-/// a GOAWAY stops new streams and open ones run to their end. The client's HTTP/2 preface must
-/// arrive within `preface_timeout`.
+/// How long a served connection may take to start, and how it is kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// The client's HTTP/2 preface must arrive within this after the TLS handshake.
+    pub preface_timeout: Duration,
+    /// PINGs with a deadline, and the bound on a connection that carries no stream.
+    pub keepalive: Keepalive,
+}
+
+/// How a served connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The client closed it (or went away).
+    Closed,
+    /// Draining: GOAWAY was sent and the open streams ran to their end.
+    Drained,
+    /// It carried no stream for the given time: GOAWAY was sent.
+    Unused(Duration),
+}
+
+/// Serves the h2 connection until the client closes it, until `shutdown` completes (then a
+/// GOAWAY stops new streams and open ones run to their end), or until it has carried no stream
+/// for `limits.keepalive.unused_timeout` (GOAWAY too). The client's HTTP/2 preface must arrive
+/// within `limits.preface_timeout`; a client that stops answering PINGs is cut off
+/// ([`HboneError::KeepaliveTimeout`]).
 ///
 /// `io` is the TLS stream in production; anything that reads and writes will do (the fuzz
 /// target drives this function over an in-memory pipe).
@@ -154,9 +182,9 @@ pub async fn serve<H, T>(
     io: T,
     peer: PeerInfo,
     handler: Arc<H>,
-    preface_timeout: Duration,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), HboneError>
+) -> Result<ConnectionEnd, HboneError>
 where
     H: ConnectHandler,
     T: AsyncRead + AsyncWrite + Unpin,
@@ -170,39 +198,73 @@ where
         .max_send_buffer_size(SEND_BUFFER)
         .max_header_list_size(SERVER_MAX_HEADER_LIST_SIZE)
         .handshake::<_, Bytes>(io);
-    let mut connection = tokio::time::timeout(preface_timeout, handshake)
+    let mut connection = tokio::time::timeout(limits.preface_timeout, handshake)
         .await
         .map_err(|_| HboneError::HandshakeTimeout {
             peer: peer.address,
-            timeout: preface_timeout,
+            timeout: limits.preface_timeout,
         })?
         .map_err(|source| HboneError::H2 {
             peer: peer.address,
             source,
         })?;
-    tokio::pin!(shutdown);
-    let mut draining = false;
+    let keepalive = limits.keepalive;
+    let ping_pong = connection.ping_pong();
+    let pings = async move {
+        match ping_pong {
+            Some(ping_pong) => ping_until_unanswered(ping_pong, keepalive).await,
+            None => std::future::pending().await,
+        }
+    };
+    let streams = OpenStreams::default();
+    let unused = streams.unused_for(keepalive.unused_timeout);
+    tokio::pin!(shutdown, pings, unused);
+    let mut end = ConnectionEnd::Closed;
     loop {
+        let closing = end != ConnectionEnd::Closed;
         tokio::select! {
             next = connection.accept() => match next {
                 Some(Ok((request, respond))) => {
                     let handler = handler.clone();
                     let peer = peer.clone();
-                    tokio::spawn(async move { dispatch(request, respond, peer, handler).await });
+                    let stream = streams.opened();
+                    tokio::spawn(async move {
+                        dispatch(request, respond, peer, handler).await;
+                        drop(stream);
+                    });
                 }
                 Some(Err(source)) => {
                     if source.is_go_away() || source.is_io() {
                         tracing::debug!(peer = %peer.address, error = %source, "HBONE connection ended");
-                        return Ok(());
+                        return Ok(end);
                     }
                     return Err(HboneError::H2 { peer: peer.address, source });
                 }
-                None => return Ok(()),
+                None => return Ok(end),
             },
-            () = &mut shutdown, if !draining => {
+            failure = &mut pings => return match failure {
+                PingFailure::Unanswered(timeout) => {
+                    // A dead peer reads nothing: the GOAWAY is a courtesy, bounded like a PING.
+                    connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let closed = poll_fn(|cx| connection.poll_closed(cx));
+                    let _ = tokio::time::timeout(timeout, closed).await;
+                    Err(HboneError::KeepaliveTimeout { peer: peer.address, timeout })
+                }
+                PingFailure::Connection(source) => {
+                    tracing::debug!(peer = %peer.address, error = %source, "HBONE connection ended");
+                    Ok(end)
+                }
+            },
+            () = &mut shutdown, if !closing => {
                 tracing::debug!(peer = %peer.address, "draining HBONE connection: GOAWAY sent");
                 connection.graceful_shutdown();
-                draining = true;
+                end = ConnectionEnd::Drained;
+            }
+            () = &mut unused, if !closing => {
+                tracing::debug!(peer = %peer.address, timeout = ?keepalive.unused_timeout,
+                    "HBONE connection carried no stream for the unused timeout: GOAWAY sent");
+                connection.graceful_shutdown();
+                end = ConnectionEnd::Unused(keepalive.unused_timeout);
             }
         }
     }

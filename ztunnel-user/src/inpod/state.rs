@@ -6,7 +6,6 @@ use std::{
     fs::File,
     io,
     net::IpAddr,
-
     path::{Path, PathBuf},
 };
 

@@ -1,23 +1,40 @@
 //! Inbound HBONE: TLS connections to a pod's 15008 listener; each `CONNECT` stream is checked
-//! (authority is this pod, workload known, policy allows) and joined to the application.
+//! (source credited, authority is this pod and not one of ztunnel's own ports, workload known,
+//! policy allows) and joined to the application.
 
-use std::{sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use http::StatusCode;
 use tokio::net::TcpStream;
+use ztunnel_common::constants::{
+    ADMIN_PORT, HBONE_PORT, INBOUND_PLAINTEXT_PORT, METRICS_PORT, OUTBOUND_PORT, READINESS_PORT,
+};
 
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError, WorkloadInfo,
     access_log::ConnectionRecord,
-    metrics::HandshakeSide,
+    forwarded::credited_source,
+    metrics::{HandshakeSide, HboneClose, RefusalReason},
     observer::FailureKind,
     outbound::{Outcome, finish},
     upstream,
 };
 use crate::hbone::{
-    Answer, ConnectHandler, HboneError, HboneRequest, Transferred,
+    Answer, ConnectHandler, ConnectionEnd, HboneError, HboneRequest, Transferred,
     server::{accept_tls, serve},
 };
+
+/// ztunnel's own ports in a pod. A `CONNECT` to one of them would be a loop (or HBONE inside
+/// HBONE); the upstream socket, bound to the client's address, would sit in SYN-SENT for
+/// minutes. Refused at once with `503`, as Istio's ztunnel does ("attempted recursive call").
+const OWN_PORTS: [u16; 6] = [
+    OUTBOUND_PORT,
+    INBOUND_PLAINTEXT_PORT,
+    HBONE_PORT,
+    ADMIN_PORT,
+    METRICS_PORT,
+    READINESS_PORT,
+];
 
 /// Serves one accepted TCP connection on a pod's HBONE listener until it closes (or drains).
 /// Handshake failures are logged with their reason and counted; they never stop the listener.
@@ -55,14 +72,29 @@ pub async fn serve_hbone_connection(
         pod,
     });
     let drain = context.drain.clone();
-    let result = serve(tls, peer, handler, handshake_timeout, async move {
-        drain.signaled().await
-    })
+    let limits = context.limits.serve_limits();
+    let result = serve(
+        tls,
+        peer,
+        handler,
+        limits,
+        async move { drain.signaled().await },
+    )
     .await;
-    if let Err(error) = &result {
-        tracing::info!(peer = %peer_address, reason = error.reason(), %error, "HBONE connection closed");
+    match &result {
+        Ok(ConnectionEnd::Unused(timeout)) => {
+            context.hbone_closed(HandshakeSide::Inbound, HboneClose::Unused);
+            tracing::debug!(peer = %peer_address, ?timeout, "HBONE connection closed: it carried no stream");
+        }
+        Ok(_) => {}
+        Err(error) => {
+            if matches!(error, HboneError::KeepaliveTimeout { .. }) {
+                context.hbone_closed(HandshakeSide::Inbound, HboneClose::PingTimeout);
+            }
+            tracing::info!(peer = %peer_address, reason = error.reason(), %error, "HBONE connection closed");
+        }
     }
-    result
+    result.map(|_| ())
 }
 
 /// Answers `CONNECT` streams for one pod.
@@ -74,9 +106,9 @@ struct InboundHandler {
 impl ConnectHandler for InboundHandler {
     async fn handle(&self, request: HboneRequest, answer: Answer) {
         let _guard = self.context.drain.track();
-        let record = ConnectionRecord {
+        let mut record = ConnectionRecord {
             direction: "inbound",
-            source: request.forwarded_for.unwrap_or(request.peer.address),
+            source: request.peer.address,
             destination: request.authority,
             source_identity: Some(request.peer.identity.clone()),
             destination_identity: Some(self.pod.workload.identity.clone()),
@@ -84,14 +116,17 @@ impl ConnectHandler for InboundHandler {
             via: Some(request.authority),
             started: Instant::now(),
         };
-        if let Some(claimed) = self.claimed_by_another_identity(&request) {
+        // Checked first: a claim naming another identity's workload says more (whose address
+        // was borrowed) than that the claim is untrusted.
+        let asserted = request.forwarded_for.unwrap_or(request.peer.address);
+        if let Some(claimed) = self.claimed_by_another_identity(&request, asserted) {
             let status = StatusCode::UNAUTHORIZED;
             self.context.metrics.answered(status);
             self.context
                 .observer
                 .source_mismatch(&request.peer.identity, &claimed.identity);
             tracing::warn!(peer = %request.peer.address, identity = %request.peer.identity,
-                claimed_source = %record.source, claimed_workload = %claimed.name,
+                claimed_source = %asserted, claimed_workload = %claimed.name,
                 claimed_identity = %claimed.identity, authority = %request.authority,
                 status = status.as_u16(),
                 "HBONE request refused: its source address belongs to a workload of another identity");
@@ -100,7 +135,7 @@ impl ConnectHandler for InboundHandler {
                 destination: request.authority,
                 reason: format!(
                     "answered {status}: source address {} belongs to {} ({}), not to the peer's identity",
-                    record.source, claimed.name, claimed.identity
+                    asserted, claimed.name, claimed.identity
                 ),
             };
             let _ = finish(
@@ -110,10 +145,43 @@ impl ConnectHandler for InboundHandler {
             );
             return;
         }
-        let mut upstream = match self.admit(&request).await {
-            Ok(upstream) => upstream,
-            Err((status, why)) => {
+        let directory = &self.context.directory;
+        record.source = match credited_source(request.peer.address, request.forwarded_for, || {
+            directory.is_waypoint(&request.peer.identity)
+        }) {
+            Ok(source) => source,
+            Err(untrusted) => {
+                let status = StatusCode::UNAUTHORIZED;
                 self.context.metrics.answered(status);
+                self.context.refused(RefusalReason::UntrustedForwarded);
+                tracing::warn!(peer = %request.peer.address, identity = %request.peer.identity,
+                    claimed_source = %untrusted.claimed, authority = %request.authority,
+                    status = status.as_u16(),
+                    "HBONE request refused: it asserted a source address it does not connect from");
+                answer.refuse(status);
+                let error = ProxyError::NoRoute {
+                    destination: request.authority,
+                    reason: format!("answered {status}: {untrusted}"),
+                };
+                let _ = finish(
+                    &self.context,
+                    &record,
+                    Outcome::Failed(FailureKind::Denied, error),
+                );
+                return;
+            }
+        };
+        let mut upstream = match self.admit(&request, record.source).await {
+            Ok(upstream) => upstream,
+            Err(Refusal {
+                status,
+                why,
+                counted,
+            }) => {
+                self.context.metrics.answered(status);
+                if let Some(reason) = counted {
+                    self.context.refused(reason);
+                }
                 tracing::info!(peer = %request.peer.address, identity = %request.peer.identity,
                     authority = %request.authority, status = status.as_u16(), why, "HBONE request refused");
                 answer.refuse(status);
@@ -163,20 +231,41 @@ impl ConnectHandler for InboundHandler {
     }
 }
 
+/// Why a stream is refused: the status, a reason for the log, and the refusal counter it adds
+/// to, if any.
+struct Refusal {
+    status: StatusCode,
+    why: &'static str,
+    counted: Option<RefusalReason>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, why: &'static str) -> Self {
+        Self {
+            status,
+            why,
+            counted: None,
+        }
+    }
+}
+
 impl InboundHandler {
-    /// The workload of another identity that owns the source address this stream claims (the
-    /// `forwarded` address, else the TCP peer), if any.
+    /// The workload of another identity that owns `source`, the address this stream asserts
+    /// (its `forwarded` address, else its TCP peer), if any.
     ///
     /// A connection's identity is the peer's certificate, never an address: the sending ztunnel
     /// takes it from the pod whose listener accepted the connection. The source address it
-    /// forwards is only a claim, and policy (`ipBlocks`), access logs and metrics read it; a pod
-    /// that adds a neighbour's IP to its interface would otherwise travel under its own
-    /// certificate with the neighbour's address. So the address must belong to a workload of the
-    /// peer's identity, or to no known workload (a client outside the mesh, relayed by a
-    /// gateway). Waypoints relay other workloads' connections and are exempt.
-    fn claimed_by_another_identity(&self, request: &HboneRequest) -> Option<WorkloadInfo> {
-        let claimed = request.forwarded_for.unwrap_or(request.peer.address);
-        let owner = self.context.directory.workload(claimed.ip())?;
+    /// forwards is only a claim; a pod that adds a neighbour's IP to its interface would
+    /// otherwise travel under its own certificate with the neighbour's address. So the address
+    /// must not belong to a workload of another identity (refused here, naming it); whether an
+    /// address of no such workload is believed is [`credited_source`]'s decision. Waypoints
+    /// relay other workloads' connections and are exempt.
+    fn claimed_by_another_identity(
+        &self,
+        request: &HboneRequest,
+        source: SocketAddr,
+    ) -> Option<WorkloadInfo> {
+        let owner = self.context.directory.workload(source.ip())?;
         if owner.identity == request.peer.identity
             || self.context.directory.is_waypoint(&request.peer.identity)
         {
@@ -185,17 +274,33 @@ impl InboundHandler {
         Some(owner)
     }
 
-    /// Decides a stream: the upstream connection, or the status to refuse it with.
-    async fn admit(&self, request: &HboneRequest) -> Result<TcpStream, (StatusCode, &'static str)> {
+    /// Decides a stream credited with `source`: the upstream connection, or why it is refused.
+    async fn admit(
+        &self,
+        request: &HboneRequest,
+        source: SocketAddr,
+    ) -> Result<TcpStream, Refusal> {
         let destination = request.authority;
         if !self.pod.owns(destination.ip()) {
-            return Err((
+            return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "authority is not an address of this pod",
             ));
         }
+        if OWN_PORTS.contains(&destination.port()) {
+            return Err(Refusal {
+                counted: Some(RefusalReason::Loop),
+                ..Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "attempted recursive call to ourselves: the authority is one of ztunnel's own ports",
+                )
+            });
+        }
         let Some(workload) = self.context.directory.workload(destination.ip()) else {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "no such workload"));
+            return Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no such workload",
+            ));
         };
         // Istio's rule: a workload behind a waypoint takes HBONE only from the waypoint, so
         // its policy cannot be bypassed by a client that tunnels to the workload directly.
@@ -203,7 +308,7 @@ impl InboundHandler {
         if let Some(waypoint) = &waypoint
             && !waypoint.contains(&request.peer.identity)
         {
-            return Err((
+            return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "the workload is behind a waypoint and the connection did not come through it",
             ));
@@ -217,18 +322,18 @@ impl InboundHandler {
         };
         let connection = InboundConnection {
             source_identity: Some(&request.peer.identity),
-            source: request.forwarded_for.unwrap_or(request.peer.address),
+            source,
             destination,
             destination_workload: &workload,
         };
         if !self.context.directory.authorize(&connection) {
-            return Err((StatusCode::UNAUTHORIZED, "denied by policy"));
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "denied by policy"));
         }
         upstream::connect_from(&*self.pod.sockets, Some(upstream_source), destination)
             .await
             .map_err(|error| {
                 tracing::debug!(%destination, %error, "application refused the connection");
-                (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
             })
     }
 }

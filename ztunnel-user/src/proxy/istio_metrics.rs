@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 
 use super::{
     access_log::ConnectionRecord,
-    metrics::{HandshakeSide, RefusalReason},
+    metrics::{HandshakeSide, HboneClose, RefusalReason},
     observer::{ConnectionObserver, FailureKind, OpenConnection},
 };
 use crate::{
     admin::metrics::{
-        ConnectionLabels, IdentityFailureReason, Metrics, OpenConnectionCounters, Reporter,
-        ResponseFlags, SecurityPolicy,
+        ConnectionLabels, Metrics, OpenConnectionCounters, Reporter, ResponseFlags, SecurityPolicy,
     },
     hbone::Transferred,
     identity::SpiffeId,
@@ -78,6 +77,13 @@ fn reporter(record: &ConnectionRecord) -> Reporter {
     }
 }
 
+fn side_reporter(side: HandshakeSide) -> Reporter {
+    match side {
+        HandshakeSide::Outbound => Reporter::Source,
+        HandshakeSide::Inbound => Reporter::Destination,
+    }
+}
+
 impl ConnectionObserver for IstioMetrics {
     fn refused(&self, reason: RefusalReason) {
         self.metrics.tunnel_refused(reason.as_str());
@@ -109,21 +115,13 @@ impl ConnectionObserver for IstioMetrics {
     }
 
     fn identity_failure(&self, side: HandshakeSide, reason: &'static str) {
-        let reporter = match side {
-            HandshakeSide::Outbound => Reporter::Source,
-            HandshakeSide::Inbound => Reporter::Destination,
-        };
-        let reason = match reason {
-            "wrong_trust_domain" => IdentityFailureReason::WrongTrustDomain,
-            "unexpected_identity" => IdentityFailureReason::UnexpectedServerSan,
-            "expired" | "not_yet_valid" => IdentityFailureReason::ExpiredCertificate,
-            "unknown_issuer" => IdentityFailureReason::UnknownIssuer,
-            "no_client_certificate" => IdentityFailureReason::NoClientCertificate,
-            "tls_version_not_1_3" => IdentityFailureReason::TlsVersion,
-            "bad_identity" => IdentityFailureReason::BadSan,
-            _ => IdentityFailureReason::Other,
-        };
-        self.metrics.identity_failure(reporter, reason);
+        // The label is the reason word the failure's log line carries, as is.
+        self.metrics.identity_failure(side_reporter(side), reason);
+    }
+
+    fn hbone_closed(&self, side: HandshakeSide, reason: HboneClose) {
+        self.metrics
+            .hbone_connection_closed(side_reporter(side), reason.as_str());
     }
 
     fn source_mismatch(&self, peer: &SpiffeId, claimed: &SpiffeId) {

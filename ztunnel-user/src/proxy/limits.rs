@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::hbone::HANDSHAKE_TIMEOUT;
+use crate::hbone::{HANDSHAKE_TIMEOUT, Keepalive, ServeLimits};
 
 /// Default for [`ProxyLimits::max_connections_per_pod`]. A pod's connection costs at most one
 /// copy buffer plus its share of h2's windows and send buffer; 4096 of them bound what one
@@ -38,6 +38,19 @@ pub struct ProxyLimits {
     /// Outbound connections (HBONE tunnels and passthrough) one source pod may have open at
     /// once; past it, new ones are reset and counted (`reason="per_pod_limit"`).
     pub max_connections_per_pod: usize,
+    /// Keep-alive PINGs on inbound and outbound HBONE connections, and how long an inbound one
+    /// may carry no stream.
+    pub keepalive: Keepalive,
+}
+
+impl ProxyLimits {
+    /// What an HBONE server connection is held to.
+    pub fn serve_limits(&self) -> ServeLimits {
+        ServeLimits {
+            preface_timeout: self.handshake_timeout,
+            keepalive: self.keepalive,
+        }
+    }
 }
 
 impl Default for ProxyLimits {
@@ -46,6 +59,7 @@ impl Default for ProxyLimits {
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections_per_pod: DEFAULT_MAX_CONNECTIONS_PER_POD,
+            keepalive: Keepalive::default(),
         }
     }
 }

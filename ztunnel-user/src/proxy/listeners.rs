@@ -133,7 +133,7 @@ pub async fn serve_inbound_hbone(
             let Some(pod) = pod.current() else {
                 return;
             };
-            tracing::info!(pod = %pod.workload.name, namespace = %pod.workload.namespace, peer = %display_peer(&stream), local_address = %display_local(&stream), "inbound HBONE connection accepted");
+            tracing::debug!(pod = %pod.workload.name, namespace = %pod.workload.namespace, peer = %display_peer(&stream), local_address = %display_local(&stream), "inbound HBONE connection accepted");
             if let Err(error) = inbound::serve_hbone_connection(context, pod, stream).await {
                 tracing::debug!(%error, "inbound HBONE connection failed");
             }

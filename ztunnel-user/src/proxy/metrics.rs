@@ -23,6 +23,11 @@ pub enum HandshakeSide {
 pub enum RefusalReason {
     /// The source pod already had `max_connections_per_pod` open.
     PerPodLimit,
+    /// An inbound HBONE stream asserted (`forwarded: for=`) a source address other than the
+    /// one its connection comes from, and its peer's identity may not forward for others.
+    UntrustedForwarded,
+    /// An inbound HBONE stream asked for one of ztunnel's own ports in the pod (a loop).
+    Loop,
 }
 
 impl RefusalReason {
@@ -30,6 +35,27 @@ impl RefusalReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PerPodLimit => "per_pod_limit",
+            Self::UntrustedForwarded => "untrusted_forwarded",
+            Self::Loop => "loop",
+        }
+    }
+}
+
+/// Why ztunnel closed an HBONE connection that its peer had not closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HboneClose {
+    /// The peer did not answer a keep-alive PING in time.
+    PingTimeout,
+    /// The connection carried no stream for the unused timeout (server side).
+    Unused,
+}
+
+impl HboneClose {
+    /// The label value (`reason="ping_timeout"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PingTimeout => "ping_timeout",
+            Self::Unused => "no_stream",
         }
     }
 }
@@ -57,6 +83,8 @@ pub struct ProxyMetrics {
     answers: Mutex<BTreeMap<u16, u64>>,
     /// Failed TLS handshakes, by side and reason.
     handshake_failures: Mutex<BTreeMap<(HandshakeSide, &'static str), u64>>,
+    /// HBONE connections ztunnel closed, by side and reason.
+    hbone_closes: Mutex<BTreeMap<(HandshakeSide, HboneClose), u64>>,
 }
 
 impl ProxyMetrics {
@@ -98,6 +126,27 @@ impl ProxyMetrics {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts an HBONE connection ztunnel closed (`side`: whether it was our server's or our
+    /// client's).
+    pub fn hbone_closed(&self, side: HandshakeSide, reason: HboneClose) {
+        *self
+            .hbone_closes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((side, reason))
+            .or_default() += 1;
+    }
+
+    /// HBONE connections closed so far on `side` for `reason`.
+    pub fn hbone_closes(&self, side: HandshakeSide, reason: HboneClose) -> u64 {
+        self.hbone_closes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&(side, reason))
             .copied()
             .unwrap_or(0)
     }

@@ -1,7 +1,8 @@
 //! The proxy: what happens to each connection a listener accepts.
 //!
 //! - [`outbound`]: a pod's outgoing connection (listener 15001) → HBONE tunnel or passthrough.
-//! - [`inbound`]: HBONE from other nodes (listener 15008) → the local application.
+//! - [`inbound`]: HBONE from other nodes (listener 15008) → the local application;
+//!   [`forwarded`] decides which source address its streams are credited with.
 //! - [`passthrough`]: plaintext to a pod (listener 15006) → policy → the local application.
 //! - [`copy`]: the TCP↔TCP copy loop; the TCP↔tunnel one is in [`crate::hbone::stream`].
 //! - [`directory`]: what the proxy needs to know about workloads and policy.
@@ -17,6 +18,7 @@ pub mod access_log;
 pub mod copy;
 pub mod directory;
 pub mod drain;
+pub mod forwarded;
 pub mod inbound;
 pub mod istio_metrics;
 pub mod limits;
@@ -102,11 +104,23 @@ impl ProxyContext {
         observer: Arc<dyn ConnectionObserver>,
         limits: ProxyLimits,
     ) -> Arc<Self> {
+        let metrics = Arc::new(ProxyMetrics::default());
+        let pool = {
+            let (metrics, observer) = (metrics.clone(), observer.clone());
+            HbonePool::new(certificates.clone()).with_keepalive(limits.keepalive, move |_server| {
+                let (side, reason) = (
+                    metrics::HandshakeSide::Outbound,
+                    metrics::HboneClose::PingTimeout,
+                );
+                metrics.hbone_closed(side, reason);
+                observer.hbone_closed(side, reason);
+            })
+        };
         Arc::new(Self {
             directory,
-            pool: Arc::new(HbonePool::new(certificates.clone())),
+            pool: Arc::new(pool),
             certificates,
-            metrics: Arc::new(ProxyMetrics::default()),
+            metrics,
             drain,
             observer,
             limits,
@@ -140,11 +154,18 @@ impl ProxyContext {
         self.observer.identity_failure(side, reason);
     }
 
-    /// A connection was refused before it was proxied (a limit was reached): counted here and
-    /// exported.
+    /// A connection was refused before it was proxied (a limit was reached, an untrusted
+    /// source claim, a loop): counted here and exported.
     pub(crate) fn refused(&self, reason: metrics::RefusalReason) {
         self.metrics.refused(reason);
         self.observer.refused(reason);
+    }
+
+    /// Our HBONE server (`Inbound`) or client (`Outbound`) closed a connection its peer had
+    /// not closed: counted here and exported.
+    pub(crate) fn hbone_closed(&self, side: metrics::HandshakeSide, reason: metrics::HboneClose) {
+        self.metrics.hbone_closed(side, reason);
+        self.observer.hbone_closed(side, reason);
     }
 }
 

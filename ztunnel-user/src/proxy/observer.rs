@@ -3,7 +3,7 @@
 
 use super::{
     access_log::ConnectionRecord,
-    metrics::{HandshakeSide, RefusalReason},
+    metrics::{HandshakeSide, HboneClose, RefusalReason},
 };
 use crate::{hbone::Transferred, identity::SpiffeId};
 
@@ -35,8 +35,12 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     /// An inbound stream from `peer` claimed a source address of a workload whose identity is
     /// `claimed` (see [`super::inbound`]); it was refused.
     fn source_mismatch(&self, _peer: &SpiffeId, _claimed: &SpiffeId) {}
-    /// A connection was refused before it was proxied because a limit was reached.
+    /// A connection or stream was refused before it was proxied (a limit was reached, an
+    /// untrusted source claim, a loop).
     fn refused(&self, _reason: RefusalReason) {}
+    /// ztunnel closed an HBONE connection its peer had not closed (`side`: our server's or
+    /// our client's).
+    fn hbone_closed(&self, _side: HandshakeSide, _reason: HboneClose) {}
     /// An established connection was closed because it was idle.
     fn idle_timeout(&self, _record: &ConnectionRecord) {}
 }

@@ -3,7 +3,6 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-
     sync::atomic::{AtomicBool, Ordering},
 };
 

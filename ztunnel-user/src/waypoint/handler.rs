@@ -9,14 +9,15 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     hbone::{
-        Answer, ConnectHandler, HboneError, HboneRequest,
+        Answer, ConnectHandler, ConnectionEnd, HboneError, HboneRequest,
         server::{accept_tls, serve},
     },
     identity::SpiffeId,
     proxy::{
         InboundConnection, OutboundRoute, ProxyContext, ProxyError,
         access_log::ConnectionRecord,
-        metrics::HandshakeSide,
+        forwarded::credited_source,
+        metrics::{HandshakeSide, HboneClose, RefusalReason},
         observer::FailureKind,
         outbound::{Outcome, finish, tunnel_failure},
         retry::{HboneHop, TunnelSource, open_tunnel},
@@ -61,11 +62,26 @@ impl WaypointHandler {
             .hbone_connections_accepted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let drain = self.context.drain.clone();
-        let served = serve(tls, peer, self, handshake_timeout, async move {
-            drain.signaled().await
-        });
-        if let Err(error) = served.await {
-            tracing::debug!(peer = %peer_address, %error, "HBONE connection to the waypoint ended with an error");
+        let context = self.context.clone();
+        let limits = context.limits.serve_limits();
+        let served = serve(
+            tls,
+            peer,
+            self,
+            limits,
+            async move { drain.signaled().await },
+        );
+        match served.await {
+            Ok(ConnectionEnd::Unused(_)) => {
+                context.hbone_closed(HandshakeSide::Inbound, HboneClose::Unused);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if matches!(error, HboneError::KeepaliveTimeout { .. }) {
+                    context.hbone_closed(HandshakeSide::Inbound, HboneClose::PingTimeout);
+                }
+                tracing::debug!(peer = %peer_address, %error, "HBONE connection to the waypoint ended with an error");
+            }
         }
     }
 
@@ -136,10 +152,9 @@ impl WaypointHandler {
 impl ConnectHandler for WaypointHandler {
     async fn handle(&self, request: HboneRequest, answer: Answer) {
         let _guard = self.context.drain.track();
-        let source = request.forwarded_for.unwrap_or(request.peer.address);
         let mut record = ConnectionRecord {
             direction: DIRECTION,
-            source,
+            source: request.peer.address,
             destination: request.authority,
             source_identity: Some(request.peer.identity.clone()),
             destination_identity: None,
@@ -147,6 +162,23 @@ impl ConnectHandler for WaypointHandler {
             via: None,
             started: Instant::now(),
         };
+        // Policy at the waypoint sees the client's own address, never one it merely asserted.
+        let directory = &self.context.directory;
+        let source = match credited_source(request.peer.address, request.forwarded_for, || {
+            directory.is_waypoint(&request.peer.identity)
+        }) {
+            Ok(source) => source,
+            Err(untrusted) => {
+                self.context.refused(RefusalReason::UntrustedForwarded);
+                return self.refuse(
+                    &record,
+                    answer,
+                    StatusCode::UNAUTHORIZED,
+                    untrusted.to_string(),
+                );
+            }
+        };
+        record.source = source;
         let (hop, destination_identity) = match self.admit(&request, source) {
             Ok(admitted) => admitted,
             Err((status, why)) => return self.refuse(&record, answer, status, why),

@@ -27,10 +27,13 @@ pub use handler::{DIRECTION, WaypointHandler};
 
 use crate::{
     admin::{AdminArgs, AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
-    app::{IdentityArgs, certificates, memory, runtime},
+    app::{IdentityArgs, KeepaliveArgs, certificates, memory, runtime},
     config::{ConfigError, reload::Reloader},
     identity::{IdentityError, SpiffeId, tls},
-    proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
+    proxy::{
+        Drain, ProxyContext, ProxyLimits, istio_metrics::IstioMetrics,
+        state_directory::StateDirectory,
+    },
 };
 
 /// `ztunnel waypoint`.
@@ -67,6 +70,9 @@ pub struct WaypointArgs {
     /// The async runtime.
     #[command(flatten)]
     pub runtime: runtime::RuntimeArgs,
+    /// HBONE keep-alive PINGs and the bound on a connection without streams.
+    #[command(flatten)]
+    pub keepalive: KeepaliveArgs,
 }
 
 /// Why the waypoint could not start or stopped with an error.
@@ -128,11 +134,16 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
     let acceptor = TlsAcceptor::from(tls::server_config(certificates.clone(), identity.clone())?);
 
     let (drain, drain_watch) = Drain::new();
-    let context = ProxyContext::with_observer(
+    let limits = ProxyLimits {
+        keepalive: (&args.keepalive).into(),
+        ..ProxyLimits::default()
+    };
+    let context = ProxyContext::with_limits(
         Arc::new(StateDirectory::new(state.clone())),
         certificates.clone(),
         drain_watch,
         Arc::new(IstioMetrics::new(metrics.clone(), state.clone())),
+        limits,
     );
     let listener = TcpListener::bind(args.hbone_address)
         .await

@@ -63,11 +63,7 @@ fn exposition_has_istio_names_and_labels() {
 fn denials_and_identity_failures_are_counted() {
     let metrics = Metrics::new();
     metrics.denied(&ConnectionLabels::new(Reporter::Destination));
-    metrics.identity_failure(
-        Reporter::Destination,
-        IdentityFailureReason::WrongTrustDomain,
-    );
-    // A free-form reason word with the same spelling counts into the same series.
+    metrics.identity_failure(Reporter::Destination, "wrong_trust_domain");
     metrics.identity_failure(Reporter::Destination, "wrong_trust_domain");
     metrics.identity_failure(Reporter::Source, "tls_error");
     metrics.config_reload(false);
@@ -141,4 +137,20 @@ fn every_family_is_exported_before_the_first_connection() {
         after.matches(described).count()
     );
     assert_eq!(after.matches(described).count(), 1);
+}
+
+#[test]
+fn keepalive_closes_are_exported_by_side_and_reason() {
+    let metrics = Metrics::new();
+    metrics.hbone_connection_closed(Reporter::Destination, "ping_timeout");
+    metrics.hbone_connection_closed(Reporter::Destination, "no_stream");
+    metrics.hbone_connection_closed(Reporter::Source, "ping_timeout");
+    let text = metrics.encode().unwrap();
+    for series in [
+        "ztunnel_hbone_connections_closed_total{reporter=\"destination\",reason=\"ping_timeout\"} 1",
+        "ztunnel_hbone_connections_closed_total{reporter=\"destination\",reason=\"no_stream\"} 1",
+        "ztunnel_hbone_connections_closed_total{reporter=\"source\",reason=\"ping_timeout\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
 }
