@@ -292,12 +292,39 @@ fn iperf3_across_nodes_completes() -> anyhow::Result<()> {
         output.status,
         bits / 1e6
     );
+    // iperf3's server ends its data connection with a reset (it closes the socket with bytes
+    // unread); like Istio's ztunnel, both nodes log that established connection as closed, ok.
+    let iperf_lines = |node: u8| -> Vec<String> {
+        mesh.cluster
+            .node(node)
+            .ztunnel_log()
+            .lines()
+            .filter(|line| line.contains("ztunnel::access") && line.contains(&target))
+            .map(str::to_owned)
+            .collect()
+    };
+    let logged = ztunnel_e2e::wait::wait_until(
+        "both nodes to log iperf3's control and data connections",
+        std::time::Duration::from_secs(10),
+        || {
+            let lines = (iperf_lines(1), iperf_lines(2));
+            (lines.0.len() >= 2 && lines.1.len() >= 2).then_some(lines)
+        },
+    );
+    println!("iperf3 access-log lines: {logged:#?}");
     assert!(
         output.status.success(),
         "iperf3 failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(bits > 0.0, "iperf3 moved no data");
+    let (node1, node2) = logged?;
+    for line in node1.iter().chain(&node2) {
+        assert!(
+            line.contains("reason=\"ok\"") || line.contains("reason=ok"),
+            "an iperf3 connection was not logged as closed ok: {line}"
+        );
+    }
     Ok(())
 }
 
