@@ -18,3 +18,4 @@ pub mod proxy;
 pub mod socket;
 pub mod state;
 pub mod waypoint;
+pub mod xds;

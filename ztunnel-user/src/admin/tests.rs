@@ -40,6 +40,7 @@ fn sources() -> AdminSources {
         readiness: Readiness::new(),
         certificates: Arc::new(certificates),
         reload: None,
+        xds: None,
     }
 }
 

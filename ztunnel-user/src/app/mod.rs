@@ -10,6 +10,7 @@ pub mod certificates;
 pub mod memory;
 pub mod pod_handler;
 pub mod runtime;
+pub mod state_source;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,12 +18,11 @@ pub use args::{CaptureArg, DaemonArgs, FailModeArg, IdentityArgs, LimitArgs};
 
 use crate::{
     admin::{AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},
-    config::{ConfigError, reload::Reloader},
+    config::ConfigError,
     ebpf::{EbpfError, PinLayout, loader::MapSizes},
     identity::IdentityError,
     inpod::{InpodError, daemon::DaemonConfig},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
-    state::StateHandle,
 };
 
 /// Why the daemon could not start or stopped with an error.
@@ -31,6 +31,9 @@ pub enum AppError {
     /// The workload config file is unusable at start (later bad versions are only rejected).
     #[error("cannot load the workload config: {0}")]
     Config(#[from] ConfigError),
+    /// The xDS client cannot be configured (address, root certificate).
+    #[error("cannot set up xDS: {0}")]
+    Xds(#[from] crate::xds::XdsError),
     /// Certificates or the CA are unusable.
     #[error("cannot set up workload identity: {0}")]
     Identity(#[from] IdentityError),
@@ -61,21 +64,10 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         })
     })?;
     let metrics = Metrics::new();
-    let (state, reload) = match &args.config_file {
-        Some(path) => {
-            let reloader = Reloader::start(path)?.with_metrics(metrics.clone());
-            let state = reloader.state();
-            let outcomes = reloader.subscribe();
-            tokio::spawn(reloader.run(args.config_poll_interval()));
-            (state, Some(outcomes))
-        }
-        None => {
-            tracing::info!(
-                "no --config: the mesh is empty and every destination is passed through"
-            );
-            (StateHandle::default(), None)
-        }
-    };
+    // The state source (xDS, file or empty mesh): see state_source.rs.
+    let readiness = Readiness::new();
+    let state_source::StateSource { state, reload, xds } =
+        state_source::start(&args, &metrics, &readiness)?;
     let certificates = certificates::store(&args.identity)?;
     let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
         args.identity.cert_refresh_seconds.max(1),
@@ -97,7 +89,6 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
         .pool
         .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
 
-    let readiness = Readiness::new();
     let serving = readiness.block("enrolled pods served");
     readiness.startup_complete();
     let _admin = AdminServers::start(
@@ -108,6 +99,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
             readiness: readiness.clone(),
             certificates: certificates.clone(),
             reload,
+            xds,
         },
     )?;
 

@@ -146,6 +146,7 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
             readiness: readiness.clone(),
             certificates,
             reload: Some(reload),
+            xds: None,
         },
     )?;
 
