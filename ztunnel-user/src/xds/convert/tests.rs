@@ -100,7 +100,9 @@ fn workload_defaults_match_the_files() {
         ..pb::Workload::default()
     })
     .unwrap();
-    let expected: Workload = serde_norway::from_str("namespace: ns1\n").unwrap();
+    // Istio's default workload type is DEPLOYMENT (enum value 0).
+    let expected: Workload =
+        serde_norway::from_str("namespace: ns1\nworkloadType: deployment\n").unwrap();
     assert_eq!(converted, expected);
     assert_eq!(
         converted.identity().to_string(),

@@ -125,8 +125,11 @@ fn an_inconsistent_update_changes_nothing() {
         .unwrap();
     let error = store
         .apply(&response(
-            vec![workload_resource("b", [198, 18, 1, 2])],
-            &["a"],
+            vec![
+                workload_resource("b", [198, 18, 1, 2]),
+                workload_resource("c", [198, 18, 1, 3]),
+            ],
+            &[],
         ))
         .unwrap_err();
     println!("{error}");
@@ -134,7 +137,7 @@ fn an_inconsistent_update_changes_nothing() {
         error,
         ApplyError::Inconsistent(StateError::DuplicateWorkloadIp { .. })
     ));
-    // "a" is still held and "b" is not: the next state is built from the last good set.
+    // "a" is still held and "b" and "c" are not: the next state is built from the last good set.
     assert_eq!(uids(&store.build().unwrap()), ["a"]);
 }
 
