@@ -195,3 +195,110 @@ fn xds_fed_nodes_route_apply_pushes_nack_bad_resources_and_survive_a_control_pla
     );
     Ok(())
 }
+
+const SERVICE_CLIENT: &str = "- {uid: t//client, name: client, namespace: default, serviceAccount: client, workloadIps: [\"198.18.1.2\", \"2001:db8:1::2\"], protocol: HBONE, node: node-1}\n";
+const ENDPOINT_A: &str = "- {uid: t//ep-a, name: ep-a, namespace: default, serviceAccount: echo, workloadIps: [\"198.18.2.2\", \"2001:db8:2::2\"], protocol: HBONE, node: node-2, services: {\"default/echo.default.svc.cluster.local\": {80: 8080}}}\n";
+const ENDPOINT_B: &str = "- {uid: t//ep-b, name: ep-b, namespace: default, serviceAccount: echo, workloadIps: [\"198.18.2.3\", \"2001:db8:2::3\"], protocol: HBONE, node: node-2, services: {\"default/echo.default.svc.cluster.local\": {80: 8080}}}\n";
+const ENDPOINT_B_GONE: &str = "- {uid: t//ep-b, name: ep-b, namespace: default, serviceAccount: echo, workloadIps: [\"198.18.2.3\", \"2001:db8:2::3\"], protocol: HBONE, node: node-2}\n";
+const ECHO_SERVICE: &str = "services:\n- {name: echo, namespace: default, hostname: echo.default.svc.cluster.local, vips: [\"/198.18.200.1\", \"/2001:db8:200::1\"], ports: {80: 8080}}\n";
+
+/// Which servers answered `count` requests to `url` (the first word of each answer).
+fn answers(
+    cluster: &Cluster,
+    client: &ClusterPod,
+    url: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let (ok, body) = curl(cluster, client, url)?;
+        seen.push(if ok {
+            body.split_whitespace().next().unwrap_or("empty").to_owned()
+        } else {
+            "failed".to_owned()
+        });
+    }
+    Ok(seen)
+}
+
+#[test]
+fn a_service_vip_reaches_every_endpoint_on_another_node_in_the_vips_family_until_one_is_removed()
+-> anyhow::Result<()> {
+    let test = "xds_services";
+    let fixture = format!("workloads:\n{SERVICE_CLIENT}{ENDPOINT_A}{ENDPOINT_B}{ECHO_SERVICE}");
+    let mut cluster = Cluster::new_dual_stack(test, 2, &fixture)?;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_xds-control-plane"));
+    let control_plane = ControlPlane::start(&cluster, binary, &fixture)?;
+    start_xds_ztunnels(&mut cluster, &control_plane)?;
+    let client = cluster.pod(1, "default", "client")?;
+    let endpoint_a = cluster.pod(2, "default", "ep-a")?;
+    let endpoint_b = cluster.pod(2, "default", "ep-b")?;
+    // One server per family on each endpoint: the answer tells which address was dialled.
+    let mut servers = Vec::new();
+    for (pod, name) in [(&endpoint_a, "a"), (&endpoint_b, "b")] {
+        let v6 = pod
+            .ipv6
+            .ok_or_else(|| anyhow::anyhow!("{} has no IPv6", pod.name))?;
+        servers.push(HttpServer::start(
+            pod.netns(),
+            SocketAddr::new(pod.ip.into(), 8080),
+            &format!("{name}-v4"),
+        )?);
+        servers.push(HttpServer::start(
+            pod.netns(),
+            SocketAddr::new(v6.into(), 8080),
+            &format!("{name}-v6"),
+        )?);
+    }
+
+    let over_v4 = answers(&cluster, &client, "http://198.18.200.1/", 4)?;
+    let over_v6 = answers(&cluster, &client, "http://[2001:db8:200::1]/", 4)?;
+    let tunnel = cluster.node(1).wait_for_log(
+        "the access-log line of a tunnel to the VIP",
+        0,
+        &["connection closed", "dst=198.18.200.1:80", "mtls=true"],
+    )?;
+    println!("node 1 access log: {tunnel}");
+
+    let offset = control_plane.log_len();
+    control_plane.push(&format!(
+        "workloads:\n{SERVICE_CLIENT}{ENDPOINT_A}{ENDPOINT_B_GONE}{ECHO_SERVICE}"
+    ))?;
+    control_plane.wait_for_log("node ACKs of the push", offset, &["ACK", ADDRESS_TYPE])?;
+    let dump = wait_for_dump(&cluster, 1, "ep-b no longer an endpoint", |dump| {
+        dump["services"].as_array().is_some_and(|services| {
+            services.iter().any(|service| {
+                service["hostname"] == "echo.default.svc.cluster.local"
+                    && service["endpoints"].get("t//ep-b").is_none()
+                    && service["endpoints"].get("t//ep-a").is_some()
+            })
+        })
+    })?;
+    println!("node 1 services after the push: {}", dump["services"]);
+    let after_removal = answers(&cluster, &client, "http://198.18.200.1/", 4)?;
+
+    println!(
+        "over the IPv4 VIP: {over_v4:?}; over the IPv6 VIP: {over_v6:?}; after removing ep-b: {after_removal:?}"
+    );
+    for (seen, family) in [(&over_v4, "v4"), (&over_v6, "v6")] {
+        for endpoint in ["a", "b"] {
+            assert!(
+                seen.contains(&format!("{endpoint}-{family}")),
+                "endpoint {endpoint} was never reached in {family} through the VIP: {seen:?}"
+            );
+        }
+        assert!(
+            seen.iter().all(|answer| answer.ends_with(family)),
+            "a request to the {family} VIP was answered by something else: {seen:?}"
+        );
+    }
+    assert!(
+        tunnel.contains("via=198.18.2.2:15008") || tunnel.contains("via=198.18.2.3:15008"),
+        "the VIP was not tunnelled to an endpoint's HBONE port: {tunnel}"
+    );
+    assert!(
+        after_removal.iter().all(|answer| answer == "a-v4"),
+        "the removed endpoint was still chosen: {after_removal:?}"
+    );
+    Ok(())
+}
