@@ -145,3 +145,37 @@ pub struct XdsConfig {
     /// The node id and metadata.
     pub node: NodeIdentity,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_id_and_metadata_are_istios() {
+        let node = NodeIdentity {
+            instance_ip: "10.0.0.5".into(),
+            pod_name: "ztunnel-abcde".into(),
+            pod_namespace: "istio-system".into(),
+            node_name: "node-1".into(),
+            cluster_id: "Kubernetes".into(),
+        }
+        .to_proto();
+        assert_eq!(
+            node.id,
+            "ztunnel~10.0.0.5~ztunnel-abcde.istio-system~istio-system.svc.cluster.local"
+        );
+        let metadata = node.metadata.unwrap().fields;
+        let mut keys: Vec<&str> = metadata.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "CLUSTER_ID",
+                "INSTANCE_IPS",
+                "NAME",
+                "NAMESPACE",
+                "NODE_NAME"
+            ]
+        );
+    }
+}

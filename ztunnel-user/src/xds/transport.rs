@@ -178,3 +178,42 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_control_plane_addresses() {
+        let istiod = ControlPlaneAddress::parse("https://istiod.istio-system.svc:15012").unwrap();
+        assert_eq!(
+            (istiod.host.as_str(), istiod.port),
+            ("istiod.istio-system.svc", 15012)
+        );
+        let bare = ControlPlaneAddress::parse("istiod.istio-system.svc").unwrap();
+        assert_eq!(bare.port, DEFAULT_PORT);
+        let v6 = ControlPlaneAddress::parse("https://[2001:db8::1]:15012").unwrap();
+        assert_eq!(v6.host, "2001:db8::1");
+        let plaintext = ControlPlaneAddress::parse("http://istiod:15010").unwrap_err();
+        assert!(plaintext.to_string().contains("https://"), "{plaintext}");
+    }
+
+    #[test]
+    fn sends_the_token_as_a_bearer_with_the_cluster_id() {
+        let directory = tempfile::tempdir().unwrap();
+        let token = directory.path().join("istio-token");
+        std::fs::write(&token, "abc.def\n").unwrap();
+        let mut request = tonic::Request::new(());
+        insert_auth_headers(&mut request, Some(&token), "cluster1").unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer abc.def"
+        );
+        assert_eq!(request.metadata().get("clusterid").unwrap(), "cluster1");
+        std::fs::write(&token, "").unwrap();
+        assert!(insert_auth_headers(&mut request, Some(&token), "cluster1").is_err());
+        let mut anonymous = tonic::Request::new(());
+        insert_auth_headers(&mut anonymous, None, "cluster1").unwrap();
+        assert!(anonymous.metadata().get("authorization").is_none());
+    }
+}
