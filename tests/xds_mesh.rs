@@ -117,9 +117,12 @@ fn xds_fed_nodes_route_apply_pushes_nack_bad_resources_and_survive_a_control_pla
     let offset = control_plane.log_len();
     control_plane.push(&format!("workloads:\n{CLIENT}{WEB}{LATE}"))?;
     control_plane.wait_for_log("node ACKs of the push", offset, &["ACK", ADDRESS_TYPE])?;
-    wait_for_dump(&cluster, 1, "late is known", |dump| {
-        workload(dump, "t//late").is_some()
-    })?;
+    // Both ends must know it: node 2 serves its inbound side.
+    for node in [1, 2] {
+        wait_for_dump(&cluster, node, "late is known", |dump| {
+            workload(dump, "t//late").is_some()
+        })?;
+    }
     let (late_ok, late_body) = curl(&cluster, &client, &late_url)?;
     let late_tunnel = cluster.node(1).wait_for_log(
         "the access-log line of the tunnel to late",

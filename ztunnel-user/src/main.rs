@@ -34,7 +34,7 @@ enum Command {
         action: ConfigCommand,
     },
     /// Load or adopt the kernel programs and serve every enrolled pod until SIGTERM.
-    Daemon(ztunnel::app::DaemonArgs),
+    Daemon(Box<ztunnel::app::DaemonArgs>),
     /// Run an L4 waypoint: HBONE in, the destination's policy, HBONE out with its own identity.
     Waypoint(ztunnel::waypoint::WaypointArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
@@ -197,7 +197,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Daemon(args) => {
             ztunnel::app::memory::keep_freed_memory_for_reuse();
-            ztunnel::app::run(args)?
+            ztunnel::app::run(*args)?
         }
         Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
         Command::Enroll(args) => {
@@ -304,6 +304,39 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn daemon_takes_its_state_from_xds_or_a_file_not_both() {
+        let Command::Daemon(args) = parse(&[
+            "daemon",
+            "--xds-address",
+            "https://istiod.istio-system.svc:15012",
+            "--token-file",
+            "/var/run/secrets/tokens/istio-token",
+            "--cluster-id",
+            "c1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not daemon")
+        };
+        assert_eq!(
+            args.xds.xds_address.as_deref(),
+            Some("https://istiod.istio-system.svc:15012")
+        );
+        assert_eq!(args.xds.cluster_id, "c1");
+        assert!(
+            parse(&[
+                "daemon",
+                "--config",
+                "mesh.yaml",
+                "--xds-address",
+                "https://istiod:15012"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -67,16 +67,20 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> ConvertError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressResource {
     /// A workload (resource name: its uid).
-    Workload(Workload),
+    Workload(Box<Workload>),
     /// A service (resource name: `namespace/hostname`).
-    Service(Service),
+    Service(Box<Service>),
 }
 
 /// Converts one `istio.workload.Address`.
 pub fn address(address: pb::Address) -> Result<AddressResource, ConvertError> {
     match address.r#type {
-        Some(pb::address::Type::Workload(found)) => workload(found).map(AddressResource::Workload),
-        Some(pb::address::Type::Service(found)) => service(found).map(AddressResource::Service),
+        Some(pb::address::Type::Workload(found)) => {
+            workload(found).map(|converted| AddressResource::Workload(Box::new(converted)))
+        }
+        Some(pb::address::Type::Service(found)) => {
+            service(found).map(|converted| AddressResource::Service(Box::new(converted)))
+        }
         None => Err(ConvertError::EmptyAddress),
     }
 }

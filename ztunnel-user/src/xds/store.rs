@@ -84,8 +84,8 @@ pub struct Applied {
 
 #[derive(Debug, Clone)]
 enum Stored {
-    Workload(Workload),
-    Service(Service),
+    Workload(Box<Workload>),
+    Service(Box<Service>),
     Policy(Policy),
 }
 
@@ -188,8 +188,8 @@ impl ResourceStore {
         let mut config = LocalConfig::default();
         for entry in self.addresses.values().chain(self.policies.values()) {
             match &entry.value {
-                Stored::Workload(workload) => config.workloads.push(workload.clone()),
-                Stored::Service(service) => config.services.push(service.clone()),
+                Stored::Workload(workload) => config.workloads.push(workload.as_ref().clone()),
+                Stored::Service(service) => config.services.push(service.as_ref().clone()),
                 Stored::Policy(policy) => config.policies.push(policy.clone()),
             }
         }

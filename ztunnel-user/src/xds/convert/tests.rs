@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use super::*;
 use crate::proto::istio::{security, workload as pb};
 
+/// A field and a change to a valid resource that makes that field unacceptable.
+type Change<T> = (&'static str, Box<dyn Fn(&mut T)>);
+
 fn v4(text: &str) -> Vec<u8> {
     text.parse::<Ipv4Addr>().unwrap().octets().to_vec()
 }
@@ -139,7 +142,7 @@ fn refused_field(result: Result<impl std::fmt::Debug, ConvertError>) -> &'static
 
 #[test]
 fn unsupported_workload_fields_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::Workload)>)> = vec![
+    let cases: Vec<Change<pb::Workload>> = vec![
         (
             "Workload.tunnel_protocol",
             Box::new(|w| w.tunnel_protocol = pb::TunnelProtocol::LegacyIstioMtls as i32),
@@ -262,7 +265,7 @@ canonical: true
 
 #[test]
 fn unsupported_service_fields_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::Service)>)> = vec![
+    let cases: Vec<Change<pb::Service>> = vec![
         (
             "Service.load_balancing",
             Box::new(|s| {
@@ -418,7 +421,7 @@ rules:
 #[test]
 fn unsupported_policy_fields_are_refused_by_name() {
     let extension = || istio_extension();
-    let cases: Vec<(&str, Box<dyn Fn(&mut security::Authorization)>)> = vec![
+    let cases: Vec<Change<security::Authorization>> = vec![
         (
             "Authorization.extensions",
             Box::new(move |p| p.extensions = vec![extension()]),
