@@ -525,9 +525,11 @@ impl ClusterNode {
             self.run_dir.display().to_string(),
             "--cgroup".into(),
             self.cgroup.display().to_string(),
-            "--config".into(),
-            self.mesh_config.display().to_string(),
         ]);
+        // A ztunnel fed by xDS reads no file (the CNI plugin still does, to pick mesh pods).
+        if !extra.contains(&"--xds-address") {
+            argv.extend(["--config".into(), self.mesh_config.display().to_string()]);
+        }
         // Certificates come from the mesh root unless the test hands the node certificate files.
         if !extra.contains(&"--cert-dir") {
             argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);

@@ -17,6 +17,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod cni_runtime;
+pub mod control_plane;
 pub mod echo;
 pub mod env;
 pub mod four_pods;

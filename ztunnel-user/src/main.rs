@@ -35,12 +35,12 @@ enum Command {
     },
     /// The capture agent and the proxy in one process: load or adopt the kernel programs and
     /// serve every enrolled pod until SIGTERM.
-    Daemon(ztunnel::app::DaemonArgs),
+    Daemon(Box<ztunnel::app::DaemonArgs>),
     /// The capture agent alone: load or adopt the kernel programs, take enrollments, and hand
     /// every enrolled pod to the proxies that connect over ZDS (ours or Istio's ztunnel).
     Agent(ztunnel::app::AgentArgs),
     /// The proxy alone: serve the pods a capture agent hands over on its ZDS socket.
-    Proxy(ztunnel::app::ProxyCommandArgs),
+    Proxy(Box<ztunnel::app::ProxyCommandArgs>),
     /// Run an L4 waypoint: HBONE in, the destination's policy, HBONE out with its own identity.
     Waypoint(ztunnel::waypoint::WaypointArgs),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
@@ -227,12 +227,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Daemon(args) => {
             ztunnel::app::memory::keep_freed_memory_for_reuse();
-            ztunnel::app::run(args)?
+            ztunnel::app::run(*args)?
         }
         Command::Agent(args) => ztunnel::app::agent::run(args)?,
         Command::Proxy(args) => {
             ztunnel::app::memory::keep_freed_memory_for_reuse();
-            ztunnel::app::proxy::run(args)?
+            ztunnel::app::proxy::run(*args)?
         }
         Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
         Command::Enroll(args) => {
@@ -357,6 +357,39 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn daemon_takes_its_state_from_xds_or_a_file_not_both() {
+        let Command::Daemon(args) = parse(&[
+            "daemon",
+            "--xds-address",
+            "https://istiod.istio-system.svc:15012",
+            "--token-file",
+            "/var/run/secrets/tokens/istio-token",
+            "--cluster-id",
+            "c1",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not daemon")
+        };
+        assert_eq!(
+            args.xds.xds_address.as_deref(),
+            Some("https://istiod.istio-system.svc:15012")
+        );
+        assert_eq!(args.xds.cluster_id, "c1");
+        assert!(
+            parse(&[
+                "daemon",
+                "--config",
+                "mesh.yaml",
+                "--xds-address",
+                "https://istiod:15012"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

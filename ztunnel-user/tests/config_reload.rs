@@ -118,6 +118,7 @@ async fn config_changes_apply_live_and_broken_files_are_rejected() {
             readiness: Readiness::new(),
             certificates: no_certificates(),
             reload: Some(reloader.subscribe()),
+            xds: None,
         },
     )
     .unwrap();

@@ -12,6 +12,7 @@ use crate::{
     authz::Policy,
     config::ReloadOutcome,
     state::{Service, State, Workload},
+    xds::XdsStatus,
 };
 
 /// Public facts about one certificate; no key material ever goes here.
@@ -73,6 +74,9 @@ struct ConfigDump<'a> {
     certificates: Vec<CertificateSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_reload: Option<LastReload>,
+    /// The xDS stream (last version and nonce per type, last NACK), when istiod is the source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xds: Option<&'a XdsStatus>,
 }
 
 #[derive(Serialize)]
@@ -87,6 +91,7 @@ pub fn render(
     state: &State,
     certificates: &dyn CertificateInfo,
     last_reload: Option<&ReloadOutcome>,
+    xds: Option<&XdsStatus>,
 ) -> Result<String, serde_json::Error> {
     let dump = ConfigDump {
         workloads: state.workloads().map(Arc::as_ref).collect(),
@@ -101,6 +106,7 @@ pub fn render(
                 Err(error) => error.clone(),
             },
         }),
+        xds,
     };
     serde_json::to_string_pretty(&dump)
 }

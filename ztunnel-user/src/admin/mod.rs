@@ -114,6 +114,8 @@ pub struct AdminSources {
     pub certificates: Arc<dyn CertificateInfo>,
     /// The last configuration reload, when the configuration comes from a watched file.
     pub reload: Option<watch::Receiver<ReloadOutcome>>,
+    /// The xDS client's status, when the configuration comes from istiod.
+    pub xds: Option<watch::Receiver<crate::xds::XdsStatus>>,
 }
 
 /// The running servers; dropping this stops them.
@@ -233,7 +235,13 @@ fn admin_route(sources: AdminSources) -> Route {
                 .reload
                 .as_ref()
                 .map(|updates| updates.borrow().clone());
-            match config_dump::render(&state, sources.certificates.as_ref(), reload.as_ref()) {
+            let xds = sources.xds.as_ref().map(|updates| updates.borrow().clone());
+            match config_dump::render(
+                &state,
+                sources.certificates.as_ref(),
+                reload.as_ref(),
+                xds.as_ref(),
+            ) {
                 Ok(json) => respond(StatusCode::OK, "application/json", json),
                 Err(error) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -58,6 +58,7 @@ impl Operations {
                 readiness: readiness.clone(),
                 certificates,
                 reload: Some(reloader.subscribe()),
+                xds: None,
             },
         )?;
         let watcher = tokio::spawn(reloader.run(config.poll_interval()));

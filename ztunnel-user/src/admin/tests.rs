@@ -40,6 +40,7 @@ fn sources() -> AdminSources {
         readiness: Readiness::new(),
         certificates: Arc::new(certificates),
         reload: None,
+        xds: None,
     }
 }
 
@@ -67,6 +68,44 @@ fn get(address: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+#[test]
+fn config_dump_shows_the_xds_stream_when_istiod_is_the_source() {
+    use crate::xds::status::{Nack, TypeStatus, XdsStatus};
+    let status = XdsStatus {
+        address: "https://istiod.istio-system.svc:15012".into(),
+        connected: true,
+        connections: 2,
+        last_error: None,
+        types: [(
+            crate::xds::ADDRESS_TYPE_URL.to_owned(),
+            TypeStatus {
+                resources: 3,
+                last_version: "v7".into(),
+                last_nonce: "9".into(),
+                acks: 8,
+                nacks: 1,
+                last_nack: Some(Nack::now("9", "resource \"x\": cannot decode")),
+            },
+        )]
+        .into(),
+    };
+    let (_updates, receiver) = tokio::sync::watch::channel(status);
+    let mut with_xds = sources();
+    with_xds.xds = Some(receiver);
+    let servers = AdminServers::start(&ephemeral(), with_xds).unwrap();
+    let (code, body) = get(servers.admin_address, "/config_dump");
+    assert_eq!(code, 200, "{body}");
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let address = &dump["xds"]["types"][crate::xds::ADDRESS_TYPE_URL];
+    assert_eq!(address["lastVersion"], "v7", "{body}");
+    assert_eq!(address["lastNonce"], "9");
+    assert_eq!(
+        address["lastNack"]["error"],
+        "resource \"x\": cannot decode"
+    );
+    assert_eq!(dump["xds"]["connected"], true);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::{
     identity::DEFAULT_TRUST_DOMAIN,
     inpod::{capture::CaptureRequest, state::DEFAULT_RUN_DIR},
     proxy::{ProxyLimits, limits::DEFAULT_MAX_CONNECTIONS_PER_POD},
+    xds::{ControlPlaneAddress, NodeIdentity, XdsConfig, XdsError, transport::tls_config},
 };
 
 /// What enrolled pods' traffic does while ztunnel is not serving them.
@@ -147,12 +148,16 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
     /// The workloads/services/policies file (Istio ztunnel local-config shape), reloaded on
-    /// change. Without it the mesh is empty: every destination is passed through.
-    #[arg(long = "config", value_name = "FILE")]
+    /// change. Without it (and without --xds-address) the mesh is empty: every destination is
+    /// passed through.
+    #[arg(long = "config", value_name = "FILE", conflicts_with = "xds_address")]
     pub config_file: Option<PathBuf>,
     /// How often the config file is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub config_poll_ms: u64,
+    /// Where workloads, services and policies come from when istiod serves them.
+    #[command(flatten)]
+    pub xds: XdsArgs,
     /// Where certificates come from.
     #[command(flatten)]
     pub identity: IdentityArgs,
@@ -291,4 +296,63 @@ pub struct IdentityArgs {
     /// How often certificates are checked for rotation or changes on disk, in seconds.
     #[arg(long, default_value_t = 30)]
     pub cert_refresh_seconds: u64,
+}
+
+/// Where workloads, services and policies come from in a cluster: istiod over xDS. Each flag
+/// also reads the environment variable Istio's ztunnel reads for it.
+#[derive(Debug, Clone, Args)]
+pub struct XdsArgs {
+    /// istiod's xDS address, e.g. https://istiod.istio-system.svc:15012. With it, workloads,
+    /// services and policies come from istiod instead of --config.
+    #[arg(long, env = "XDS_ADDRESS", value_name = "URL")]
+    pub xds_address: Option<String>,
+    /// The mesh root certificate (PEM) istiod's serving certificate must chain to.
+    #[arg(
+        long,
+        env = "XDS_ROOT_CA",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub xds_root_cert: PathBuf,
+    /// The projected service-account token sent to istiod as a bearer token (re-read for every
+    /// connection). Without it no token is sent.
+    #[arg(long, env = "AUTH_TOKEN", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The cluster this node belongs to (node metadata `CLUSTER_ID`, header `clusterid`).
+    #[arg(long, env = "CLUSTER_ID", default_value = "Kubernetes")]
+    pub cluster_id: String,
+    /// This ztunnel pod's IP, for the xDS node id (Kubernetes downward API).
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    pub instance_ip: String,
+    /// This ztunnel pod's name, for the xDS node id.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// This ztunnel pod's namespace, for the xDS node id.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub pod_namespace: String,
+    /// The Kubernetes node this ztunnel serves (node metadata `NODE_NAME`).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    pub node_name: String,
+}
+
+impl XdsArgs {
+    /// The client configuration, or `None` when --xds-address is not given.
+    pub fn client_config(&self) -> Result<Option<XdsConfig>, XdsError> {
+        let Some(address) = &self.xds_address else {
+            return Ok(None);
+        };
+        Ok(Some(XdsConfig {
+            address: ControlPlaneAddress::parse(address)?,
+            tls: tls_config(&self.xds_root_cert)?,
+            token_file: self.token_file.clone(),
+            cluster_id: self.cluster_id.clone(),
+            node: NodeIdentity {
+                instance_ip: self.instance_ip.clone(),
+                pod_name: self.pod_name.clone(),
+                pod_namespace: self.pod_namespace.clone(),
+                node_name: self.node_name.clone(),
+                cluster_id: self.cluster_id.clone(),
+            },
+        }))
+    }
 }

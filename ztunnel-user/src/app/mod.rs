@@ -16,6 +16,7 @@ pub mod certificates;
 pub mod memory;
 pub mod proxy;
 pub mod runtime;
+pub mod state_source;
 pub mod takeover;
 
 pub use args::{
@@ -44,6 +45,9 @@ pub enum AppError {
     /// The workload config file is unusable at start (later bad versions are only rejected).
     #[error("cannot load the workload config: {0}")]
     Config(#[from] ConfigError),
+    /// The xDS client cannot be configured (address, root certificate).
+    #[error("cannot set up xDS: {0}")]
+    Xds(#[from] crate::xds::XdsError),
     /// Certificates or the CA are unusable.
     #[error("cannot set up workload identity: {0}")]
     Identity(#[from] IdentityError),

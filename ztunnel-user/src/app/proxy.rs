@@ -10,10 +10,8 @@ use tokio::sync::watch;
 use super::{AppError, ProxyArgs, ProxyCommandArgs, certificates, memory};
 use crate::{
     admin::{AdminServers, AdminSources, Readiness, metrics::Metrics},
-    config::reload::Reloader,
     inpod::{pod_server::ServerContext, pods::PodServers},
     proxy::{Drain, ProxyContext, istio_metrics::IstioMetrics, state_directory::StateDirectory},
-    state::StateHandle,
     zds::{self, client::PodSink, messages::WorkloadInfo},
 };
 
@@ -35,21 +33,10 @@ impl ProxyHalf {
     pub fn start(args: &ProxyArgs) -> Result<Self, AppError> {
         let metrics = Metrics::new();
         let mut tasks = Vec::new();
-        let (state, reload) = match &args.config_file {
-            Some(path) => {
-                let reloader = Reloader::start(path)?.with_metrics(metrics.clone());
-                let state = reloader.state();
-                let outcomes = reloader.subscribe();
-                tasks.push(tokio::spawn(reloader.run(args.config_poll_interval())));
-                (state, Some(outcomes))
-            }
-            None => {
-                tracing::info!(
-                    "no --config: the mesh is empty and every destination is passed through"
-                );
-                (StateHandle::default(), None)
-            }
-        };
+        // Readiness first: the state source may block it until its first push.
+        let readiness = Readiness::new();
+        let super::state_source::StateSource { state, reload, xds } =
+            super::state_source::start(args, &metrics, &readiness)?;
         let certificates = certificates::store(&args.identity)?;
         tasks.push(certificates.clone().spawn_refresh(Duration::from_secs(
             args.identity.cert_refresh_seconds.max(1),
@@ -69,7 +56,6 @@ impl ProxyHalf {
         proxy
             .pool
             .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
-        let readiness = Readiness::new();
         let admin = AdminServers::start(
             &(&args.admin).into(),
             AdminSources {
@@ -78,6 +64,7 @@ impl ProxyHalf {
                 readiness: readiness.clone(),
                 certificates: certificates.clone(),
                 reload,
+                xds,
             },
         )?;
         Ok(Self {

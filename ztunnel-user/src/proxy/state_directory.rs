@@ -153,7 +153,7 @@ fn to_service_endpoint(
     service: &Service,
     original_destination: SocketAddr,
 ) -> OutboundRoute {
-    let Some(picked) = state.pick_endpoint(service, original_destination.port()) else {
+    let Some(picked) = state.pick_endpoint_for_vip(service, original_destination) else {
         return OutboundRoute::Refuse {
             reason: format!(
                 "service {} has no healthy endpoint for port {}",

@@ -370,7 +370,21 @@ impl State {
     /// that refused recently. `None` if the service has no usable endpoint for that port.
     pub fn pick_endpoint(&self, service: &Service, service_port: u16) -> Option<PickedEndpoint> {
         let rotation = format!("{}:{service_port}", service.key());
-        self.pick_from(service, &rotation, |endpoint| {
+        self.pick_from(service, &rotation, None, |endpoint| {
+            service.target_port(endpoint, service_port)
+        })
+    }
+
+    /// Like [`State::pick_endpoint`] for a client that dialled `vip`: a dual-stack endpoint is
+    /// dialled at its address of the VIP's family (an endpoint without one, at its first).
+    pub fn pick_endpoint_for_vip(
+        &self,
+        service: &Service,
+        vip: SocketAddr,
+    ) -> Option<PickedEndpoint> {
+        let service_port = vip.port();
+        let rotation = format!("{}:{service_port}", service.key());
+        self.pick_from(service, &rotation, Some(vip.ip()), |endpoint| {
             service.target_port(endpoint, service_port)
         })
     }
@@ -388,15 +402,21 @@ impl State {
                     });
                 }
                 let service = self.services_by_vip.get(&address.address)?;
-                self.pick_from(service, &format!("waypoint:{}", service.key()), |_| {
-                    Some(port)
-                })
+                self.pick_from(
+                    service,
+                    &format!("waypoint:{}", service.key()),
+                    None,
+                    |_| Some(port),
+                )
             }
             GatewayDestination::Hostname(name) => {
                 let service = self.service_by_hostname(&name.namespace, &name.hostname)?;
-                self.pick_from(&service, &format!("waypoint:{}", service.key()), |_| {
-                    Some(port)
-                })
+                self.pick_from(
+                    &service,
+                    &format!("waypoint:{}", service.key()),
+                    None,
+                    |_| Some(port),
+                )
             }
         }
     }
@@ -435,6 +455,7 @@ impl State {
         &self,
         service: &Service,
         rotation: &str,
+        family_of: Option<IpAddr>,
         port_of: impl Fn(&Endpoint) -> Option<u16>,
     ) -> Option<PickedEndpoint> {
         let candidates: Vec<PickedEndpoint> = service
@@ -443,7 +464,15 @@ impl State {
             .filter(|endpoint| endpoint.status == HealthStatus::Healthy)
             .filter_map(|endpoint| {
                 let workload = self.workloads.get(&endpoint.workload_uid)?;
-                let ip = *workload.workload_ips.first()?;
+                let ip = family_of
+                    .and_then(|vip| {
+                        workload
+                            .workload_ips
+                            .iter()
+                            .find(|ip| ip.is_ipv4() == vip.is_ipv4())
+                    })
+                    .or_else(|| workload.workload_ips.first())
+                    .copied()?;
                 let port = port_of(endpoint)?;
                 (workload.status == HealthStatus::Healthy).then(|| PickedEndpoint {
                     workload: workload.clone(),

@@ -160,6 +160,7 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
             readiness: readiness.clone(),
             certificates,
             reload: Some(reload),
+            xds: None,
         },
     )?;
 
