@@ -278,10 +278,7 @@ fn main() -> anyhow::Result<()> {
                 },
         } => {
             use ztunnel::identity::ca;
-            let authority = ca::CertificateAuthority::load(
-                &root_dir.join(ca::ROOT_CERT_FILE),
-                &root_dir.join(ca::ROOT_KEY_FILE),
-            )?;
+            let authority = ztunnel::identity::ca_dir::load(&root_dir)?;
             let identity = identity.parse()?;
             let lifetime = std::time::Duration::from_secs(hours * 3600);
             let chain = ca::issue_to_directory(&authority, &identity, &out_dir, lifetime)?;

@@ -180,8 +180,9 @@ pub struct IdentityArgs {
     /// The mesh's trust domain.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// A directory with root-cert.pem and root-key.pem (from `ztunnel ca init`, or an existing
-    /// mesh root such as Istio's): ztunnel issues and rotates workload certificates itself.
+    /// A CA directory: root-cert.pem and root-key.pem (from `ztunnel ca init`), or Istio's
+    /// plug-in `cacerts` (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem; issued chains
+    /// then carry the intermediates): ztunnel issues and rotates workload certificates itself.
     #[arg(long, conflicts_with = "cert_dir")]
     pub ca_dir: Option<PathBuf>,
     /// A directory of workload certificates written by another issuer (root-cert.pem and

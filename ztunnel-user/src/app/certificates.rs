@@ -3,10 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::IdentityArgs;
-use crate::identity::{
-    CertificateStore, IdentityError,
-    ca::{CertificateAuthority, ROOT_CERT_FILE, ROOT_KEY_FILE},
-};
+use crate::identity::{CertificateStore, IdentityError, ca::CertificateAuthority, ca_dir};
 
 /// The store `args` describe: the built-in CA from `--ca-dir`, files from `--cert-dir`, or,
 /// with neither, a CA generated in memory for this process only (logged: peers on other
@@ -17,10 +14,7 @@ pub fn store(args: &IdentityArgs) -> Result<Arc<CertificateStore>, IdentityError
         CertificateStore::from_files(directory, &args.trust_domain)?
     } else {
         let authority = match &args.ca_dir {
-            Some(directory) => CertificateAuthority::load(
-                &directory.join(ROOT_CERT_FILE),
-                &directory.join(ROOT_KEY_FILE),
-            )?,
+            Some(directory) => ca_dir::load(directory)?,
             None => {
                 tracing::warn!(
                     "neither --ca-dir nor --cert-dir given: using a root generated for this process only; \

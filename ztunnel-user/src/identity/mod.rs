@@ -3,11 +3,13 @@
 //! - [`spiffe`]: the `spiffe://<td>/ns/<ns>/sa/<sa>` ids carried in URI SANs.
 //! - [`certificate`]: a workload's certificate chain and key, parsed from PEM.
 //! - [`ca`]: the built-in CA (`ztunnel ca init`) that issues short-lived workload certificates.
+//! - [`ca_dir`]: the CA directory layouts `--ca-dir` reads (ours and Istio's plug-in `cacerts`).
 //! - [`store`]: the per-service-account certificates in force, from files or the CA, rotated.
 //! - [`verify`]: the rustls verifiers that check trust domains and expected identities.
 //! - [`tls`]: the TLS 1.3, ALPN `h2` client and server configurations HBONE uses.
 
 pub mod ca;
+pub mod ca_dir;
 pub mod certificate;
 pub mod spiffe;
 pub mod store;
