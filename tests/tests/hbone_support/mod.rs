@@ -101,8 +101,18 @@ impl Node {
         limits: ProxyLimits,
         customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
     ) -> Self {
-        init_tracing();
         let authority = Arc::new(CertificateAuthority::generate("cluster.local").expect("root"));
+        Self::start_with_authority(net, authority, limits, customize).await
+    }
+
+    /// Starts the node with workload certificates from `authority` (a root or an intermediate).
+    pub async fn start_with_authority(
+        net: u8,
+        authority: Arc<CertificateAuthority>,
+        limits: ProxyLimits,
+        customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
+    ) -> Self {
+        init_tracing();
         let store = Arc::new(
             CertificateStore::with_authority(
                 authority.clone(),
