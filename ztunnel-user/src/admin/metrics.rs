@@ -307,6 +307,7 @@ struct Inner {
     config_reloads: Family<ReloadLabels, Counter>,
     tunnels_refused: Family<RefusalLabels, Counter>,
     idle_timeouts: Family<ReporterLabels, Counter>,
+    policy_closures: Family<ReporterLabels, Counter>,
 }
 
 /// The counters one open connection adds to when it ends, from [`Metrics::connection_opened`].
@@ -355,6 +356,7 @@ impl Metrics {
         let config_reloads = Family::default();
         let tunnels_refused = Family::default();
         let idle_timeouts = Family::default();
+        let policy_closures = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -421,6 +423,12 @@ impl Metrics {
                 "Established connections closed because no byte moved for the idle timeout",
                 idle_timeouts.clone(),
             );
+            own.register(
+                "connections_closed_by_policy",
+                "Established connections closed because a new mesh state (authorization policy \
+                 or workloads) no longer allows them",
+                policy_closures.clone(),
+            );
         }
         Self {
             inner: Arc::new(Inner {
@@ -437,6 +445,7 @@ impl Metrics {
                 config_reloads,
                 tunnels_refused,
                 idle_timeouts,
+                policy_closures,
             }),
         }
     }
@@ -525,6 +534,14 @@ impl Metrics {
     pub fn idle_timeout(&self, reporter: Reporter) {
         self.inner
             .idle_timeouts
+            .get_or_create(&ReporterLabels { reporter })
+            .inc();
+    }
+
+    /// An established connection was closed because a new mesh state refused it.
+    pub fn closed_by_policy(&self, reporter: Reporter) {
+        self.inner
+            .policy_closures
             .get_or_create(&ReporterLabels { reporter })
             .inc();
     }

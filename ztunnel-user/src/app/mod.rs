@@ -96,6 +96,8 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     context
         .pool
         .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
+    // A reload (or xDS push) that refuses open connections closes them.
+    let _policy_watch = context.close_refused_on_change(state.changes());
 
     let readiness = Readiness::new();
     let serving = readiness.block("enrolled pods served");

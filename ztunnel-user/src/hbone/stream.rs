@@ -62,9 +62,21 @@ impl H2Stream {
     /// the other is abandoned and the stream reset), or no byte moved either way for
     /// `idle_timeout` (then both sides are closed: the stream reset, the socket dropped).
     pub async fn copy_with(
+        self,
+        tcp: &mut TcpStream,
+        idle_timeout: Duration,
+    ) -> (Transferred, io::Result<()>) {
+        self.copy_until(tcp, idle_timeout, std::future::pending())
+            .await
+    }
+
+    /// Like [`copy_with`](Self::copy_with), and also ends (stream reset, socket dropped) when
+    /// `stop` resolves, with an error of kind `ConnectionAborted` carrying its reason.
+    pub async fn copy_until(
         mut self,
         tcp: &mut TcpStream,
         idle_timeout: Duration,
+        stop: impl Future<Output = &'static str>,
     ) -> (Transferred, io::Result<()>) {
         let (mut read, mut write) = tcp.split();
         let sent = AtomicU64::new(0);
@@ -76,6 +88,7 @@ impl H2Stream {
             tokio::select! {
                 result = first_error(outgoing, incoming) => result,
                 () = activity.idle_for(idle_timeout) => Err(idle_error(idle_timeout)),
+                reason = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason)),
             }
         };
         if result.is_err() {

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError, WorkloadInfo,
     access_log::ConnectionRecord,
+    connections::{Admission, TrackedConnection},
     metrics::HandshakeSide,
     observer::FailureKind,
     outbound::{Outcome, finish},
@@ -110,6 +111,13 @@ impl ConnectHandler for InboundHandler {
             );
             return;
         }
+        // Tracked before the check: a state replaced from here on is checked against it too.
+        let tracked = self.context.connections.track(Admission {
+            source_identity: Some(request.peer.identity.clone()),
+            source: record.source,
+            destination: request.authority,
+            pod: self.pod.workload.clone(),
+        });
         let mut upstream = match self.admit(&request).await {
             Ok(upstream) => upstream,
             Err((status, why)) => {
@@ -135,8 +143,15 @@ impl ConnectHandler for InboundHandler {
             Ok(tunnel) => {
                 let opened = self.context.opened(&record);
                 let (transferred, result) = tunnel
-                    .copy_with(&mut upstream, self.context.limits.idle_timeout)
+                    .copy_until(
+                        &mut upstream,
+                        self.context.limits.idle_timeout,
+                        tracked.revoked(),
+                    )
                     .await;
+                if revoked(&result, &tracked) {
+                    self.context.closed_by_policy(&record);
+                }
                 // For the record, "sent" is what the remote client sent (tunnel → application).
                 let transferred = Transferred {
                     sent: transferred.received,
@@ -231,4 +246,12 @@ impl InboundHandler {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
             })
     }
+}
+
+/// Whether a copy ended because a new mesh state refused the connection.
+pub(crate) fn revoked(result: &std::io::Result<()>, tracked: &TrackedConnection) -> bool {
+    result
+        .as_ref()
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionAborted)
+        && tracked.revocation().is_some()
 }

@@ -87,6 +87,10 @@ impl ConnectionObserver for IstioMetrics {
         self.metrics.idle_timeout(reporter(record));
     }
 
+    fn closed_by_policy(&self, record: &ConnectionRecord) {
+        self.metrics.closed_by_policy(reporter(record));
+    }
+
     fn opened(&self, record: &ConnectionRecord) -> Box<dyn OpenConnection> {
         Box::new(self.metrics.connection_opened(&self.labels(record)))
     }
