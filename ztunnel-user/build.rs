@@ -1,6 +1,10 @@
 //! Builds the kernel programs (`ztunnel-ebpf`) with the nightly toolchain and bpf-linker, the
 //! aya-template way; `src/ebpf` embeds the object with `include_bytes_aligned!`.
 //!
+//! Also compiles the protobuf schemas in `proto/` (xDS, Istio's workload, authorization and CA
+//! APIs) into Rust with protox (a protobuf compiler in Rust: no `protoc` on the machine) and
+//! tonic-prost-build; `src/proto.rs` includes the generated modules.
+//!
 //! With `ZTUNNEL_EBPF_OBJECT` set (by `cargo xtask bench` and `cargo xtask fuzz`), it copies that
 //! already built object instead, so the kernel programs are compiled once per checkout rather
 //! than once per profile.
@@ -8,7 +12,31 @@ use std::path::Path;
 
 use anyhow::Context;
 
+/// The schemas, relative to `proto/`.
+const PROTO_FILES: &[&str] = &[
+    "discovery.proto",
+    "workload.proto",
+    "authorization.proto",
+    "ca.proto",
+];
+
 fn main() -> anyhow::Result<()> {
+    compile_protos()?;
+    build_ebpf()
+}
+
+fn compile_protos() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTO_FILES, ["proto"])
+        .context("cannot compile the protobuf schemas in ztunnel-user/proto")?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .context("cannot generate Rust code from the protobuf schemas")
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=ZTUNNEL_EBPF_OBJECT");
     if let Some(object) = std::env::var_os("ZTUNNEL_EBPF_OBJECT") {
         let object = Path::new(&object);

@@ -13,6 +13,7 @@ pub mod hbone;
 pub mod identity;
 pub mod inpod;
 pub mod inspect;
+pub mod proto;
 pub mod proxy;
 pub mod socket;
 pub mod state;
