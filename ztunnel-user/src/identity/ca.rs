@@ -285,27 +285,48 @@ impl CertificateAuthority {
             detail: error.to_string(),
         };
         let key = KeyPair::generate().map_err(fail)?;
-        let mut params = CertificateParams::default();
-        // Istio's workload certificates have an empty subject and the identity only in the SAN.
-        params.distinguished_name = DistinguishedName::new();
-        let uri = Ia5String::try_from(identity.to_string()).map_err(fail)?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        params.serial_number = Some(new_serial()?);
+        let params = workload_params(identity, not_before, not_after)?;
         let certificate = params.signed_by(&key, &self.issuer).map_err(fail)?;
         Ok(IssuedPem {
             chain: self.chain_pem(&certificate.pem()),
             key: key.serialize_pem(),
         })
+    }
+
+    /// Signs a certificate signing request (PEM) for `identity`, as Istio's CA answers
+    /// `CreateCertificate`: the request must name exactly `identity` in its URI SAN; the
+    /// certificate gets this CA's usual workload fields, whatever else the request asks for.
+    /// Returns the PEM chain as Istio's CA sends it: leaf, intermediates, root.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<Vec<String>, IdentityError> {
+        let fail = |error: rcgen::Error| IdentityError::Issue {
+            what: identity.to_string(),
+            detail: error.to_string(),
+        };
+        let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(fail)?;
+        let wanted = SanType::URI(Ia5String::try_from(identity.to_string()).map_err(fail)?);
+        if request.params.subject_alt_names != [wanted] {
+            return Err(IdentityError::Issue {
+                what: identity.to_string(),
+                detail: format!(
+                    "the request names {:?}, not exactly this identity",
+                    request.params.subject_alt_names
+                ),
+            });
+        }
+        let now = SystemTime::now();
+        let params = workload_params(identity, now - CLOCK_SKEW, now + lifetime)?;
+        let leaf = params
+            .signed_by(&request.public_key, &self.issuer)
+            .map_err(fail)?;
+        let mut chain = vec![leaf.pem()];
+        chain.extend(self.intermediates_pem.iter().cloned());
+        chain.push(self.root_pem.clone());
+        Ok(chain)
     }
 
     /// `leaf_pem` followed by this CA's intermediates: the chain a workload presents.
@@ -356,6 +377,34 @@ pub fn issue_to_directory(
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
         .map_err(|error| IdentityError::io("chmod", &key_path, error))?;
     Ok(chain_path)
+}
+
+/// The fields of a workload certificate: Istio's workload certificates have an empty subject
+/// and the identity only in the URI SAN.
+fn workload_params(
+    identity: &SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, IdentityError> {
+    let uri = Ia5String::try_from(identity.to_string()).map_err(|error| IdentityError::Issue {
+        what: identity.to_string(),
+        detail: error.to_string(),
+    })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(new_serial()?);
+    Ok(params)
 }
 
 /// A positive 126-bit serial number from the system's CSPRNG (RFC 5280 asks for

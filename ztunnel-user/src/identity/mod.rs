@@ -3,6 +3,7 @@
 //! - [`spiffe`]: the `spiffe://<td>/ns/<ns>/sa/<sa>` ids carried in URI SANs.
 //! - [`certificate`]: a workload's certificate chain and key, parsed from PEM.
 //! - [`ca`]: the built-in CA (`ztunnel ca init`) that issues short-lived workload certificates.
+//! - [`csr`]: certificate signing requests for Istio's CA.
 //! - [`ca_dir`]: the CA directory layouts `--ca-dir` reads (ours and Istio's plug-in `cacerts`).
 //! - [`store`]: the per-service-account certificates in force, from files or the CA, rotated.
 //! - [`verify`]: the rustls verifiers that check trust domains and expected identities.
@@ -10,6 +11,7 @@
 
 pub mod ca;
 pub mod ca_dir;
+pub mod csr;
 pub mod certificate;
 pub mod spiffe;
 pub mod store;
