@@ -76,7 +76,10 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
             (StateHandle::default(), None)
         }
     };
-    let certificates = certificates::store(&args.identity)?;
+    // Istio's CA authenticates ztunnel with the token and cluster id it sends to istiod.
+    let certificates =
+        certificates::store(&args.identity, &certificates::CaAuthentication::default())?;
+    let _ca_renewal = crate::identity::ca_renewal::spawn(certificates.clone());
     let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
         args.identity.cert_refresh_seconds.max(1),
     ));
@@ -101,6 +104,16 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
 
     let readiness = Readiness::new();
     let serving = readiness.block("enrolled pods served");
+    if args.identity.istio_ca.ca_address.is_some() {
+        let blocker = readiness.block("certificates of the enrolled pods from Istio's CA");
+        let identities =
+            certificates::enrolled_identities(&args.run_dir, &state, certificates.trust_domain());
+        let store = certificates.clone();
+        tokio::spawn(async move {
+            certificates::first_certificates(&store, &identities).await;
+            blocker.release();
+        });
+    }
     readiness.startup_complete();
     let _admin = AdminServers::start(
         &(&args.admin).into(),

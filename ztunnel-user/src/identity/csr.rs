@@ -30,9 +30,7 @@ pub fn signing_request(identity: &SpiffeId) -> Result<SigningRequest, IdentityEr
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(fail)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![SanType::URI(
-        identity.to_string().try_into().map_err(fail)?,
-    )];
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().map_err(fail)?)];
     let request = params.serialize_request(&key).map_err(fail)?;
     Ok(SigningRequest {
         csr_pem: request.pem().map_err(fail)?,

@@ -196,6 +196,8 @@ impl PodContext {
         certificates: &Arc<CertificateStore>,
     ) -> Result<Arc<Self>, IdentityError> {
         let config = tls::server_config(certificates.clone(), workload.identity.clone())?;
+        // From Istio's CA the certificate is fetched in the background: ask for it now.
+        certificates.prefetch(&workload.identity);
         Ok(Arc::new(Self {
             workload,
             sockets,
