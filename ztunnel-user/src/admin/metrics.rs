@@ -181,6 +181,32 @@ impl ConnectionLabels {
         self
     }
 
+    /// Fills the source labels from the client's `baggage` header (when the source workload
+    /// is not known here), and its verified identity.
+    pub fn with_source_baggage(
+        mut self,
+        baggage: &crate::hbone::baggage::Baggage,
+        identity: Option<&SpiffeId>,
+    ) -> Self {
+        let text = |value: Option<&String>| -> LabelText {
+            value.map(String::as_str).unwrap_or_default().into()
+        };
+        self.source_workload = text(baggage.workload_name.as_ref());
+        self.source_canonical_service = text(baggage.service_name.as_ref());
+        self.source_canonical_revision = text(baggage.revision.as_ref());
+        self.source_workload_namespace = text(baggage.namespace.as_ref());
+        self.source_app = text(
+            baggage
+                .service_name
+                .as_ref()
+                .or(baggage.workload_name.as_ref()),
+        );
+        self.source_version = text(baggage.revision.as_ref());
+        self.source_cluster = text(baggage.cluster_id.as_ref());
+        self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
     /// Sets only the source principal (when the source workload is not known).
     pub fn with_source_principal(mut self, identity: Option<&SpiffeId>) -> Self {
         self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();

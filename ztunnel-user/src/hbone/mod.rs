@@ -9,6 +9,7 @@
 //! - [`idle`]: when a copy loop last moved a byte, for idle timeouts.
 //! - [`transport`]: the TCP socket under TLS (reads buffered).
 
+pub mod baggage;
 pub mod idle;
 pub mod pool;
 pub mod server;

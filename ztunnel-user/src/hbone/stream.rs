@@ -42,6 +42,8 @@ pub struct H2Stream {
     recv: RecvStream,
     /// Released when the tunnel ends (a pool slot, for instance).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// What the other side's `baggage` header said about it (empty if it sent none).
+    peer_baggage: super::baggage::Baggage,
 }
 
 impl H2Stream {
@@ -50,7 +52,18 @@ impl H2Stream {
             send,
             recv,
             _guard: None,
+            peer_baggage: super::baggage::Baggage::default(),
         }
+    }
+
+    pub(crate) fn with_peer_baggage(mut self, baggage: super::baggage::Baggage) -> Self {
+        self.peer_baggage = baggage;
+        self
+    }
+
+    /// What the other side's `baggage` header said about it (empty if it sent none).
+    pub fn peer_baggage(&self) -> &super::baggage::Baggage {
+        &self.peer_baggage
     }
 
     pub(crate) fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {

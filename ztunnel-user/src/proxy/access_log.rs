@@ -26,6 +26,9 @@ pub struct ConnectionRecord {
     pub via: Option<SocketAddr>,
     /// When the connection was accepted.
     pub started: Instant,
+    /// What the peer's `baggage` header said about it (inbound HBONE), if anything: metrics
+    /// label an unknown source from it.
+    pub peer_baggage: Option<Box<crate::hbone::baggage::Baggage>>,
 }
 
 impl ConnectionRecord {

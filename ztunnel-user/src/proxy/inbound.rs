@@ -84,6 +84,7 @@ impl ConnectHandler for InboundHandler {
             mutual_tls: true,
             via: Some(request.authority),
             started: Instant::now(),
+            peer_baggage: (!request.baggage.is_empty()).then(|| Box::new(request.baggage.clone())),
         };
         if let Some(claimed) = self.claimed_by_another_identity(&request) {
             let status = StatusCode::UNAUTHORIZED;
@@ -139,7 +140,8 @@ impl ConnectHandler for InboundHandler {
             }
         };
         self.context.metrics.answered(StatusCode::OK);
-        let outcome = match answer.accept() {
+        let baggage = self.context.directory.baggage(request.authority.ip());
+        let outcome = match answer.accept_with_baggage(baggage.as_deref()) {
             Ok(tunnel) => {
                 let opened = self.context.opened(&record);
                 let (transferred, result) = tunnel

@@ -46,7 +46,13 @@ impl IstioMetrics {
         });
         labels = match source_workload {
             Some(source) => labels.with_source(&source, record.source_identity.as_ref()),
-            None => labels.with_source_principal(record.source_identity.as_ref()),
+            // Not known here (e.g. it came through a gateway): what its baggage says.
+            None => match &record.peer_baggage {
+                Some(baggage) => {
+                    labels.with_source_baggage(baggage, record.source_identity.as_ref())
+                }
+                None => labels.with_source_principal(record.source_identity.as_ref()),
+            },
         };
         if let Some(destination) = workload_at(record.destination) {
             labels = labels.with_destination(&destination);

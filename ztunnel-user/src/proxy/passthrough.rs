@@ -46,6 +46,7 @@ pub async fn handle_to(
         mutual_tls: false,
         via: Some(destination),
         started: Instant::now(),
+        peer_baggage: None,
     };
     // Tracked before the check: a state replaced from here on is checked against it too.
     let tracked = context.connections.track(Admission {

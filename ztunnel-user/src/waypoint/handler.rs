@@ -146,6 +146,7 @@ impl ConnectHandler for WaypointHandler {
             mutual_tls: true,
             via: None,
             started: Instant::now(),
+            peer_baggage: None,
         };
         let (hop, destination_identity) = match self.admit(&request, source) {
             Ok(admitted) => admitted,
@@ -155,6 +156,7 @@ impl ConnectHandler for WaypointHandler {
         let tunnel_source = TunnelSource {
             identity: &self.identity,
             forwarded_for: source,
+            baggage: None,
             sockets: &HostSocketFactory,
         };
         let reroute = || {

@@ -42,6 +42,7 @@ fn a_connection_closes_under_the_labels_it_opened_with_though_its_workload_left_
         mutual_tls: true,
         via: None,
         started: Instant::now(),
+        peer_baggage: None,
     };
 
     let open = observer.opened(&record);
