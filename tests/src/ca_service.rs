@@ -140,6 +140,94 @@ impl Drop for TestCaService {
     }
 }
 
+/// A [`TestCaService`] on its own thread inside a network namespace (a cluster's underlay,
+/// where every node reaches it), until dropped.
+pub struct NetnsCaService {
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetnsCaService {
+    /// Starts the CA inside the netns named `netns` (under /var/run/netns) on `address`.
+    pub fn start(
+        netns: &str,
+        address: SocketAddr,
+        root: Arc<CertificateAuthority>,
+        lifetime: Duration,
+    ) -> anyhow::Result<Self> {
+        let path = format!("/var/run/netns/{netns}");
+        let namespace =
+            std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+        let (ready, started) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let run = || -> anyhow::Result<tokio::runtime::Runtime> {
+                // Only this thread enters the netns; its sockets stay there.
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("cannot enter the CA's netns")?;
+                Ok(tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?)
+            };
+            let runtime = match run() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TestCaService::start(address, root, lifetime).await {
+                    Ok(service) => {
+                        let _ = ready.send(Ok((service.address, service.shared.clone())));
+                        let _ = stopped.await;
+                        drop(service);
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                    }
+                }
+            });
+        });
+        let (address, shared) = started
+            .recv_timeout(Duration::from_secs(10))
+            .context("the CA thread did not start")??;
+        Ok(Self {
+            address,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Every call so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for NetnsCaService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Accepts connections until aborted; aborting drops the open connections too.
 async fn serve(
     listener: TcpListener,

@@ -33,6 +33,10 @@ use crate::{
     socket::SocketFactory,
 };
 
+/// How long a tunnel waits for its source's first certificate from Istio's CA (a pod's first
+/// connection, right after it was enrolled) before it fails.
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a tunnel is for.
 #[derive(Clone, Copy)]
 pub struct TunnelRequest<'a> {
@@ -273,7 +277,10 @@ impl HbonePool {
 
     /// Takes a stream slot on a usable connection, opening one if none has room.
     async fn reserve(&self, request: &TunnelRequest<'_>) -> Result<StreamSlot, HboneError> {
-        let certificate = self.store.certificate(request.source)?;
+        let certificate = self
+            .store
+            .certificate_or_wait(request.source, CERTIFICATE_WAIT)
+            .await?;
         let mut expected = request.expected.to_vec();
         expected.sort();
         let key = PoolKey {

@@ -150,6 +150,24 @@ impl CertificateStore {
         }
     }
 
+    /// Like [`certificate`](Self::certificate); with Istio's CA, an identity without a
+    /// certificate yet is waited for, up to `timeout` (its first request is under way).
+    pub async fn certificate_or_wait(
+        &self,
+        identity: &SpiffeId,
+        timeout: Duration,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+        match self.certificate(identity) {
+            Err(IdentityError::NoCertificate { .. })
+                if matches!(self.source, CertificateSource::IstioCa { .. }) =>
+            {
+                self.wait_for(std::slice::from_ref(identity), timeout).await;
+                self.certificate(identity)
+            }
+            other => other,
+        }
+    }
+
     /// Waits until every identity in `identities` has a certificate, or `timeout` passes;
     /// returns those still without one.
     pub async fn wait_for(&self, identities: &[SpiffeId], timeout: Duration) -> Vec<SpiffeId> {
