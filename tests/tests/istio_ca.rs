@@ -247,3 +247,40 @@ async fn a_ca_outage_keeps_the_certificate_in_force_and_renewal_resumes() {
             .is_some_and(|request| request.outcome.is_ok())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_whose_certificate_does_not_chain_to_the_mesh_root_is_refused() {
+    hbone_support::init_tracing();
+    let mesh_root = CertificateAuthority::generate("cluster.local").expect("mesh root");
+    let other_root = Arc::new(CertificateAuthority::generate("cluster.local").expect("other"));
+    let impostor = TestCaService::start(
+        std::net::SocketAddr::new(loopback(97, 100), 0),
+        other_root,
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("impostor CA");
+    let roots = root_store(mesh_root.root_pem().as_bytes(), "mesh root").expect("roots");
+    let client = CaClient::new(
+        CaClientConfig {
+            address: impostor.address().to_string(),
+            token_file: None,
+            cluster_id: "test-cluster".to_owned(),
+            lifetime: Duration::from_secs(3600),
+        },
+        roots,
+    )
+    .expect("CA client");
+    let result = within("the CA call", client.fetch(&id("default", "sleep"))).await;
+    let requests = impostor.requests();
+    println!(
+        "set up: a CA serving a certificate of another root; observed: {:?}, requests it received {}",
+        result
+            .as_ref()
+            .map(|certificate| certificate.serial.clone()),
+        requests.len()
+    );
+    let error = result.expect_err("a certificate from an untrusted CA");
+    assert!(format!("{error}").contains("CreateCertificate"), "{error}");
+    assert!(requests.is_empty(), "the CSR never reached the impostor");
+}
