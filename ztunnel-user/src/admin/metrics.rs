@@ -207,6 +207,32 @@ impl ConnectionLabels {
         self
     }
 
+    /// Fills the destination labels from the server's `baggage` header (when the destination
+    /// workload is not known here), and the identity it had to prove.
+    pub fn with_destination_baggage(
+        mut self,
+        baggage: &crate::hbone::baggage::Baggage,
+        identity: Option<&SpiffeId>,
+    ) -> Self {
+        let text = |value: Option<&String>| -> LabelText {
+            value.map(String::as_str).unwrap_or_default().into()
+        };
+        self.destination_workload = text(baggage.workload_name.as_ref());
+        self.destination_canonical_service = text(baggage.service_name.as_ref());
+        self.destination_canonical_revision = text(baggage.revision.as_ref());
+        self.destination_workload_namespace = text(baggage.namespace.as_ref());
+        self.destination_app = text(
+            baggage
+                .service_name
+                .as_ref()
+                .or(baggage.workload_name.as_ref()),
+        );
+        self.destination_version = text(baggage.revision.as_ref());
+        self.destination_cluster = text(baggage.cluster_id.as_ref());
+        self.destination_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
     /// Sets only the source principal (when the source workload is not known).
     pub fn with_source_principal(mut self, identity: Option<&SpiffeId>) -> Self {
         self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();

@@ -54,8 +54,14 @@ impl IstioMetrics {
                 None => labels.with_source_principal(record.source_identity.as_ref()),
             },
         };
-        if let Some(destination) = workload_at(record.destination) {
-            labels = labels.with_destination(&destination);
+        match (workload_at(record.destination), &record.peer_baggage) {
+            (Some(destination), _) => labels = labels.with_destination(&destination),
+            // Not known here (e.g. behind a gateway): what its 200's baggage says.
+            (None, Some(baggage)) if reporter == Reporter::Source => {
+                labels =
+                    labels.with_destination_baggage(baggage, record.destination_identity.as_ref());
+            }
+            (None, _) => {}
         }
         if let Some(service) = state.service_by_vip(record.destination) {
             labels = labels.with_service(&service);

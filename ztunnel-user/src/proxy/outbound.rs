@@ -81,6 +81,10 @@ pub async fn handle(
             record.destination_identity = hop.expected.first().cloned();
             match tunnel {
                 Ok(tunnel) => {
+                    let answered = tunnel.peer_baggage();
+                    if !answered.is_empty() {
+                        record.peer_baggage = Some(Box::new(answered.clone()));
+                    }
                     let opened = context.opened(&record);
                     let (transferred, result) = tunnel
                         .copy_with(&mut client, context.limits.idle_timeout)
