@@ -120,13 +120,26 @@ impl H2Stream {
     /// Joins this tunnel to `onward` (a waypoint's two hops) until both directions have ended,
     /// or one failed (then both streams are reset). `sent` counts bytes from this tunnel into
     /// `onward`, `received` the way back.
-    pub async fn splice(mut self, mut onward: H2Stream) -> (Transferred, io::Result<()>) {
+    pub async fn splice(self, onward: H2Stream) -> (Transferred, io::Result<()>) {
+        self.splice_until(onward, std::future::pending()).await
+    }
+
+    /// Like [`splice`](Self::splice), and also ends (both streams reset) when `stop` resolves,
+    /// with an error of kind `ConnectionAborted` carrying its reason.
+    pub async fn splice_until(
+        mut self,
+        mut onward: H2Stream,
+        stop: impl Future<Output = &'static str>,
+    ) -> (Transferred, io::Result<()>) {
         let sent = AtomicU64::new(0);
         let received = AtomicU64::new(0);
         let result = {
             let forward = h2_to_h2(&mut self.recv, &mut onward.send, &sent);
             let backward = h2_to_h2(&mut onward.recv, &mut self.send, &received);
-            first_error(forward, backward).await
+            tokio::select! {
+                result = first_error(forward, backward) => result,
+                reason = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason)),
+            }
         };
         if result.is_err() {
             self.send.send_reset(h2::Reason::CANCEL);

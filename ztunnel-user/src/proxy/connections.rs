@@ -33,8 +33,12 @@ pub struct Admission {
     /// The original destination.
     pub destination: SocketAddr,
     /// The pod whose listener accepted it (policy's destination when the state does not list
-    /// the workload, for plaintext).
+    /// the workload, for plaintext); for a waypoint, the destination workload.
     pub pod: WorkloadInfo,
+    /// Whether the connection came through the destination's waypoint (or this is the
+    /// waypoint): then the rule that a workload behind a waypoint takes HBONE only from it
+    /// does not apply.
+    pub via_waypoint: bool,
 }
 
 impl Admission {
@@ -50,6 +54,7 @@ impl Admission {
             (None, None) => self.pod.clone(),
         };
         if let Some(identity) = &self.source_identity
+            && !self.via_waypoint
             && let Some(waypoint) = directory.waypoint_identities(self.destination.ip())
             && !waypoint.contains(identity)
         {
@@ -90,6 +95,7 @@ impl std::fmt::Debug for ConnectionManager {
 pub struct TrackedConnection {
     manager: Arc<ConnectionManager>,
     id: u64,
+    admission: Arc<Admission>,
     closed: watch::Receiver<Option<&'static str>>,
 }
 
@@ -109,6 +115,11 @@ impl TrackedConnection {
         }
     }
 
+    /// What the connection was admitted on.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     /// Why the connection was closed by a new state, if it was.
     pub fn revocation(&self) -> Option<&'static str> {
         *self.closed.borrow()
@@ -126,16 +137,18 @@ impl ConnectionManager {
     pub fn track(self: &Arc<Self>, admission: Admission) -> TrackedConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (close, closed) = watch::channel(None);
+        let admission = Arc::new(admission);
         self.lock().insert(
             id,
             Tracked {
-                admission: Arc::new(admission),
+                admission: admission.clone(),
                 close,
             },
         );
         TrackedConnection {
             manager: self.clone(),
             id,
+            admission,
             closed,
         }
     }
@@ -233,6 +246,7 @@ mod tests {
             source: SocketAddr::new(source.ips[0], 40000),
             destination: SocketAddr::new(destination.ips[0], 8080),
             pod: destination.clone(),
+            via_waypoint: false,
         }
     }
 

@@ -118,6 +118,7 @@ impl ConnectHandler for InboundHandler {
             source: record.source,
             destination: request.authority,
             pod: self.pod.workload.clone(),
+            via_waypoint: false,
         });
         let mut upstream = match self.admit(&request).await {
             Ok(upstream) => upstream,

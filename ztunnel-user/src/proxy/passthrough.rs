@@ -54,6 +54,7 @@ pub async fn handle_to(
         source,
         destination,
         pod: pod.workload.clone(),
+        via_waypoint: false,
     });
     let workload = context
         .directory

@@ -138,6 +138,8 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
         drain_watch,
         Arc::new(IstioMetrics::new(metrics.clone(), state.clone())),
     );
+    // A reload that refuses open connections closes them.
+    let _policy_watch = context.close_refused_on_change(state.changes());
     let listener = TcpListener::bind(args.hbone_address)
         .await
         .map_err(|source| WaypointError::Bind {
