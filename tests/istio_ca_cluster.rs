@@ -27,9 +27,9 @@ except OSError as error:
     print("refused", type(error).__name__, flush=True)
 "#;
 
-#[test]
-fn both_nodes_get_their_pods_certificates_from_istios_ca() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new("istio_ca_cluster", 2, MESH)?;
+/// Two nodes whose ztunnels use the test CA on the underlay, and the four pods.
+fn setup(test: &str) -> anyhow::Result<(NetnsCaService, FourPods)> {
+    let mut cluster = Cluster::new(test, 2, MESH)?;
     let ca_dir = cluster.node(1).ca_dir.clone();
     let root = Arc::new(ztunnel::identity::ca_dir::load(&ca_dir)?);
     let root_cert = ca_dir.join("root-cert.pem").display().to_string();
@@ -53,11 +53,17 @@ fn both_nodes_get_their_pods_certificates_from_istios_ca() -> anyhow::Result<()>
     cluster.node_mut(1).start_ztunnel(&flags)?;
     cluster.node_mut(2).start_ztunnel(&flags)?;
     let pods = FourPods::in_cluster(cluster)?;
-    let cluster = &pods.cluster;
     println!(
         "set up: test Istio CA on {} in the underlay; both ztunnels use it",
         ca.address()
     );
+    Ok((ca, pods))
+}
+
+#[test]
+fn both_nodes_get_their_pods_certificates_from_istios_ca() -> anyhow::Result<()> {
+    let (ca, pods) = setup("istio_ca_cluster")?;
+    let cluster = &pods.cluster;
 
     let echo_binary = env!("CARGO_BIN_EXE_soak");
     let _server =
@@ -112,5 +118,65 @@ fn both_nodes_get_their_pods_certificates_from_istios_ca() -> anyhow::Result<()>
             .any(|line| line.contains("sa/server2") && line.contains("chain_length=2")),
         "node 2 has server2's CA certificate with its intermediate"
     );
+    Ok(())
+}
+
+/// `/healthz/ready` of node `index`: the status line's code and the body.
+fn readiness(pods: &FourPods, index: u8) -> Option<String> {
+    let output = pods
+        .cluster
+        .node(index)
+        .run(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "-w",
+            " %{http_code}",
+            "http://127.0.0.1:15021/healthz/ready",
+        ])
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[test]
+fn a_restarted_node_is_ready_only_once_its_pods_have_certificates() -> anyhow::Result<()> {
+    let (ca, mut pods) = setup("istio_ca_ready")?;
+    let root_cert = pods.cluster.node(1).ca_dir.join("root-cert.pem");
+    let root_cert = root_cert.display().to_string();
+    ca.set_failing(true);
+    pods.cluster.node_mut(2).stop_ztunnel()?;
+    pods.cluster.node_mut(2).start_ztunnel_without_waiting(&[
+        "--ca-address",
+        CA_ADDRESS,
+        "--ca-root-cert",
+        &root_cert,
+    ])?;
+    let while_failing = wait_until(
+        "node 2's readiness to answer while the CA fails",
+        Duration::from_secs(30),
+        || readiness(&pods, 2).filter(|answer| answer.contains("Istio's CA")),
+    );
+    let refused = ca
+        .requests()
+        .iter()
+        .filter(|request| request.outcome.is_err())
+        .count();
+    ca.set_failing(false);
+    let after = wait_until(
+        "node 2 to be ready once the CA answers",
+        Duration::from_secs(30),
+        || readiness(&pods, 2).filter(|answer| answer.ends_with(" 200")),
+    );
+    println!(
+        "observed: while the CA failed: {while_failing:?} ({refused} refused requests); after: {after:?}"
+    );
+    let while_failing = while_failing?;
+    assert!(while_failing.ends_with(" 503"), "{while_failing}");
+    assert!(refused > 0, "the restarted node asked the CA");
+    after?;
     Ok(())
 }

@@ -215,6 +215,11 @@ impl NetnsCaService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
+
+    /// Answers every call with `UNAVAILABLE` while `failing`.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
 }
 
 impl Drop for NetnsCaService {
