@@ -16,7 +16,7 @@ use ztunnel::{
         CertificateAuthority, CertificateStore, SpiffeId,
         ca_client::{CaClient, CaClientConfig},
         ca_renewal,
-        store::root_store,
+        store::{CertificateLease, root_store},
     },
     proxy::ProxyLimits,
 };
@@ -78,8 +78,13 @@ async fn mesh(net: u8, lifetime: Duration) -> Mesh {
     }
 }
 
-async fn first_certificate(store: &CertificateStore, identity: &SpiffeId) -> String {
-    store.prefetch(identity);
+/// Leases `identity` (as a pod context does: what nobody leases is not renewed) and waits for
+/// its first certificate; returns its serial and the lease.
+async fn first_certificate(
+    store: &Arc<CertificateStore>,
+    identity: &SpiffeId,
+) -> (String, CertificateLease) {
+    let lease = store.lease(identity);
     let missing = store
         .wait_for(std::slice::from_ref(identity), DEADLINE)
         .await;
@@ -87,11 +92,12 @@ async fn first_certificate(store: &CertificateStore, identity: &SpiffeId) -> Str
         missing.is_empty(),
         "timed out after {DEADLINE:?} waiting for the CA to issue {missing:?}"
     );
-    store
+    let serial = store
         .certificate(identity)
         .expect("certificate")
         .serial
-        .clone()
+        .clone();
+    (serial, lease)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +168,7 @@ async fn certificates_come_from_the_ca_and_carry_a_tunnel() {
 async fn certificates_are_renewed_at_half_life() {
     let mesh = mesh(94, SHORT_LIFETIME).await;
     let identity = id("default", "sleep");
-    let first = first_certificate(&mesh.store, &identity).await;
+    let (first, _lease) = first_certificate(&mesh.store, &identity).await;
     wait_until("a renewed certificate (another serial)", || {
         mesh.store
             .certificate(&identity)
@@ -183,7 +189,7 @@ async fn certificates_are_renewed_at_half_life() {
 async fn a_ca_outage_keeps_the_certificate_in_force_and_renewal_resumes() {
     let mut mesh = mesh(95, SHORT_LIFETIME).await;
     let identity = id("default", "sleep");
-    let first = first_certificate(&mesh.store, &identity).await;
+    let (first, _lease) = first_certificate(&mesh.store, &identity).await;
     // The CA fails its next answers (a renewal is due about a second after issue)...
     mesh.ca.set_failing(true);
     wait_until("a renewal the CA refused", || {
@@ -283,4 +289,20 @@ async fn a_ca_whose_certificate_does_not_chain_to_the_mesh_root_is_refused() {
     let error = result.expect_err("a certificate from an untrusted CA");
     assert!(format!("{error}").contains("CreateCertificate"), "{error}");
     assert!(requests.is_empty(), "the CSR never reached the impostor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_nobody_needs_any_more_is_dropped_instead_of_renewed() {
+    let mesh = mesh(98, SHORT_LIFETIME).await;
+    let identity = id("default", "sleep");
+    let (first, lease) = first_certificate(&mesh.store, &identity).await;
+    // Its last pod leaves: at its renewal time the certificate goes.
+    drop(lease);
+    wait_until("the unneeded certificate to be dropped", || {
+        !mesh.store.has_certificate(&identity)
+    })
+    .await;
+    let requests = mesh.ca.requests().len();
+    println!("observed: {first} dropped at renewal time; the CA got {requests} request(s)");
+    assert_eq!(requests, 1, "it was not renewed");
 }

@@ -95,6 +95,11 @@ fn schedule(
         let wait = renew_at
             .duration_since(system_now)
             .unwrap_or(Duration::ZERO);
+        // Due and needed by nobody (its pods left): dropped instead of renewed.
+        if wait.is_zero() && !store.is_leased(&certificate.identity) {
+            store.forget(&certificate.identity);
+            continue;
+        }
         wanted_at.push((certificate.identity.clone(), now + wait));
     }
     let mut due = Vec::new();

@@ -74,6 +74,28 @@ pub struct CertificateStore {
     pub(crate) wake: tokio::sync::Notify,
     /// Counts certificates installed from Istio's CA, to wait on.
     installed: tokio::sync::watch::Sender<u64>,
+    /// How many holders (pod contexts, a waypoint) need each identity's certificate: with
+    /// Istio's CA, one nobody needs is dropped instead of renewed.
+    leases: std::sync::Mutex<HashMap<SpiffeId, usize>>,
+}
+
+/// A need for an identity's certificate, from [`CertificateStore::lease`]; released on drop.
+#[derive(Debug)]
+pub struct CertificateLease {
+    store: Arc<CertificateStore>,
+    identity: SpiffeId,
+}
+
+impl Drop for CertificateLease {
+    fn drop(&mut self) {
+        let mut leases = self.store.lock_leases();
+        if let Some(count) = leases.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                leases.remove(&self.identity);
+            }
+        }
+    }
 }
 
 impl CertificateStore {
@@ -92,6 +114,7 @@ impl CertificateStore {
             wanted: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
             installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
         })
     }
 
@@ -114,6 +137,7 @@ impl CertificateStore {
             wanted: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
             installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
         })
     }
 
@@ -134,6 +158,7 @@ impl CertificateStore {
             wanted: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
             installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
         })
     }
 
@@ -192,6 +217,35 @@ impl CertificateStore {
         };
         let _ = tokio::time::timeout(timeout, wait).await;
         missing()
+    }
+
+    /// Records that `identity`'s certificate is needed until the lease is dropped (and asks for
+    /// it now, see [`prefetch`](Self::prefetch)).
+    pub fn lease(self: &Arc<Self>, identity: &SpiffeId) -> CertificateLease {
+        *self.lock_leases().entry(identity.clone()).or_default() += 1;
+        self.prefetch(identity);
+        CertificateLease {
+            store: self.clone(),
+            identity: identity.clone(),
+        }
+    }
+
+    /// Whether anything holds a lease on `identity`.
+    pub fn is_leased(&self, identity: &SpiffeId) -> bool {
+        self.lock_leases().contains_key(identity)
+    }
+
+    /// Drops `identity`'s certificate (nobody needs it any more); it is fetched again on use.
+    pub(crate) fn forget(&self, identity: &SpiffeId) {
+        if self.write_certificates().remove(identity).is_some() {
+            tracing::info!(%identity, "workload certificate no longer needed by any pod; not renewed");
+        }
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, usize>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether `identity` has a certificate in force.

@@ -186,6 +186,8 @@ pub struct PodContext {
     pub acceptor: TlsAcceptor,
     /// The pod's open outbound connections, against [`ProxyLimits::max_connections_per_pod`].
     pub connections: Arc<limits::ConnectionSlots>,
+    /// Keeps the pod's certificate renewed (and asked for) while the pod is served.
+    _certificate: crate::identity::store::CertificateLease,
 }
 
 impl PodContext {
@@ -196,13 +198,15 @@ impl PodContext {
         certificates: &Arc<CertificateStore>,
     ) -> Result<Arc<Self>, IdentityError> {
         let config = tls::server_config(certificates.clone(), workload.identity.clone())?;
-        // From Istio's CA the certificate is fetched in the background: ask for it now.
-        certificates.prefetch(&workload.identity);
+        // From Istio's CA the certificate is fetched in the background: ask for it now, and
+        // keep it renewed while this pod is served.
+        let certificate = certificates.lease(&workload.identity);
         Ok(Arc::new(Self {
             workload,
             sockets,
             acceptor: TlsAcceptor::from(config),
             connections: Arc::default(),
+            _certificate: certificate,
         }))
     }
 

@@ -119,6 +119,8 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
     );
     // Issued (or read) now, so that a waypoint without a usable certificate fails at start;
     // from Istio's CA, awaited (the CA may be down for a while).
+    // The waypoint's own certificate is needed for as long as it runs.
+    let _certificate_lease = certificates.lease(&identity);
     if args.identity.istio_ca.ca_address.is_some() {
         certificates::first_certificates(&certificates, std::slice::from_ref(&identity)).await;
     } else {
