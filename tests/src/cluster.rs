@@ -401,7 +401,7 @@ impl ClusterNode {
 
     /// Starts this node's ztunnel (inside the node netns, in the node cgroup) with `extra` flags
     /// and waits until it logs that it is ready. It issues certificates from the cluster's mesh
-    /// root (`--ca-dir`) unless `extra` gives it `--cert-dir`.
+    /// root (`--ca-dir`) unless `extra` gives it `--cert-dir` or `--ca-address`.
     pub fn start_ztunnel(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         self.start_ztunnel_with_open_files(extra, None)
     }
@@ -530,8 +530,9 @@ impl ClusterNode {
         if !extra.contains(&"--xds-address") {
             argv.extend(["--config".into(), self.mesh_config.display().to_string()]);
         }
-        // Certificates come from the mesh root unless the test hands the node certificate files.
-        if !extra.contains(&"--cert-dir") {
+        // Certificates come from the mesh root unless the test hands the node certificate files
+        // or points it at an Istio CA.
+        if !extra.contains(&"--cert-dir") && !extra.contains(&"--ca-address") {
             argv.extend(["--ca-dir".into(), self.ca_dir.display().to_string()]);
         }
         argv.extend(extra.iter().map(|arg| arg.to_string()));

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod apps;
+pub mod ca_service;
 pub mod cluster;
 pub mod cni_runtime;
 pub mod control_plane;

@@ -178,6 +178,7 @@ fn hbone_stream_open(c: &mut Criterion) {
         hbone_address: SocketAddr::new(server_ip, HBONE_PORT),
         authority: upstream,
         forwarded_for: SocketAddr::new(client_ip, 40000),
+        baggage: None,
         sockets: &ClientPodSockets(client_ip),
     };
     // Warm the pool: the TLS handshake happens here, not in the measurement.
@@ -222,6 +223,7 @@ fn connection_metrics(c: &mut Criterion) {
         mutual_tls: true,
         via: None,
         started: std::time::Instant::now(),
+        peer_baggage: None,
     };
     let transferred = Transferred {
         sent: 1,

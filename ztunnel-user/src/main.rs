@@ -313,10 +313,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             use ztunnel::identity::ca;
-            let authority = ca::CertificateAuthority::load(
-                &root_dir.join(ca::ROOT_CERT_FILE),
-                &root_dir.join(ca::ROOT_KEY_FILE),
-            )?;
+            let authority = ztunnel::identity::ca_dir::load(&root_dir)?;
             let identity = identity.parse()?;
             let lifetime = std::time::Duration::from_secs(hours * 3600);
             let chain = ca::issue_to_directory(&authority, &identity, &out_dir, lifetime)?;
@@ -376,10 +373,10 @@ mod tests {
             panic!("not daemon")
         };
         assert_eq!(
-            args.xds.xds_address.as_deref(),
+            args.proxy.xds.xds_address.as_deref(),
             Some("https://istiod.istio-system.svc:15012")
         );
-        assert_eq!(args.xds.cluster_id, "c1");
+        assert_eq!(args.proxy.xds.cluster_id, "c1");
         assert!(
             parse(&[
                 "daemon",

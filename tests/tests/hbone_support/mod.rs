@@ -101,8 +101,17 @@ impl Node {
         limits: ProxyLimits,
         customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
     ) -> Self {
-        init_tracing();
         let authority = Arc::new(CertificateAuthority::generate("cluster.local").expect("root"));
+        Self::start_with_authority(net, authority, limits, customize).await
+    }
+
+    /// Starts the node with workload certificates from `authority` (a root or an intermediate).
+    pub async fn start_with_authority(
+        net: u8,
+        authority: Arc<CertificateAuthority>,
+        limits: ProxyLimits,
+        customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
+    ) -> Self {
         let store = Arc::new(
             CertificateStore::with_authority(
                 authority.clone(),
@@ -111,6 +120,19 @@ impl Node {
             )
             .expect("store"),
         );
+        Self::start_with_store(net, authority, store, limits, customize).await
+    }
+
+    /// Starts the node with workload certificates from `store` (e.g. Istio's CA) under the
+    /// mesh root `authority`.
+    pub async fn start_with_store(
+        net: u8,
+        authority: Arc<CertificateAuthority>,
+        store: Arc<CertificateStore>,
+        limits: ProxyLimits,
+        customize: impl FnOnce(StaticDirectory) -> StaticDirectory,
+    ) -> Self {
+        init_tracing();
         let client_info = WorkloadInfo::new(id("default", "sleep"), loopback(net, 1));
         let server_info = WorkloadInfo::new(id("default", "echo"), loopback(net, 2));
         // An ephemeral HBONE port: 15008 on the host may be taken by another test suite.

@@ -181,6 +181,58 @@ impl ConnectionLabels {
         self
     }
 
+    /// Fills the source labels from the client's `baggage` header (when the source workload
+    /// is not known here), and its verified identity.
+    pub fn with_source_baggage(
+        mut self,
+        baggage: &crate::hbone::baggage::Baggage,
+        identity: Option<&SpiffeId>,
+    ) -> Self {
+        let text = |value: Option<&String>| -> LabelText {
+            value.map(String::as_str).unwrap_or_default().into()
+        };
+        self.source_workload = text(baggage.workload_name.as_ref());
+        self.source_canonical_service = text(baggage.service_name.as_ref());
+        self.source_canonical_revision = text(baggage.revision.as_ref());
+        self.source_workload_namespace = text(baggage.namespace.as_ref());
+        self.source_app = text(
+            baggage
+                .service_name
+                .as_ref()
+                .or(baggage.workload_name.as_ref()),
+        );
+        self.source_version = text(baggage.revision.as_ref());
+        self.source_cluster = text(baggage.cluster_id.as_ref());
+        self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
+    /// Fills the destination labels from the server's `baggage` header (when the destination
+    /// workload is not known here), and the identity it had to prove.
+    pub fn with_destination_baggage(
+        mut self,
+        baggage: &crate::hbone::baggage::Baggage,
+        identity: Option<&SpiffeId>,
+    ) -> Self {
+        let text = |value: Option<&String>| -> LabelText {
+            value.map(String::as_str).unwrap_or_default().into()
+        };
+        self.destination_workload = text(baggage.workload_name.as_ref());
+        self.destination_canonical_service = text(baggage.service_name.as_ref());
+        self.destination_canonical_revision = text(baggage.revision.as_ref());
+        self.destination_workload_namespace = text(baggage.namespace.as_ref());
+        self.destination_app = text(
+            baggage
+                .service_name
+                .as_ref()
+                .or(baggage.workload_name.as_ref()),
+        );
+        self.destination_version = text(baggage.revision.as_ref());
+        self.destination_cluster = text(baggage.cluster_id.as_ref());
+        self.destination_principal = identity.map(ToString::to_string).unwrap_or_default().into();
+        self
+    }
+
     /// Sets only the source principal (when the source workload is not known).
     pub fn with_source_principal(mut self, identity: Option<&SpiffeId>) -> Self {
         self.source_principal = identity.map(ToString::to_string).unwrap_or_default().into();
@@ -306,6 +358,11 @@ const TUNNELS_REFUSED: (&str, &str) = (
      (per_pod_limit), a client asserted a source address it may not (untrusted_forwarded), \
      a stream asked for one of ztunnel's own ports (loop)",
 );
+const POLICY_CLOSURES: (&str, &str) = (
+    "connections_closed_by_policy",
+    "Established connections closed because a new mesh state (authorization policy or \
+     workloads) no longer allows them",
+);
 const HBONE_CLOSES: (&str, &str) = (
     "hbone_connections_closed",
     "HBONE connections ztunnel closed although the peer had not: a keep-alive PING went \
@@ -331,6 +388,7 @@ const FAMILIES: &[(&str, (&str, &str))] = &[
     ("ztunnel", TUNNELS_REFUSED),
     ("ztunnel", IDLE_TIMEOUTS),
     ("ztunnel", HBONE_CLOSES),
+    ("ztunnel", POLICY_CLOSURES),
 ];
 
 #[derive(Debug)]
@@ -349,6 +407,7 @@ struct Inner {
     tunnels_refused: Family<RefusalLabels, Counter>,
     idle_timeouts: Family<ReporterLabels, Counter>,
     hbone_closes: Family<HboneCloseLabels, Counter>,
+    policy_closures: Family<ReporterLabels, Counter>,
 }
 
 /// The counters one open connection adds to when it ends, from [`Metrics::connection_opened`].
@@ -398,6 +457,7 @@ impl Metrics {
         let tunnels_refused = Family::default();
         let idle_timeouts = Family::default();
         let hbone_closes = Family::default();
+        let policy_closures = Family::default();
         {
             let istio = registry.sub_registry_with_prefix("istio");
             istio.register(
@@ -448,6 +508,11 @@ impl Metrics {
             );
             own.register(IDLE_TIMEOUTS.0, IDLE_TIMEOUTS.1, idle_timeouts.clone());
             own.register(HBONE_CLOSES.0, HBONE_CLOSES.1, hbone_closes.clone());
+            own.register(
+                POLICY_CLOSURES.0,
+                POLICY_CLOSURES.1,
+                policy_closures.clone(),
+            );
         }
         let metrics = Self {
             inner: Arc::new(Inner {
@@ -465,6 +530,7 @@ impl Metrics {
                 tunnels_refused,
                 idle_timeouts,
                 hbone_closes,
+                policy_closures,
             }),
         };
         metrics.create_known_series();
@@ -565,6 +631,14 @@ impl Metrics {
     pub fn idle_timeout(&self, reporter: Reporter) {
         self.inner
             .idle_timeouts
+            .get_or_create(&ReporterLabels { reporter })
+            .inc();
+    }
+
+    /// An established connection was closed because a new mesh state refused it.
+    pub fn closed_by_policy(&self, reporter: Reporter) {
+        self.inner
+            .policy_closures
             .get_or_create(&ReporterLabels { reporter })
             .inc();
     }

@@ -282,8 +282,9 @@ pub struct IdentityArgs {
     /// The mesh's trust domain.
     #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
-    /// A directory with root-cert.pem and root-key.pem (from `ztunnel ca init`, or an existing
-    /// mesh root such as Istio's): ztunnel issues and rotates workload certificates itself.
+    /// A CA directory: root-cert.pem and root-key.pem (from `ztunnel ca init`), or Istio's
+    /// plug-in `cacerts` (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem; issued chains
+    /// then carry the intermediates): ztunnel issues and rotates workload certificates itself.
     #[arg(long, conflicts_with = "cert_dir")]
     pub ca_dir: Option<PathBuf>,
     /// A directory of workload certificates written by another issuer (root-cert.pem and
@@ -296,6 +297,28 @@ pub struct IdentityArgs {
     /// How often certificates are checked for rotation or changes on disk, in seconds.
     #[arg(long, default_value_t = 30)]
     pub cert_refresh_seconds: u64,
+    /// Istio's CA, when certificates come from it.
+    #[command(flatten)]
+    pub istio_ca: IstioCaArgs,
+}
+
+/// Istio's CA (in a cluster): workload certificates signed by istiod from a CSR per service
+/// account, renewed at half-life. Each flag also reads the environment variable Istio's ztunnel
+/// reads for it.
+#[derive(Debug, Clone, Args)]
+pub struct IstioCaArgs {
+    /// Istio's CA (`[https://]host:port`, e.g. istiod.istio-system.svc:15012). With it,
+    /// workload certificates come from Istio's CA instead of --ca-dir or --cert-dir.
+    #[arg(long, env = "CA_ADDRESS", value_name = "ADDRESS", conflicts_with_all = ["ca_dir", "cert_dir"])]
+    pub ca_address: Option<String>,
+    /// The mesh root (PEM): the CA's serving certificate and peers' chains must lead to it.
+    #[arg(
+        long,
+        env = "CA_ROOT_CA",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub ca_root_cert: PathBuf,
 }
 
 /// Where workloads, services and policies come from in a cluster: istiod over xDS. Each flag

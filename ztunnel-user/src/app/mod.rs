@@ -104,7 +104,7 @@ async fn run_async(args: DaemonArgs) -> Result<(), AppError> {
     // touch pins or report ready.
     let cgroup = capture_cgroup(&args.capture)?;
     check_bpffs(&args.capture)?;
-    let half = proxy::ProxyHalf::start(&args.proxy)?;
+    let half = proxy::ProxyHalf::start(&args.proxy, Some(&args.capture.run_dir))?;
     let mut stop = proxy::stop_on_signal()?;
     let serving = half.readiness.block("enrolled pods served");
     half.readiness.startup_complete();

@@ -3,7 +3,7 @@
 //! agent hands it over ZDS. `ztunnel daemon` builds the same half and feeds it from its own
 //! agent.
 
-use std::{collections::HashSet, os::fd::OwnedFd, sync::Arc, time::Duration};
+use std::{collections::HashSet, os::fd::OwnedFd, path::Path, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 
@@ -30,14 +30,23 @@ pub struct ProxyHalf {
 impl ProxyHalf {
     /// Loads the config, sets up identity and the proxy, and starts the operations servers.
     /// Readiness is blocked until the caller releases the blocker it asks for.
-    pub fn start(args: &ProxyArgs) -> Result<Self, AppError> {
+    ///
+    /// `enrolled_run_dir`: where the enrolled set is, when this process has it (the daemon): with
+    /// Istio's CA, readiness then also waits for those pods' first certificates.
+    pub fn start(args: &ProxyArgs, enrolled_run_dir: Option<&Path>) -> Result<Self, AppError> {
         let metrics = Metrics::new();
         let mut tasks = Vec::new();
         // Readiness first: the state source may block it until its first push.
         let readiness = Readiness::new();
         let super::state_source::StateSource { state, reload, xds } =
             super::state_source::start(args, &metrics, &readiness)?;
-        let certificates = certificates::store(&args.identity)?;
+        // Istio's CA authenticates ztunnel with the token and cluster id it sends to istiod.
+        let authentication = certificates::CaAuthentication {
+            token_file: args.xds.token_file.clone(),
+            cluster_id: args.xds.cluster_id.clone(),
+        };
+        let certificates = certificates::store(&args.identity, &authentication)?;
+        tasks.extend(crate::identity::ca_renewal::spawn(certificates.clone()));
         tasks.push(certificates.clone().spawn_refresh(Duration::from_secs(
             args.identity.cert_refresh_seconds.max(1),
         )));
@@ -56,6 +65,20 @@ impl ProxyHalf {
         proxy
             .pool
             .set_idle_timeout(Duration::from_secs(args.hbone_idle_seconds));
+        // A reload (or xDS push) that refuses open connections closes them.
+        tasks.push(proxy.close_refused_on_change(state.changes()));
+        if args.identity.istio_ca.ca_address.is_some()
+            && let Some(run_dir) = enrolled_run_dir
+        {
+            let blocker = readiness.block("certificates of the enrolled pods from Istio's CA");
+            let identities =
+                certificates::enrolled_identities(run_dir, &state, certificates.trust_domain());
+            let store = certificates.clone();
+            tasks.push(tokio::spawn(async move {
+                certificates::first_certificates(&store, &identities).await;
+                blocker.release();
+            }));
+        }
         let admin = AdminServers::start(
             &(&args.admin).into(),
             AdminSources {
@@ -148,7 +171,7 @@ pub fn stop_on_signal() -> Result<watch::Receiver<bool>, AppError> {
 pub fn run(args: ProxyCommandArgs) -> Result<(), AppError> {
     let runtime = super::runtime::build(&args.proxy.runtime).map_err(AppError::Runtime)?;
     runtime.block_on(async move {
-        let half = ProxyHalf::start(&args.proxy)?;
+        let half = ProxyHalf::start(&args.proxy, None)?;
         let stop = stop_on_signal()?;
         let serving = half.readiness.block("pods of the capture agent served");
         half.readiness.startup_complete();

@@ -11,6 +11,7 @@
 //!   connection that carries no stream.
 //! - [`transport`]: the TCP socket under TLS (reads buffered).
 
+pub mod baggage;
 pub mod idle;
 pub mod keepalive;
 pub mod pool;

@@ -35,6 +35,10 @@ use crate::{
     socket::SocketFactory,
 };
 
+/// How long a tunnel waits for its source's first certificate from Istio's CA (a pod's first
+/// connection, right after it was enrolled) before it fails.
+const CERTIFICATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a tunnel is for.
 #[derive(Clone, Copy)]
 pub struct TunnelRequest<'a> {
@@ -48,6 +52,8 @@ pub struct TunnelRequest<'a> {
     pub authority: SocketAddr,
     /// The original source, sent as `forwarded: for="..."`.
     pub forwarded_for: SocketAddr,
+    /// The source workload's `baggage` header value, if it has one.
+    pub baggage: Option<&'a str>,
     /// Makes the TCP socket (inside the source pod's netns in production).
     pub sockets: &'a dyn SocketFactory,
 }
@@ -255,16 +261,18 @@ impl HbonePool {
             .ready()
             .await
             .map_err(h2_error)?;
-        let connect = Request::builder()
+        let mut connect = Request::builder()
             .method(Method::CONNECT)
             .uri(request.authority.to_string())
             .header("forwarded", format!("for=\"{}\"", request.forwarded_for))
-            .header("traceparent", new_traceparent())
-            .body(())
-            .map_err(|error| HboneError::Request {
-                authority: request.authority,
-                detail: error.to_string(),
-            })?;
+            .header("traceparent", new_traceparent());
+        if let Some(baggage) = request.baggage {
+            connect = connect.header(super::baggage::HEADER, baggage);
+        }
+        let connect = connect.body(()).map_err(|error| HboneError::Request {
+            authority: request.authority,
+            detail: error.to_string(),
+        })?;
         let (response, send) = sender.send_request(connect, false).map_err(h2_error)?;
         let Ok(response) = tokio::time::timeout(RESPONSE_TIMEOUT, response).await else {
             // The peer may be gone without closing the connection (node down, packets
@@ -284,12 +292,24 @@ impl HbonePool {
                 status: response.status(),
             }));
         }
-        Ok(H2Stream::new(send, response.into_body()).with_guard(slot))
+        let peer_baggage = super::baggage::Baggage::parse(
+            response
+                .headers()
+                .get_all(super::baggage::HEADER)
+                .iter()
+                .filter_map(|value| value.to_str().ok()),
+        );
+        Ok(H2Stream::new(send, response.into_body())
+            .with_guard(slot)
+            .with_peer_baggage(peer_baggage))
     }
 
     /// Takes a stream slot on a usable connection, opening one if none has room.
     async fn reserve(&self, request: &TunnelRequest<'_>) -> Result<StreamSlot, HboneError> {
-        let certificate = self.store.certificate(request.source)?;
+        let certificate = self
+            .store
+            .certificate_or_wait(request.source, CERTIFICATE_WAIT)
+            .await?;
         let mut expected = request.expected.to_vec();
         expected.sort();
         let key = PoolKey {

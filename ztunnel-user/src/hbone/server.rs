@@ -50,6 +50,8 @@ pub struct ConnectTarget {
     pub forwarded_for: Option<SocketAddr>,
     /// The W3C `traceparent` header, if sent.
     pub traceparent: Option<String>,
+    /// What the `baggage` header said about the source (empty if none was sent).
+    pub baggage: super::baggage::Baggage,
 }
 
 /// Why a request is answered `400` before any handler sees it.
@@ -75,6 +77,8 @@ pub struct HboneRequest {
     pub forwarded_for: Option<SocketAddr>,
     /// The W3C `traceparent` header, if sent.
     pub traceparent: Option<String>,
+    /// What the `baggage` header said about the source (empty if none was sent).
+    pub baggage: super::baggage::Baggage,
     /// The peer.
     pub peer: Arc<PeerInfo>,
 }
@@ -93,11 +97,18 @@ impl Answer {
     }
 
     /// Answers `200` and returns the tunnel.
-    pub fn accept(mut self) -> Result<H2Stream, h2::Error> {
-        let response = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .unwrap_or_default();
+    pub fn accept(self) -> Result<H2Stream, h2::Error> {
+        self.accept_with_baggage(None)
+    }
+
+    /// Answers `200` carrying `baggage` (the destination workload's, as Istio's ztunnel sends
+    /// it) and returns the tunnel.
+    pub fn accept_with_baggage(mut self, baggage: Option<&str>) -> Result<H2Stream, h2::Error> {
+        let mut response = Response::builder().status(StatusCode::OK);
+        if let Some(baggage) = baggage {
+            response = response.header(super::baggage::HEADER, baggage);
+        }
+        let response = response.body(()).unwrap_or_default();
         let send = self.respond.send_response(response, false)?;
         Ok(H2Stream::new(send, self.body))
     }
@@ -283,6 +294,7 @@ async fn dispatch<H: ConnectHandler>(
                 authority: target.authority,
                 forwarded_for: target.forwarded_for,
                 traceparent: target.traceparent,
+                baggage: target.baggage,
                 peer,
             };
             handler.handle(request, Answer { respond, body }).await
@@ -316,10 +328,18 @@ pub fn parse_connect(parts: &http::request::Parts) -> Result<ConnectTarget, BadR
             .map(str::to_owned)
     };
     let forwarded_for = header("forwarded").and_then(|value| parse_forwarded_for(&value));
+    let baggage = super::baggage::Baggage::parse(
+        parts
+            .headers
+            .get_all(super::baggage::HEADER)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+    );
     Ok(ConnectTarget {
         authority,
         forwarded_for,
         traceparent: header("traceparent"),
+        baggage,
     })
 }
 

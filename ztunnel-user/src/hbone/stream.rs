@@ -42,6 +42,8 @@ pub struct H2Stream {
     recv: RecvStream,
     /// Released when the tunnel ends (a pool slot, for instance).
     _guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// What the other side's `baggage` header said about it (empty if it sent none).
+    peer_baggage: super::baggage::Baggage,
 }
 
 impl H2Stream {
@@ -50,7 +52,18 @@ impl H2Stream {
             send,
             recv,
             _guard: None,
+            peer_baggage: super::baggage::Baggage::default(),
         }
+    }
+
+    pub(crate) fn with_peer_baggage(mut self, baggage: super::baggage::Baggage) -> Self {
+        self.peer_baggage = baggage;
+        self
+    }
+
+    /// What the other side's `baggage` header said about it (empty if it sent none).
+    pub fn peer_baggage(&self) -> &super::baggage::Baggage {
+        &self.peer_baggage
     }
 
     pub(crate) fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
@@ -62,9 +75,21 @@ impl H2Stream {
     /// the other is abandoned and the stream reset), or no byte moved either way for
     /// `idle_timeout` (then both sides are closed: the stream reset, the socket dropped).
     pub async fn copy_with(
+        self,
+        tcp: &mut TcpStream,
+        idle_timeout: Duration,
+    ) -> (Transferred, io::Result<()>) {
+        self.copy_until(tcp, idle_timeout, std::future::pending())
+            .await
+    }
+
+    /// Like [`copy_with`](Self::copy_with), and also ends (stream reset, socket dropped) when
+    /// `stop` resolves, with an error of kind `ConnectionAborted` carrying its reason.
+    pub async fn copy_until(
         mut self,
         tcp: &mut TcpStream,
         idle_timeout: Duration,
+        stop: impl Future<Output = &'static str>,
     ) -> (Transferred, io::Result<()>) {
         let (mut read, mut write) = tcp.split();
         let sent = AtomicU64::new(0);
@@ -76,6 +101,7 @@ impl H2Stream {
             tokio::select! {
                 result = first_error(outgoing, incoming) => result,
                 () = activity.idle_for(idle_timeout) => Err(idle_error(idle_timeout)),
+                reason = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason)),
             }
         };
         if result.is_err() {
@@ -94,13 +120,26 @@ impl H2Stream {
     /// Joins this tunnel to `onward` (a waypoint's two hops) until both directions have ended,
     /// or one failed (then both streams are reset). `sent` counts bytes from this tunnel into
     /// `onward`, `received` the way back.
-    pub async fn splice(mut self, mut onward: H2Stream) -> (Transferred, io::Result<()>) {
+    pub async fn splice(self, onward: H2Stream) -> (Transferred, io::Result<()>) {
+        self.splice_until(onward, std::future::pending()).await
+    }
+
+    /// Like [`splice`](Self::splice), and also ends (both streams reset) when `stop` resolves,
+    /// with an error of kind `ConnectionAborted` carrying its reason.
+    pub async fn splice_until(
+        mut self,
+        mut onward: H2Stream,
+        stop: impl Future<Output = &'static str>,
+    ) -> (Transferred, io::Result<()>) {
         let sent = AtomicU64::new(0);
         let received = AtomicU64::new(0);
         let result = {
             let forward = h2_to_h2(&mut self.recv, &mut onward.send, &sent);
             let backward = h2_to_h2(&mut onward.recv, &mut self.send, &received);
-            first_error(forward, backward).await
+            tokio::select! {
+                result = first_error(forward, backward) => result,
+                reason = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason)),
+            }
         };
         if result.is_err() {
             self.send.send_reset(h2::Reason::CANCEL);

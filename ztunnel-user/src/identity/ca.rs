@@ -1,10 +1,11 @@
-//! The built-in certificate authority: a root (new, or an existing mesh root such as Istio's)
-//! that issues short-lived workload certificates for single-machine use.
+//! The built-in certificate authority: a root (new, or an existing mesh root such as Istio's),
+//! or an intermediate CA under it (Istio's plug-in `cacerts`), that issues short-lived workload
+//! certificates for single-machine use. Issued chains are the leaf followed by every
+//! intermediate, so a peer that trusts only the root can verify them.
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use rcgen::{
@@ -24,10 +25,14 @@ const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Tolerance for peers whose clock is a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// A root certificate and its key.
+/// A signing certificate and its key, the intermediates between it and the root, and the root.
 pub struct CertificateAuthority {
+    /// The trust bundle: the root (or roots) issued chains lead to.
     root_pem: String,
     root_der: CertificateDer<'static>,
+    /// The signing certificate and any certificates between it and the root, signing certificate
+    /// first, each a PEM block; empty when the root itself signs.
+    intermediates_pem: Vec<String>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -41,7 +46,7 @@ impl std::fmt::Debug for CertificateAuthority {
 /// A workload certificate as PEM text, as it would be written to disk.
 #[derive(Debug, Clone)]
 pub struct IssuedPem {
-    /// Leaf certificate (the chain is just the leaf: the root is the trust bundle).
+    /// Leaf certificate followed by the intermediates (not the root: that is the trust bundle).
     pub chain: String,
     /// PKCS#8 private key.
     pub key: String,
@@ -69,11 +74,46 @@ impl CertificateAuthority {
         let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
         params.not_after = (now + ROOT_LIFETIME).into();
-        params.serial_number = Some(new_serial());
+        params.serial_number = Some(new_serial()?);
         let root = params.self_signed(&key).map_err(fail)?;
         Ok(Self {
             root_pem: root.pem(),
             root_der: root.der().clone(),
+            intermediates_pem: Vec::new(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Makes a new intermediate CA signed by this one (named `name` in its subject): it issues
+    /// under the same root, and its chains carry it and this CA's intermediates.
+    pub fn intermediate(&self, name: &str) -> Result<Self, IdentityError> {
+        let fail = |error: rcgen::Error| IdentityError::Issue {
+            what: format!("intermediate CA {name}"),
+            detail: error.to_string(),
+        };
+        let key = KeyPair::generate().map_err(fail)?;
+        let mut params = CertificateParams::default();
+        let mut subject = DistinguishedName::new();
+        subject.push(DnType::OrganizationName, name);
+        subject.push(DnType::CommonName, format!("{name} intermediate CA"));
+        params.distinguished_name = subject;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + ROOT_LIFETIME).into();
+        params.serial_number = Some(new_serial()?);
+        let certificate = params.signed_by(&key, &self.issuer).map_err(fail)?;
+        let mut intermediates_pem = vec![certificate.pem()];
+        intermediates_pem.extend(self.intermediates_pem.iter().cloned());
+        Ok(Self {
+            root_pem: self.root_pem.clone(),
+            root_der: self.root_der.clone(),
+            intermediates_pem,
             issuer: Issuer::new(params, key),
         })
     }
@@ -107,7 +147,53 @@ impl CertificateAuthority {
         Ok(Self {
             root_pem: root_pem.to_owned(),
             root_der,
+            intermediates_pem: Vec::new(),
             issuer,
+        })
+    }
+
+    /// Builds an intermediate CA from Istio's plug-in CA texts: `ca_cert_pem` signs with
+    /// `key_pem`, `chain_pem` holds it and the certificates up to the root (a copy of the root
+    /// in it is dropped: peers have it), `root_pem` is the trust bundle. `origin` names them in
+    /// errors.
+    pub fn from_plugin_pem(
+        ca_cert_pem: &str,
+        key_pem: &str,
+        chain_pem: &str,
+        root_pem: &str,
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        let signing = Self::from_pem(ca_cert_pem, key_pem, origin)?;
+        let signing_der = super::certificate::parse_certificates(
+            ca_cert_pem.as_bytes(),
+            "CA certificate",
+            origin,
+        )?
+        .remove(0);
+        let roots = super::certificate::parse_certificates(
+            root_pem.as_bytes(),
+            "root certificate",
+            origin,
+        )?;
+        let chain = super::certificate::parse_certificates(
+            chain_pem.as_bytes(),
+            "CA certificate chain",
+            origin,
+        )?;
+        let mut intermediates: Vec<CertificateDer<'static>> = Vec::new();
+        if !roots.contains(&signing_der) {
+            intermediates.push(signing_der);
+        }
+        for certificate in chain {
+            if !roots.contains(&certificate) && !intermediates.contains(&certificate) {
+                intermediates.push(certificate);
+            }
+        }
+        Ok(Self {
+            root_pem: root_pem.to_owned(),
+            root_der: roots[0].clone(),
+            intermediates_pem: intermediates.iter().map(to_pem).collect(),
+            issuer: signing.issuer,
         })
     }
 
@@ -142,6 +228,24 @@ impl CertificateAuthority {
     /// The root certificate, DER.
     pub fn root_der(&self) -> &CertificateDer<'static> {
         &self.root_der
+    }
+
+    /// The signing certificate and the intermediates up to the root, PEM, signing certificate
+    /// first; empty when the root signs.
+    pub fn intermediates_pem(&self) -> &[String] {
+        &self.intermediates_pem
+    }
+
+    /// The signing certificate, PEM (the root when the root signs).
+    pub fn signing_cert_pem(&self) -> &str {
+        self.intermediates_pem
+            .first()
+            .map_or(self.root_pem.as_str(), String::as_str)
+    }
+
+    /// The signing key, PEM (PKCS#8).
+    pub fn signing_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// Issues a certificate for `identity` valid from now (less clock skew) for `lifetime`.
@@ -181,30 +285,63 @@ impl CertificateAuthority {
             detail: error.to_string(),
         };
         let key = KeyPair::generate().map_err(fail)?;
-        let mut params = CertificateParams::default();
-        // Istio's workload certificates have an empty subject and the identity only in the SAN.
-        params.distinguished_name = DistinguishedName::new();
-        let uri = Ia5String::try_from(identity.to_string()).map_err(fail)?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        params.serial_number = Some(new_serial());
+        let params = workload_params(identity, not_before, not_after)?;
         let certificate = params.signed_by(&key, &self.issuer).map_err(fail)?;
         Ok(IssuedPem {
-            chain: certificate.pem(),
+            chain: self.chain_pem(&certificate.pem()),
             key: key.serialize_pem(),
         })
     }
 
-    /// The root key as a rustls private key (for tests that need to sign with it).
+    /// Signs a certificate signing request (PEM) for `identity`, as Istio's CA answers
+    /// `CreateCertificate`: the request must name exactly `identity` in its URI SAN; the
+    /// certificate gets this CA's usual workload fields, whatever else the request asks for.
+    /// Returns the PEM chain as Istio's CA sends it: leaf, intermediates, root.
+    pub fn sign_request(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        lifetime: Duration,
+    ) -> Result<Vec<String>, IdentityError> {
+        let fail = |error: rcgen::Error| IdentityError::Issue {
+            what: identity.to_string(),
+            detail: error.to_string(),
+        };
+        let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(fail)?;
+        let wanted = SanType::URI(Ia5String::try_from(identity.to_string()).map_err(fail)?);
+        if request.params.subject_alt_names != [wanted] {
+            return Err(IdentityError::Issue {
+                what: identity.to_string(),
+                detail: format!(
+                    "the request names {:?}, not exactly this identity",
+                    request.params.subject_alt_names
+                ),
+            });
+        }
+        let now = SystemTime::now();
+        let params = workload_params(identity, now - CLOCK_SKEW, now + lifetime)?;
+        let leaf = params
+            .signed_by(&request.public_key, &self.issuer)
+            .map_err(fail)?;
+        let mut chain = vec![leaf.pem()];
+        chain.extend(self.intermediates_pem.iter().cloned());
+        chain.push(self.root_pem.clone());
+        Ok(chain)
+    }
+
+    /// `leaf_pem` followed by this CA's intermediates: the chain a workload presents.
+    pub fn chain_pem(&self, leaf_pem: &str) -> String {
+        let mut chain = leaf_pem.to_owned();
+        for intermediate in &self.intermediates_pem {
+            if !chain.ends_with('\n') {
+                chain.push('\n');
+            }
+            chain.push_str(intermediate);
+        }
+        chain
+    }
+
+    /// The signing key as a rustls private key (for tests that need to sign with it).
     pub fn root_key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.issuer.key().serialize_der()))
     }
@@ -242,20 +379,51 @@ pub fn issue_to_directory(
     Ok(chain_path)
 }
 
-/// A serial number unique within this process and unlikely to repeat across processes.
-fn new_serial() -> SerialNumber {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+/// The fields of a workload certificate: Istio's workload certificates have an empty subject
+/// and the identity only in the URI SAN.
+fn workload_params(
+    identity: &SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, IdentityError> {
+    let uri = Ia5String::try_from(identity.to_string()).map_err(|error| IdentityError::Issue {
+        what: identity.to_string(),
+        detail: error.to_string(),
+    })?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    params.serial_number = Some(new_serial()?);
+    Ok(params)
+}
+
+/// A positive 126-bit serial number from the system's CSPRNG (RFC 5280 asks for
+/// unpredictable serials; the top bits are fixed so the DER integer is positive and minimal).
+fn new_serial() -> Result<SerialNumber, IdentityError> {
+    use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&nanos.to_be_bytes());
-    bytes[8..].copy_from_slice(&(count ^ u64::from(std::process::id()) << 32).to_be_bytes());
-    // A positive DER integer: clear the top bit.
-    bytes[0] &= 0x7f;
-    SerialNumber::from_slice(&bytes)
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| IdentityError::Issue {
+            what: "serial number".to_owned(),
+            detail: "the system random number generator failed".to_owned(),
+        })?;
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn to_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref()))
 }
 
 #[cfg(test)]

@@ -3,12 +3,19 @@
 //! - [`spiffe`]: the `spiffe://<td>/ns/<ns>/sa/<sa>` ids carried in URI SANs.
 //! - [`certificate`]: a workload's certificate chain and key, parsed from PEM.
 //! - [`ca`]: the built-in CA (`ztunnel ca init`) that issues short-lived workload certificates.
+//! - [`ca_client`], [`ca_renewal`]: certificates from Istio's CA, renewed at half-life.
+//! - [`csr`]: certificate signing requests for Istio's CA.
+//! - [`ca_dir`]: the CA directory layouts `--ca-dir` reads (ours and Istio's plug-in `cacerts`).
 //! - [`store`]: the per-service-account certificates in force, from files or the CA, rotated.
 //! - [`verify`]: the rustls verifiers that check trust domains and expected identities.
 //! - [`tls`]: the TLS 1.3, ALPN `h2` client and server configurations HBONE uses.
 
 pub mod ca;
+pub mod ca_client;
+pub mod ca_dir;
+pub mod ca_renewal;
 pub mod certificate;
+pub mod csr;
 pub mod spiffe;
 pub mod store;
 pub mod tls;
@@ -93,6 +100,9 @@ pub enum IdentityError {
     /// A TLS configuration could not be built.
     #[error("cannot build TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// Istio's CA cannot be used.
+    #[error(transparent)]
+    Ca(Box<ca_client::CaClientError>),
     /// The store has no certificate for an identity and cannot make one.
     #[error("no certificate for {identity}: {detail}")]
     NoCertificate {
@@ -114,5 +124,11 @@ impl IdentityError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<ca_client::CaClientError> for IdentityError {
+    fn from(error: ca_client::CaClientError) -> Self {
+        Self::Ca(Box::new(error))
     }
 }

@@ -37,6 +37,12 @@ pub enum CertificateSource {
         /// How long each workload certificate lives.
         lifetime: Duration,
     },
+    /// Istio's CA signs them: identities asked for are fetched, renewed and retried by
+    /// [`super::ca_renewal`]; until the first certificate of an identity arrives it has none.
+    IstioCa {
+        /// The CA's client.
+        client: Arc<super::ca_client::CaClient>,
+    },
 }
 
 /// What [`CertificateStore::refresh`] changed.
@@ -62,6 +68,34 @@ pub struct CertificateStore {
     trust_domain: String,
     roots: RwLock<(Arc<RootCertStore>, Vec<u8>)>,
     certificates: RwLock<HashMap<SpiffeId, Loaded>>,
+    /// Istio's CA: identities asked for that have no certificate yet.
+    wanted: std::sync::Mutex<std::collections::BTreeSet<SpiffeId>>,
+    /// Istio's CA: wakes the renewal task when an identity is first asked for.
+    pub(crate) wake: tokio::sync::Notify,
+    /// Counts certificates installed from Istio's CA, to wait on.
+    installed: tokio::sync::watch::Sender<u64>,
+    /// How many holders (pod contexts, a waypoint) need each identity's certificate: with
+    /// Istio's CA, one nobody needs is dropped instead of renewed.
+    leases: std::sync::Mutex<HashMap<SpiffeId, usize>>,
+}
+
+/// A need for an identity's certificate, from [`CertificateStore::lease`]; released on drop.
+#[derive(Debug)]
+pub struct CertificateLease {
+    store: Arc<CertificateStore>,
+    identity: SpiffeId,
+}
+
+impl Drop for CertificateLease {
+    fn drop(&mut self) {
+        let mut leases = self.store.lock_leases();
+        if let Some(count) = leases.get_mut(&self.identity) {
+            *count -= 1;
+            if *count == 0 {
+                leases.remove(&self.identity);
+            }
+        }
+    }
 }
 
 impl CertificateStore {
@@ -77,6 +111,10 @@ impl CertificateStore {
             trust_domain: trust_domain.to_owned(),
             roots: RwLock::new((roots, bundle)),
             certificates: RwLock::default(),
+            wanted: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
         })
     }
 
@@ -96,7 +134,159 @@ impl CertificateStore {
             trust_domain: trust_domain.to_owned(),
             roots: RwLock::new((roots, bundle)),
             certificates: RwLock::default(),
+            wanted: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
         })
+    }
+
+    /// A store whose certificates Istio's CA signs (see [`CertificateSource::IstioCa`]); peers
+    /// must chain to `bundle` (PEM, the mesh root), read from `origin`.
+    pub fn with_istio_ca(
+        client: Arc<super::ca_client::CaClient>,
+        trust_domain: &str,
+        bundle: &[u8],
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        let roots = root_store(bundle, origin)?;
+        Ok(Self {
+            source: CertificateSource::IstioCa { client },
+            trust_domain: trust_domain.to_owned(),
+            roots: RwLock::new((roots, bundle.to_vec())),
+            certificates: RwLock::default(),
+            wanted: std::sync::Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            installed: tokio::sync::watch::Sender::new(0),
+            leases: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Where certificates come from.
+    pub fn source(&self) -> &CertificateSource {
+        &self.source
+    }
+
+    /// With Istio's CA: asks for `identity`'s certificate now if it has none (the renewal task
+    /// fetches it); with other sources, loads or issues it. Errors are left to the first use.
+    pub fn prefetch(&self, identity: &SpiffeId) {
+        if let Err(error) = self.certificate(identity) {
+            tracing::debug!(%identity, %error, "certificate not available yet");
+        }
+    }
+
+    /// Like [`certificate`](Self::certificate); with Istio's CA, an identity without a
+    /// certificate yet is waited for, up to `timeout` (its first request is under way).
+    pub async fn certificate_or_wait(
+        &self,
+        identity: &SpiffeId,
+        timeout: Duration,
+    ) -> Result<Arc<WorkloadCertificate>, IdentityError> {
+        match self.certificate(identity) {
+            Err(IdentityError::NoCertificate { .. })
+                if matches!(self.source, CertificateSource::IstioCa { .. }) =>
+            {
+                self.wait_for(std::slice::from_ref(identity), timeout).await;
+                self.certificate(identity)
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until every identity in `identities` has a certificate, or `timeout` passes;
+    /// returns those still without one.
+    pub async fn wait_for(&self, identities: &[SpiffeId], timeout: Duration) -> Vec<SpiffeId> {
+        let mut installed = self.installed.subscribe();
+        let missing = || {
+            let certificates = self.read_certificates();
+            identities
+                .iter()
+                .filter(|identity| !certificates.contains_key(*identity))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let wait = async {
+            loop {
+                if missing().is_empty() {
+                    return;
+                }
+                if installed.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        missing()
+    }
+
+    /// Records that `identity`'s certificate is needed until the lease is dropped (and asks for
+    /// it now, see [`prefetch`](Self::prefetch)).
+    pub fn lease(self: &Arc<Self>, identity: &SpiffeId) -> CertificateLease {
+        *self.lock_leases().entry(identity.clone()).or_default() += 1;
+        self.prefetch(identity);
+        CertificateLease {
+            store: self.clone(),
+            identity: identity.clone(),
+        }
+    }
+
+    /// Whether anything holds a lease on `identity`.
+    pub fn is_leased(&self, identity: &SpiffeId) -> bool {
+        self.lock_leases().contains_key(identity)
+    }
+
+    /// Drops `identity`'s certificate (nobody needs it any more); it is fetched again on use.
+    pub(crate) fn forget(&self, identity: &SpiffeId) {
+        if self.write_certificates().remove(identity).is_some() {
+            tracing::info!(%identity, "workload certificate no longer needed by any pod; not renewed");
+        }
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<SpiffeId, usize>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether `identity` has a certificate in force.
+    pub fn has_certificate(&self, identity: &SpiffeId) -> bool {
+        self.read_certificates().contains_key(identity)
+    }
+
+    /// With Istio's CA: identities asked for that have no certificate yet.
+    pub(crate) fn wanted(&self) -> Vec<SpiffeId> {
+        self.wanted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Puts a certificate from Istio's CA in force for its identity.
+    pub(crate) fn install(&self, certificate: WorkloadCertificate) -> Arc<WorkloadCertificate> {
+        let identity = certificate.identity.clone();
+        let certificate = Arc::new(certificate);
+        tracing::info!(
+            %identity,
+            serial = %certificate.serial,
+            not_after = ?certificate.not_after,
+            chain_length = certificate.chain().len(),
+            "workload certificate from Istio's CA in force"
+        );
+        self.write_certificates().insert(
+            identity.clone(),
+            Loaded {
+                certificate: certificate.clone(),
+                source_text: None,
+            },
+        );
+        self.wanted
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&identity);
+        self.installed.send_modify(|count| *count += 1);
+        certificate
     }
 
     /// Our trust domain: peers presenting another one are refused.
@@ -160,6 +350,8 @@ impl CertificateStore {
         for identity in identities {
             let stale = match (&self.source, self.read_certificates().get(&identity)) {
                 (_, None) => false,
+                // The renewal task keeps these fresh (and retries while the CA is down).
+                (CertificateSource::IstioCa { .. }, Some(_)) => false,
                 (CertificateSource::Authority { .. }, Some(loaded)) => {
                     loaded.certificate.needs_rotation(now)
                 }
@@ -205,6 +397,23 @@ impl CertificateStore {
 
     fn load(&self, identity: &SpiffeId) -> Result<Loaded, IdentityError> {
         match &self.source {
+            CertificateSource::IstioCa { client } => {
+                let first = self
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(identity.clone());
+                if first {
+                    self.wake.notify_one();
+                }
+                Err(IdentityError::NoCertificate {
+                    identity: identity.clone(),
+                    detail: format!(
+                        "asked Istio's CA at {}; no certificate issued yet",
+                        client.address()
+                    ),
+                })
+            }
             CertificateSource::Authority {
                 authority,
                 lifetime,
@@ -261,7 +470,8 @@ fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
     std::fs::read(path).map_err(|error| IdentityError::io("read", path, error))
 }
 
-fn root_store(bundle: &[u8], origin: &str) -> Result<Arc<RootCertStore>, IdentityError> {
+/// The trust anchors in a PEM bundle; `origin` names it in errors.
+pub fn root_store(bundle: &[u8], origin: &str) -> Result<Arc<RootCertStore>, IdentityError> {
     let mut roots = RootCertStore::empty();
     for root in certificate::parse_certificates(bundle, "trust bundle", origin)? {
         roots.add(root).map_err(|error| IdentityError::Pem {

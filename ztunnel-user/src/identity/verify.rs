@@ -229,3 +229,74 @@ pub fn failure_detail(error: &TlsError) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::RootCertStore;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+    use super::*;
+    use crate::identity::{CertificateAuthority, tls::provider};
+
+    /// root → intermediate → leaf, and a store trusting only the root.
+    fn three_levels() -> (Vec<CertificateDer<'static>>, Arc<RootCertStore>, SpiffeId) {
+        let root = CertificateAuthority::generate("cluster.local").unwrap();
+        let intermediate = root.intermediate("cluster-a").unwrap();
+        let identity = SpiffeId::new("cluster.local", "default", "echo");
+        let chain = intermediate
+            .issue(&identity, Duration::from_secs(3600))
+            .unwrap()
+            .chain()
+            .to_vec();
+        let mut roots = RootCertStore::empty();
+        roots.add(root.root_der().clone()).unwrap();
+        (chain, Arc::new(roots), identity)
+    }
+
+    #[test]
+    fn both_sides_accept_a_chain_through_an_intermediate_trusting_only_the_root() {
+        let (chain, roots, identity) = three_levels();
+        println!("chain of {} certificates, 1 trusted root", chain.len());
+        assert_eq!(chain.len(), 2, "leaf + intermediate");
+        let server_side =
+            TrustDomainClientVerifier::new(roots.clone(), "cluster.local", provider()).unwrap();
+        server_side
+            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .expect("client chain through the intermediate");
+        let client_side = ExpectedIdentityServerVerifier::new(roots, vec![identity], &provider());
+        client_side
+            .verify_server_cert(
+                &chain[0],
+                &chain[1..],
+                &ServerName::try_from("unused").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .expect("server chain through the intermediate");
+    }
+
+    #[test]
+    fn a_leaf_without_its_intermediate_is_refused_on_both_sides() {
+        let (chain, roots, identity) = three_levels();
+        let server_side =
+            TrustDomainClientVerifier::new(roots.clone(), "cluster.local", provider()).unwrap();
+        let client_error = server_side
+            .verify_client_cert(&chain[0], &[], UnixTime::now())
+            .unwrap_err();
+        let client_side = ExpectedIdentityServerVerifier::new(roots, vec![identity], &provider());
+        let server_error = client_side
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &ServerName::try_from("unused").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap_err();
+        println!("without the intermediate: client {client_error}; server {server_error}");
+        assert_eq!(failure_reason(&client_error), "unknown_issuer");
+        assert_eq!(failure_reason(&server_error), "unknown_issuer");
+    }
+}

@@ -26,6 +26,9 @@ pub struct ConnectionRecord {
     pub via: Option<SocketAddr>,
     /// When the connection was accepted.
     pub started: Instant,
+    /// What the peer's `baggage` header said about it (the client's on inbound HBONE, the
+    /// server's `200` on outbound), if anything: metrics label an unknown peer from it.
+    pub peer_baggage: Option<Box<crate::hbone::baggage::Baggage>>,
 }
 
 impl ConnectionRecord {

@@ -28,6 +28,17 @@ pub async fn copy_tcp(
     upstream: &mut TcpStream,
     idle_timeout: Duration,
 ) -> (Transferred, io::Result<()>) {
+    copy_tcp_until(client, upstream, idle_timeout, std::future::pending()).await
+}
+
+/// Like [`copy_tcp`], and also ends when `stop` resolves, with an error of kind
+/// `ConnectionAborted` carrying its reason.
+pub async fn copy_tcp_until(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle_timeout: Duration,
+    stop: impl Future<Output = &'static str>,
+) -> (Transferred, io::Result<()>) {
     let activity = Activity::new();
     let mut client = Counted::new(client, &activity);
     let mut upstream = Counted::new(upstream, &activity);
@@ -35,6 +46,7 @@ pub async fn copy_tcp(
         result = tokio::io::copy_bidirectional_with_sizes(
             &mut client, &mut upstream, BUFFER_SIZE, BUFFER_SIZE) => result.map(|_| ()),
         () = activity.idle_for(idle_timeout) => Err(idle_error(idle_timeout)),
+        reason = stop => Err(io::Error::new(io::ErrorKind::ConnectionAborted, reason)),
     };
     let transferred = Transferred {
         sent: client.read,

@@ -90,6 +90,11 @@ pub trait Directory: Send + Sync + 'static {
     fn workload(&self, ip: IpAddr) -> Option<WorkloadInfo>;
     /// Whether policy allows an inbound connection.
     fn authorize(&self, connection: &InboundConnection<'_>) -> bool;
+    /// The `baggage` header value describing the workload at `ip` (sent on its outbound
+    /// `CONNECT`s and on `200` answers to its inbound ones), if known.
+    fn baggage(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
     /// Tells the balancer `address` refused a connection, so it is skipped for a while.
     fn report_refused(&self, _address: SocketAddr) {}
     /// Where a waypoint sends a connection it accepted for `original_destination`: straight to

@@ -13,6 +13,7 @@ use ztunnel_common::constants::{
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError, WorkloadInfo,
     access_log::ConnectionRecord,
+    connections::{Admission, TrackedConnection},
     forwarded::credited_source,
     metrics::{HandshakeSide, HboneClose, RefusalReason},
     observer::FailureKind,
@@ -115,6 +116,7 @@ impl ConnectHandler for InboundHandler {
             mutual_tls: true,
             via: Some(request.authority),
             started: Instant::now(),
+            peer_baggage: (!request.baggage.is_empty()).then(|| Box::new(request.baggage.clone())),
         };
         // Checked first: a claim naming another identity's workload says more (whose address
         // was borrowed) than that the claim is untrusted.
@@ -171,6 +173,14 @@ impl ConnectHandler for InboundHandler {
                 return;
             }
         };
+        // Tracked before the check: a state replaced from here on is checked against it too.
+        let tracked = self.context.connections.track(Admission {
+            source_identity: Some(request.peer.identity.clone()),
+            source: record.source,
+            destination: request.authority,
+            pod: self.pod.workload.clone(),
+            via_waypoint: false,
+        });
         let mut upstream = match self.admit(&request, record.source).await {
             Ok(upstream) => upstream,
             Err(Refusal {
@@ -199,12 +209,20 @@ impl ConnectHandler for InboundHandler {
             }
         };
         self.context.metrics.answered(StatusCode::OK);
-        let outcome = match answer.accept() {
+        let baggage = self.context.directory.baggage(request.authority.ip());
+        let outcome = match answer.accept_with_baggage(baggage.as_deref()) {
             Ok(tunnel) => {
                 let opened = self.context.opened(&record);
                 let (transferred, result) = tunnel
-                    .copy_with(&mut upstream, self.context.limits.idle_timeout)
+                    .copy_until(
+                        &mut upstream,
+                        self.context.limits.idle_timeout,
+                        tracked.revoked(),
+                    )
                     .await;
+                if revoked(&result, &tracked) {
+                    self.context.closed_by_policy(&record);
+                }
                 // For the record, "sent" is what the remote client sent (tunnel → application).
                 let transferred = Transferred {
                     sent: transferred.received,
@@ -336,4 +354,12 @@ impl InboundHandler {
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "upstream refused")
             })
     }
+}
+
+/// Whether a copy ended because a new mesh state refused the connection.
+pub(crate) fn revoked(result: &std::io::Result<()>, tracked: &TrackedConnection) -> bool {
+    result
+        .as_ref()
+        .is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionAborted)
+        && tracked.revocation().is_some()
 }

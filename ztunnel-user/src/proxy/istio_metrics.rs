@@ -45,10 +45,22 @@ impl IstioMetrics {
         });
         labels = match source_workload {
             Some(source) => labels.with_source(&source, record.source_identity.as_ref()),
-            None => labels.with_source_principal(record.source_identity.as_ref()),
+            // Not known here (e.g. it came through a gateway): what its baggage says.
+            None => match &record.peer_baggage {
+                Some(baggage) => {
+                    labels.with_source_baggage(baggage, record.source_identity.as_ref())
+                }
+                None => labels.with_source_principal(record.source_identity.as_ref()),
+            },
         };
-        if let Some(destination) = workload_at(record.destination) {
-            labels = labels.with_destination(&destination);
+        match (workload_at(record.destination), &record.peer_baggage) {
+            (Some(destination), _) => labels = labels.with_destination(&destination),
+            // Not known here (e.g. behind a gateway): what its 200's baggage says.
+            (None, Some(baggage)) if reporter == Reporter::Source => {
+                labels =
+                    labels.with_destination_baggage(baggage, record.destination_identity.as_ref());
+            }
+            (None, _) => {}
         }
         if let Some(service) = state.service_by_vip(record.destination) {
             labels = labels.with_service(&service);
@@ -91,6 +103,10 @@ impl ConnectionObserver for IstioMetrics {
 
     fn idle_timeout(&self, record: &ConnectionRecord) {
         self.metrics.idle_timeout(reporter(record));
+    }
+
+    fn closed_by_policy(&self, record: &ConnectionRecord) {
+        self.metrics.closed_by_policy(reporter(record));
     }
 
     fn opened(&self, record: &ConnectionRecord) -> Box<dyn OpenConnection> {

@@ -77,6 +77,9 @@ pub struct ProxyMetrics {
     pub endpoint_retries: AtomicU64,
     /// Established connections closed because no byte moved for the idle timeout.
     pub idle_timeouts: AtomicU64,
+    /// Established connections closed because a new mesh state (policy or workloads) refused
+    /// them (see [`super::connections`]).
+    pub policy_closures: AtomicU64,
     /// Connections refused before they were proxied, by reason.
     refusals: Mutex<BTreeMap<RefusalReason, u64>>,
     /// HBONE streams answered, by status code.

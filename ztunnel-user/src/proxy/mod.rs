@@ -10,11 +10,13 @@
 //!   and SIGTERM draining.
 //! - [`listeners`]: accept loops on ordinary listeners (tests, benchmarks, the in-pod ones).
 //! - [`limits`]: handshake and idle timeouts, and the cap on one pod's open connections.
+//! - [`connections`]: open inbound connections, closed when a new mesh state refuses them.
 //!
 //! Each entry point takes the shared [`ProxyContext`], the [`PodContext`] of the pod whose
 //! listener accepted the connection, and the accepted socket.
 
 pub mod access_log;
+pub mod connections;
 pub mod copy;
 pub mod directory;
 pub mod drain;
@@ -63,6 +65,8 @@ pub struct ProxyContext {
     pub observer: Arc<dyn ConnectionObserver>,
     /// Timeouts and per-pod caps.
     pub limits: ProxyLimits,
+    /// Open inbound connections, re-checked when the mesh state changes.
+    pub connections: Arc<connections::ConnectionManager>,
 }
 
 impl ProxyContext {
@@ -124,7 +128,31 @@ impl ProxyContext {
             drain,
             observer,
             limits,
+            connections: Arc::default(),
         })
+    }
+
+    /// Closes open inbound connections that the directory's state refuses, each time `changes`
+    /// reports a new state (see [`connections`]); runs until the task is dropped or the state's
+    /// sender is gone.
+    pub fn close_refused_on_change(
+        &self,
+        changes: tokio::sync::watch::Receiver<u64>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(connections::close_refused_on_change(
+            self.connections.clone(),
+            self.directory.clone(),
+            changes,
+        ))
+    }
+
+    /// An established connection was closed because a new mesh state refused it: counted here
+    /// and exported.
+    pub(crate) fn closed_by_policy(&self, record: &access_log::ConnectionRecord) {
+        self.metrics
+            .policy_closures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.observer.closed_by_policy(record);
     }
 
     /// A connection is established end to end; what is returned goes into its
@@ -179,6 +207,8 @@ pub struct PodContext {
     pub acceptor: TlsAcceptor,
     /// The pod's open outbound connections, against [`ProxyLimits::max_connections_per_pod`].
     pub connections: Arc<limits::ConnectionSlots>,
+    /// Keeps the pod's certificate renewed (and asked for) while the pod is served.
+    _certificate: crate::identity::store::CertificateLease,
 }
 
 impl PodContext {
@@ -189,11 +219,15 @@ impl PodContext {
         certificates: &Arc<CertificateStore>,
     ) -> Result<Arc<Self>, IdentityError> {
         let config = tls::server_config(certificates.clone(), workload.identity.clone())?;
+        // From Istio's CA the certificate is fetched in the background: ask for it now, and
+        // keep it renewed while this pod is served.
+        let certificate = certificates.lease(&workload.identity);
         Ok(Arc::new(Self {
             workload,
             sockets,
             acceptor: TlsAcceptor::from(config),
             connections: Arc::default(),
+            _certificate: certificate,
         }))
     }
 

@@ -43,6 +43,8 @@ pub trait ConnectionObserver: Send + Sync + 'static {
     fn hbone_closed(&self, _side: HandshakeSide, _reason: HboneClose) {}
     /// An established connection was closed because it was idle.
     fn idle_timeout(&self, _record: &ConnectionRecord) {}
+    /// An established connection was closed because a new mesh state refused it.
+    fn closed_by_policy(&self, _record: &ConnectionRecord) {}
 }
 
 /// What an observer keeps of one open connection, from [`ConnectionObserver::opened`].

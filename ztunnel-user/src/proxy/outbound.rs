@@ -50,6 +50,7 @@ pub async fn handle(
         mutual_tls: false,
         via: None,
         started: Instant::now(),
+        peer_baggage: None,
     };
     let outcome = match route {
         OutboundRoute::Hbone {
@@ -62,9 +63,11 @@ pub async fn handle(
                 authority,
                 expected,
             };
+            let baggage = context.directory.baggage(source.ip());
             let tunnel_source = TunnelSource {
                 identity: &pod.workload.identity,
                 forwarded_for: source,
+                baggage: baggage.as_deref(),
                 sockets: &*pod.sockets,
             };
             let reroute = || {
@@ -78,6 +81,10 @@ pub async fn handle(
             record.destination_identity = hop.expected.first().cloned();
             match tunnel {
                 Ok(tunnel) => {
+                    let answered = tunnel.peer_baggage();
+                    if !answered.is_empty() {
+                        record.peer_baggage = Some(Box::new(answered.clone()));
+                    }
                     let opened = context.opened(&record);
                     let (transferred, result) = tunnel
                         .copy_with(&mut client, context.limits.idle_timeout)

@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError,
     access_log::ConnectionRecord,
+    connections::Admission,
     copy,
     observer::FailureKind,
     outbound::{Outcome, finish},
@@ -45,7 +46,16 @@ pub async fn handle_to(
         mutual_tls: false,
         via: Some(destination),
         started: Instant::now(),
+        peer_baggage: None,
     };
+    // Tracked before the check: a state replaced from here on is checked against it too.
+    let tracked = context.connections.track(Admission {
+        source_identity: None,
+        source,
+        destination,
+        pod: pod.workload.clone(),
+        via_waypoint: false,
+    });
     let workload = context
         .directory
         .workload(destination.ip())
@@ -69,8 +79,16 @@ pub async fn handle_to(
         match upstream::connect_from(&*pod.sockets, Some(source.ip()), destination).await {
             Ok(mut upstream) => {
                 let opened = context.opened(&record);
-                let (transferred, result) =
-                    copy::copy_tcp(&mut client, &mut upstream, context.limits.idle_timeout).await;
+                let (transferred, result) = copy::copy_tcp_until(
+                    &mut client,
+                    &mut upstream,
+                    context.limits.idle_timeout,
+                    tracked.revoked(),
+                )
+                .await;
+                if super::inbound::revoked(&result, &tracked) {
+                    context.closed_by_policy(&record);
+                }
                 Outcome::Closed(
                     opened,
                     transferred,

@@ -37,6 +37,8 @@ pub struct TunnelSource<'a> {
     pub identity: &'a SpiffeId,
     /// The original client, sent as `forwarded: for=`.
     pub forwarded_for: SocketAddr,
+    /// The source workload's `baggage` header value, if any.
+    pub baggage: Option<&'a str>,
     /// Makes the TCP socket.
     pub sockets: &'a dyn SocketFactory,
 }
@@ -70,6 +72,7 @@ pub async fn open_tunnel(
             hbone_address: hop.hbone_address,
             authority: hop.authority,
             forwarded_for: source.forwarded_for,
+            baggage: source.baggage,
             sockets: source.sockets,
         };
         let error = match context.pool.connect(request).await {

@@ -11,6 +11,7 @@ use ztunnel_common::constants::HBONE_PORT;
 use super::{Directory, InboundConnection, OutboundRoute, WorkloadInfo};
 use crate::{
     authz::{Authorizer, ConnectionAttributes},
+    hbone::baggage::Baggage,
     identity::SpiffeId,
     state::{GatewayAddress, Protocol, Service, State, StateHandle, Workload},
 };
@@ -104,6 +105,12 @@ impl Directory for StateDirectory {
             .is_allowed()
     }
 
+    fn baggage(&self, ip: IpAddr) -> Option<String> {
+        let workload = self.state.snapshot().workload_by_ip(ip)?;
+        let value = workload_baggage(&workload).header_value(&workload.workload_type);
+        (!value.is_empty()).then_some(value)
+    }
+
     fn report_refused(&self, address: SocketAddr) {
         self.state.mark_refused(address);
     }
@@ -143,6 +150,25 @@ impl Directory for StateDirectory {
                     .filter_map(|service| service.waypoint.clone()),
             )
             .any(|gateway| state.waypoint_identities(&gateway).contains(identity))
+    }
+}
+
+/// What a workload's `baggage` header says about it (Istio's ztunnel: cluster, namespace,
+/// owning workload, canonical service and revision, region, zone).
+pub fn workload_baggage(workload: &Workload) -> Baggage {
+    let known = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+    Baggage {
+        cluster_id: known(&workload.cluster_id),
+        namespace: known(&workload.namespace),
+        workload_name: known(if workload.workload_name.is_empty() {
+            &workload.name
+        } else {
+            &workload.workload_name
+        }),
+        service_name: known(&workload.canonical_name),
+        revision: known(&workload.canonical_revision),
+        region: known(&workload.locality.region),
+        zone: known(&workload.locality.zone),
     }
 }
 

@@ -491,6 +491,8 @@ impl State {
 pub struct StateHandle {
     current: Arc<ArcSwap<State>>,
     balancer: Arc<EndpointBalancer>,
+    /// How many times the state was replaced: what [`StateHandle::changes`] watches.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for StateHandle {
@@ -506,7 +508,14 @@ impl StateHandle {
         Self {
             current: Arc::new(ArcSwap::from_pointee(state)),
             balancer,
+            generation: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Wakes after every [`replace`](Self::replace) (the value counts replacements), so that
+    /// whoever acts on open connections (see `proxy::connections`) re-checks them.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The state in force now; hold it for the duration of one decision, not longer.
@@ -518,6 +527,7 @@ impl StateHandle {
     pub fn replace(&self, mut state: State) {
         state.balancer = self.balancer.clone();
         self.current.store(Arc::new(state));
+        self.generation.send_modify(|generation| *generation += 1);
     }
 
     /// Records that `address` refused a connection (see [`State::mark_refused`]).

@@ -14,8 +14,9 @@ use crate::{
     },
     identity::SpiffeId,
     proxy::{
-        InboundConnection, OutboundRoute, ProxyContext, ProxyError,
+        InboundConnection, OutboundRoute, ProxyContext, ProxyError, WorkloadInfo,
         access_log::ConnectionRecord,
+        connections::Admission,
         forwarded::credited_source,
         metrics::{HandshakeSide, HboneClose, RefusalReason},
         observer::FailureKind,
@@ -161,6 +162,7 @@ impl ConnectHandler for WaypointHandler {
             mutual_tls: true,
             via: None,
             started: Instant::now(),
+            peer_baggage: None,
         };
         // Policy at the waypoint sees the client's own address, never one it merely asserted.
         let directory = &self.context.directory;
@@ -184,9 +186,25 @@ impl ConnectHandler for WaypointHandler {
             Err((status, why)) => return self.refuse(&record, answer, status, why),
         };
         record.destination_identity = Some(destination_identity);
+        // Tracked from here, then checked once more: a state replaced since `admit` is not missed.
+        let tracked = self.context.connections.track(Admission {
+            source_identity: Some(request.peer.identity.clone()),
+            source,
+            destination: hop.authority,
+            pod: self
+                .context
+                .directory
+                .workload(hop.authority.ip())
+                .unwrap_or_else(|| WorkloadInfo::new(self.identity.clone(), hop.authority.ip())),
+            via_waypoint: true,
+        });
+        if let Some(why) = tracked.admission().refusal(&*self.context.directory) {
+            return self.refuse(&record, answer, StatusCode::UNAUTHORIZED, why.to_owned());
+        }
         let tunnel_source = TunnelSource {
             identity: &self.identity,
             forwarded_for: source,
+            baggage: None,
             sockets: &HostSocketFactory,
         };
         let reroute = || {
@@ -213,7 +231,11 @@ impl ConnectHandler for WaypointHandler {
         let outcome = match answer.accept() {
             Ok(downstream) => {
                 let opened = self.context.opened(&record);
-                let (transferred, result) = downstream.splice(onward).await;
+                let (transferred, result) =
+                    downstream.splice_until(onward, tracked.revoked()).await;
+                if crate::proxy::inbound::revoked(&result, &tracked) {
+                    self.context.closed_by_policy(&record);
+                }
                 Outcome::Closed(
                     opened,
                     transferred,

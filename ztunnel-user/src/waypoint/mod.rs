@@ -118,14 +118,23 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
     let reload = reloader.subscribe();
     tokio::spawn(reloader.run(Duration::from_millis(args.config_poll_ms.max(1))));
 
-    let certificates = certificates::store(&args.identity)?;
+    let certificates =
+        certificates::store(&args.identity, &certificates::CaAuthentication::default())?;
+    let _ca_renewal = crate::identity::ca_renewal::spawn(certificates.clone());
     let identity = SpiffeId::new(
         certificates.trust_domain(),
         &args.namespace,
         &args.service_account,
     );
-    // Issued (or read) now, so that a waypoint without a usable certificate fails at start.
-    certificates.certificate(&identity)?;
+    // Issued (or read) now, so that a waypoint without a usable certificate fails at start;
+    // from Istio's CA, awaited (the CA may be down for a while).
+    // The waypoint's own certificate is needed for as long as it runs.
+    let _certificate_lease = certificates.lease(&identity);
+    if args.identity.istio_ca.ca_address.is_some() {
+        certificates::first_certificates(&certificates, std::slice::from_ref(&identity)).await;
+    } else {
+        certificates.certificate(&identity)?;
+    }
     let _refresh = certificates.clone().spawn_refresh(Duration::from_secs(
         args.identity.cert_refresh_seconds.max(1),
     ));
@@ -145,6 +154,8 @@ async fn run_async(args: WaypointArgs) -> Result<(), WaypointError> {
         Arc::new(IstioMetrics::new(metrics.clone(), state.clone())),
         limits,
     );
+    // A reload that refuses open connections closes them.
+    let _policy_watch = context.close_refused_on_change(state.changes());
     let listener = TcpListener::bind(args.hbone_address)
         .await
         .map_err(|source| WaypointError::Bind {

@@ -42,6 +42,7 @@ fn a_connection_closes_under_the_labels_it_opened_with_though_its_workload_left_
         mutual_tls: true,
         via: None,
         started: Instant::now(),
+        peer_baggage: None,
     };
 
     let open = observer.opened(&record);
@@ -75,4 +76,73 @@ fn a_connection_closes_under_the_labels_it_opened_with_though_its_workload_left_
     // Istio's convention: received is the request direction, what the client sent.
     assert_eq!(received[0].1, "7");
     assert_eq!(sent[0].1, "5");
+}
+
+#[test]
+fn peers_this_node_cannot_look_up_are_labelled_from_their_baggage() {
+    let metrics = Metrics::new();
+    let observer = IstioMetrics::new(metrics.clone(), StateHandle::new(state(MESH)));
+    let baggage = crate::hbone::baggage::Baggage::parse([
+        "k8s.cluster.name=remote,k8s.namespace.name=far,k8s.deployment.name=api,service.name=api-app,service.version=v3",
+    ]);
+    let peer = crate::identity::SpiffeId::new("cluster.local", "far", "api");
+    // Outbound to an address this node does not know: the 200's baggage names the destination.
+    let outbound = || ConnectionRecord {
+        direction: "outbound",
+        source: "198.18.1.10:40000".parse().unwrap(),
+        destination: "198.18.99.1:8080".parse().unwrap(),
+        source_identity: None,
+        destination_identity: Some(peer.clone()),
+        mutual_tls: true,
+        via: None,
+        started: Instant::now(),
+        peer_baggage: Some(Box::new(baggage.clone())),
+    };
+    // Inbound from an address this node does not know: the CONNECT's baggage names the source.
+    let inbound = ConnectionRecord {
+        direction: "inbound",
+        source: "198.18.99.1:40000".parse().unwrap(),
+        destination: "198.18.2.11:8080".parse().unwrap(),
+        source_identity: Some(peer.clone()),
+        destination_identity: None,
+        ..outbound()
+    };
+    drop(observer.opened(&inbound));
+    drop(observer.opened(&outbound()));
+
+    let text = metrics.encode().unwrap();
+    let opened = series(&text, "istio_tcp_connections_opened_total");
+    let by_reporter = |reporter: &str| {
+        opened
+            .iter()
+            .find(|(labels, _)| labels.contains(&format!("reporter=\"{reporter}\"")))
+            .map(|(labels, _)| labels.clone())
+            .unwrap_or_default()
+    };
+    let (source_side, destination_side) = (by_reporter("source"), by_reporter("destination"));
+    println!("source reporter: {source_side}\ndestination reporter: {destination_side}");
+    for expected in [
+        "destination_workload=\"api\"",
+        "destination_canonical_service=\"api-app\"",
+        "destination_canonical_revision=\"v3\"",
+        "destination_workload_namespace=\"far\"",
+        "destination_cluster=\"remote\"",
+        "destination_principal=\"spiffe://cluster.local/ns/far/sa/api\"",
+    ] {
+        assert!(
+            source_side.contains(expected),
+            "{expected} in {source_side}"
+        );
+    }
+    for expected in [
+        "source_workload=\"api\"",
+        "source_canonical_service=\"api-app\"",
+        "source_workload_namespace=\"far\"",
+        "source_cluster=\"remote\"",
+    ] {
+        assert!(
+            destination_side.contains(expected),
+            "{expected} in {destination_side}"
+        );
+    }
 }
