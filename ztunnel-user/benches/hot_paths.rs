@@ -215,7 +215,7 @@ fn hbone_stream_open(c: &mut Criterion) {
 fn connection_metrics(c: &mut Criterion) {
     let observer = IstioMetrics::new(Metrics::new(), StateHandle::new(thousand_workloads()));
     let record = ConnectionRecord {
-        direction: "outbound",
+        direction: ztunnel::proxy::access_log::Direction::Outbound,
         source: SocketAddr::new(workload_ip(1), 40000),
         destination: SocketAddr::new(workload_ip(777), 8080),
         source_identity: None,

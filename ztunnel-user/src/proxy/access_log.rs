@@ -7,11 +7,36 @@ use crate::{hbone::Transferred, identity::SpiffeId};
 /// The tracing target of access-log lines.
 pub const TARGET: &str = "ztunnel::access";
 
+/// Which of the proxy's paths carried a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A pod's own connection, captured on 15001.
+    Outbound,
+    /// HBONE to a pod, on 15008.
+    Inbound,
+    /// Plaintext to a pod, captured on 15006.
+    Passthrough,
+    /// Relayed by `ztunnel waypoint`.
+    Waypoint,
+}
+
+impl Direction {
+    /// The word in the access log's `direction` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+            Self::Passthrough => "passthrough",
+            Self::Waypoint => "waypoint",
+        }
+    }
+}
+
 /// What the access log says about one connection.
 #[derive(Debug)]
 pub struct ConnectionRecord {
-    /// `outbound`, `inbound`, `passthrough` or `waypoint`.
-    pub direction: &'static str,
+    /// Which path carried it.
+    pub direction: Direction,
     /// Original source.
     pub source: SocketAddr,
     /// Original destination.
@@ -36,7 +61,7 @@ impl ConnectionRecord {
     pub fn log(&self, transferred: Transferred, reason: &str) {
         tracing::info!(
             target: TARGET,
-            direction = self.direction,
+            direction = self.direction.as_str(),
             src = %self.source,
             dst = %self.destination,
             src_identity = %display_or_dash(self.source_identity.as_ref()),

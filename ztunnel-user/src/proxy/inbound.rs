@@ -12,7 +12,7 @@ use ztunnel_common::constants::{
 
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError, WorkloadInfo,
-    access_log::ConnectionRecord,
+    access_log::{ConnectionRecord, Direction},
     connections::{Admission, TrackedConnection},
     forwarded::credited_source,
     metrics::{HandshakeSide, HboneClose, RefusalReason},
@@ -108,7 +108,7 @@ impl ConnectHandler for InboundHandler {
     async fn handle(&self, request: HboneRequest, answer: Answer) {
         let _guard = self.context.drain.track();
         let mut record = ConnectionRecord {
-            direction: "inbound",
+            direction: Direction::Inbound,
             source: request.peer.address,
             destination: request.authority,
             source_identity: Some(request.peer.identity.clone()),

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{
-    access_log::ConnectionRecord,
+    access_log::{ConnectionRecord, Direction},
     metrics::{HandshakeSide, HboneClose, RefusalReason},
     observer::{ConnectionObserver, FailureKind, OpenConnection},
 };
@@ -83,9 +83,9 @@ impl OpenConnection for OpenConnectionCounters {
 
 fn reporter(record: &ConnectionRecord) -> Reporter {
     match record.direction {
-        "outbound" => Reporter::Source,
-        crate::waypoint::DIRECTION => Reporter::Waypoint,
-        _ => Reporter::Destination,
+        Direction::Outbound => Reporter::Source,
+        Direction::Waypoint => Reporter::Waypoint,
+        Direction::Inbound | Direction::Passthrough => Reporter::Destination,
     }
 }
 

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::{
     OutboundRoute, PodContext, ProxyContext, ProxyError,
-    access_log::ConnectionRecord,
+    access_log::{ConnectionRecord, Direction},
     copy,
     metrics::{HandshakeSide, RefusalReason},
     observer::{FailureKind, OpenConnection},
@@ -42,7 +42,7 @@ pub async fn handle(
         .directory
         .route_outbound(&pod.workload, original_destination);
     let mut record = ConnectionRecord {
-        direction: "outbound",
+        direction: Direction::Outbound,
         source,
         destination: original_destination,
         source_identity: Some(pod.workload.identity.clone()),

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use super::{
     InboundConnection, PodContext, ProxyContext, ProxyError,
-    access_log::ConnectionRecord,
+    access_log::{ConnectionRecord, Direction},
     connections::Admission,
     copy,
     observer::FailureKind,
@@ -38,7 +38,7 @@ pub async fn handle_to(
     let _guard = context.drain.track();
     let source = client.peer_addr().map_err(ProxyError::Socket)?;
     let record = ConnectionRecord {
-        direction: "passthrough",
+        direction: Direction::Passthrough,
         source,
         destination,
         source_identity: None,

@@ -15,7 +15,7 @@ use crate::{
     identity::SpiffeId,
     proxy::{
         InboundConnection, OutboundRoute, ProxyContext, ProxyError, WorkloadInfo,
-        access_log::ConnectionRecord,
+        access_log::{ConnectionRecord, Direction},
         connections::Admission,
         forwarded::credited_source,
         metrics::{HandshakeSide, HboneClose, RefusalReason},
@@ -25,9 +25,6 @@ use crate::{
     },
     socket::HostSocketFactory,
 };
-
-/// The access-log `direction` (and metrics reporter) of connections a waypoint proxies.
-pub const DIRECTION: &str = "waypoint";
 
 /// Answers the `CONNECT` streams a waypoint accepts.
 pub struct WaypointHandler {
@@ -154,7 +151,7 @@ impl ConnectHandler for WaypointHandler {
     async fn handle(&self, request: HboneRequest, answer: Answer) {
         let _guard = self.context.drain.track();
         let mut record = ConnectionRecord {
-            direction: DIRECTION,
+            direction: Direction::Waypoint,
             source: request.peer.address,
             destination: request.authority,
             source_identity: Some(request.peer.identity.clone()),

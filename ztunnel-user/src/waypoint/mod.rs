@@ -23,7 +23,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use ztunnel_common::constants::HBONE_PORT;
 
-pub use handler::{DIRECTION, WaypointHandler};
+pub use handler::WaypointHandler;
 
 use crate::{
     admin::{AdminArgs, AdminError, AdminServers, AdminSources, Readiness, metrics::Metrics},

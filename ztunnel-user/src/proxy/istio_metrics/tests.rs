@@ -34,7 +34,7 @@ fn a_connection_closes_under_the_labels_it_opened_with_though_its_workload_left_
     let metrics = Metrics::new();
     let observer = IstioMetrics::new(metrics.clone(), handle.clone());
     let record = ConnectionRecord {
-        direction: "outbound",
+        direction: Direction::Outbound,
         source: "198.18.1.10:40000".parse().unwrap(),
         destination: "198.18.2.11:8080".parse().unwrap(),
         source_identity: None,
@@ -88,7 +88,7 @@ fn peers_this_node_cannot_look_up_are_labelled_from_their_baggage() {
     let peer = crate::identity::SpiffeId::new("cluster.local", "far", "api");
     // Outbound to an address this node does not know: the 200's baggage names the destination.
     let outbound = || ConnectionRecord {
-        direction: "outbound",
+        direction: Direction::Outbound,
         source: "198.18.1.10:40000".parse().unwrap(),
         destination: "198.18.99.1:8080".parse().unwrap(),
         source_identity: None,
@@ -100,7 +100,7 @@ fn peers_this_node_cannot_look_up_are_labelled_from_their_baggage() {
     };
     // Inbound from an address this node does not know: the CONNECT's baggage names the source.
     let inbound = ConnectionRecord {
-        direction: "inbound",
+        direction: Direction::Inbound,
         source: "198.18.99.1:40000".parse().unwrap(),
         destination: "198.18.2.11:8080".parse().unwrap(),
         source_identity: Some(peer.clone()),
