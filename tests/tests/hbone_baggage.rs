@@ -16,7 +16,7 @@ use ztunnel::{
         Directory, Drain, PodContext, ProxyContext, listeners,
         state_directory::{StateDirectory, workload_info},
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
     state::{State, StateHandle},
 };
 use ztunnel_common::constants::HBONE_PORT;
@@ -104,7 +104,9 @@ async fn connect_and_200_carry_each_sides_baggage_and_metrics_use_the_sources() 
             authority: app_address,
             forwarded_for: unknown_source,
             baggage: Some(&sent),
-            sockets: &HostSocketFactory,
+            // The tunnel leaves from the unknown source's own address: a destination believes
+            // `forwarded` only from a waypoint.
+            sockets: &PodAddressSockets(unknown_source.ip()),
         }),
     )
     .await

@@ -17,7 +17,7 @@ use ztunnel::{
         Drain, PodContext, ProxyContext, listeners,
         state_directory::{StateDirectory, workload_info},
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
     state::{State, StateHandle},
 };
 use ztunnel_common::constants::HBONE_PORT;
@@ -82,8 +82,14 @@ async fn a_deny_applied_mid_connection_closes_it_and_refuses_the_next() {
                 .expect("workload"),
         )
     };
-    let client = PodContext::new(workload("127.0.92.1"), Arc::new(HostSocketFactory), &store)
-        .expect("client pod");
+    // The client's tunnels leave from its own address, as from a real pod's netns.
+    let client_ip = "127.0.92.1".parse().expect("ip");
+    let client = PodContext::new(
+        workload("127.0.92.1"),
+        Arc::new(PodAddressSockets(client_ip)),
+        &store,
+    )
+    .expect("client pod");
     let server = PodContext::new(workload("127.0.92.2"), Arc::new(HostSocketFactory), &store)
         .expect("server pod");
     let hbone = TcpListener::bind(("127.0.92.2", HBONE_PORT))

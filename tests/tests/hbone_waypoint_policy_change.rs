@@ -23,7 +23,7 @@ use ztunnel::{
         Drain, PodContext, ProxyContext, listeners,
         state_directory::{StateDirectory, workload_info},
     },
-    socket::HostSocketFactory,
+    socket::{HostSocketFactory, PodAddressSockets},
     state::{State, StateHandle},
     waypoint::WaypointHandler,
 };
@@ -89,8 +89,14 @@ async fn a_deny_closes_a_connection_held_by_the_waypoint() {
                 .expect("workload"),
         )
     };
-    let sleep = PodContext::new(workload("127.0.98.1"), Arc::new(HostSocketFactory), &store)
-        .expect("sleep");
+    // sleep's tunnels leave from its own address, as from a real pod's netns.
+    let sleep_ip = "127.0.98.1".parse().expect("ip");
+    let sleep = PodContext::new(
+        workload("127.0.98.1"),
+        Arc::new(PodAddressSockets(sleep_ip)),
+        &store,
+    )
+    .expect("sleep");
     let echo =
         PodContext::new(workload("127.0.98.2"), Arc::new(HostSocketFactory), &store).expect("echo");
     let echo_hbone = TcpListener::bind(("127.0.98.2", HBONE_PORT))
