@@ -42,7 +42,7 @@ enum Command {
     /// The proxy alone: serve the pods a capture agent hands over on its ZDS socket.
     Proxy(Box<ztunnel::app::ProxyCommandArgs>),
     /// Run an L4 waypoint: HBONE in, the destination's policy, HBONE out with its own identity.
-    Waypoint(ztunnel::waypoint::WaypointArgs),
+    Waypoint(Box<ztunnel::waypoint::WaypointArgs>),
     /// Enroll a pod: capture its TCP (maps, TC link in its netns, durable record).
     Enroll(EnrollArgs),
     /// Unenroll a pod by netns path or by namespace and name.
@@ -234,7 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ztunnel::app::memory::keep_freed_memory_for_reuse();
             ztunnel::app::proxy::run(*args)?
         }
-        Command::Waypoint(args) => ztunnel::waypoint::run(args)?,
+        Command::Waypoint(args) => ztunnel::waypoint::run(*args)?,
         Command::Enroll(args) => {
             let layout = PinLayout::new(args.paths.bpffs_root);
             let mut programs = LoadedPrograms::load(&layout)?;
