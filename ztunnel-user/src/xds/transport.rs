@@ -2,7 +2,7 @@
 //! headers Istio's ztunnel sends with every stream (the projected service-account token as a
 //! bearer token, and the cluster id).
 
-use std::{path::Path, sync::Arc};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
@@ -57,6 +57,12 @@ impl ControlPlaneAddress {
 
 /// istiod's TLS xDS port.
 pub const DEFAULT_PORT: u16 = 15012;
+/// How long a connection attempt to the control plane may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an HTTP/2 ping checks that the control plane is still there.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the stream is dropped (and reconnected).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS configuration trusting only the roots in `root_cert` (PEM).
 pub fn tls_config(root_cert: &Path) -> Result<Arc<ClientConfig>, XdsError> {
@@ -122,7 +128,12 @@ pub async fn connect(
             address: address.text.clone(),
             why: error.to_string(),
         })?
-        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A control plane that vanished without closing (its node gone) is noticed by HTTP/2
+        // pings, not only when TCP gives up minutes later.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await
         .map_err(|error| XdsError::Connect {
