@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::command::strip_ansi;
+
 /// One access-log line (`ztunnel::access`, one per closed connection).
 #[derive(Debug, Clone)]
 pub struct AccessRecord {
@@ -62,23 +64,6 @@ fn key_values(line: &str) -> BTreeMap<String, String> {
         rest = remainder;
     }
     fields
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `spiffe://cluster.local/ns/default/sa/client` → `default/client`.

@@ -6,6 +6,8 @@
 //! together at the end. Failing tests' output, every `test … ok|FAILED|ignored` line and
 //! cargo's own `test result:` lines pass through.
 
+use crate::command::strip_ansi;
+
 /// Where in libtest's output a line is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Section {
@@ -92,23 +94,6 @@ fn parse_result(line: &str) -> Option<Totals> {
         failed: count(" failed")?,
         ignored: count(" ignored")?,
     })
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
