@@ -64,7 +64,7 @@ const HANDSHAKE_TIMEOUT_MS: u64 = 1000;
 const CASE_DEADLINE: Duration = Duration::from_secs(30);
 /// A generous memory bound: no case may grow the daemon's RSS by more than this.
 const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
-/// HTTP/2 settings the server advertises (DESIGN §5).
+/// HTTP/2 settings the server advertises (docs/architecture.md, "HBONE on the wire").
 const SERVER_MAX_CONCURRENT_STREAMS: usize = 200;
 
 #[test]

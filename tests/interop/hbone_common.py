@@ -1,7 +1,7 @@
 """Shared pieces of the HBONE interop scripts: TLS contexts and certificate SANs.
 
 These scripts are an independent HBONE implementation (Python's ssl module and the `h2`
-package) used to prove our ztunnel speaks the wire format of DESIGN section 5.
+package) used to prove our ztunnel speaks the wire format in docs/architecture.md ("HBONE on the wire").
 """
 
 import json

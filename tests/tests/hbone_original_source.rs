@@ -96,7 +96,7 @@ impl Pods {
                 dev,
             ]);
         }
-        // DESIGN §3 lead (2): the application's accepted socket inherits the SYN's mark
+        // The return path (docs/architecture.md, "Following a connection"): the application's accepted socket inherits the SYN's mark
         // (tcp_fwmark_accept), and that mark routes its replies to the local table, i.e. back to
         // ztunnel's transparent socket instead of out of the pod.
         run(&[

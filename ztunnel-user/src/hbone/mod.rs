@@ -1,4 +1,4 @@
-//! HBONE: HTTP/2 `CONNECT` streams over mutual TLS on port 15008 (DESIGN §5).
+//! HBONE: HTTP/2 `CONNECT` streams over mutual TLS on port 15008 (docs/architecture.md, "HBONE on the wire").
 //!
 //! - [`server`]: accepts a TLS connection, serves its `CONNECT` streams and lets a handler answer
 //!   each one (`200` then raw bytes, or `400`/`401`/`503`).
@@ -29,15 +29,15 @@ pub use stream::{H2Stream, Transferred};
 
 use crate::identity::IdentityError;
 
-/// HTTP/2 stream flow-control window (DESIGN §5).
+/// HTTP/2 stream flow-control window (docs/architecture.md, "HBONE on the wire").
 pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-/// HTTP/2 connection flow-control window (DESIGN §5).
+/// HTTP/2 connection flow-control window (docs/architecture.md, "HBONE on the wire").
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// HTTP/2 maximum frame size (DESIGN §5).
+/// HTTP/2 maximum frame size (docs/architecture.md, "HBONE on the wire").
 pub const MAX_FRAME_SIZE: u32 = 1024 * 1024;
-/// Streams a server accepts on one connection (DESIGN §5).
+/// Streams a server accepts on one connection (docs/architecture.md, "HBONE on the wire").
 pub const SERVER_MAX_CONCURRENT_STREAMS: u32 = 200;
-/// Streams a client puts on one pooled connection before it opens another (DESIGN §5).
+/// Streams a client puts on one pooled connection before it opens another (docs/architecture.md, "HBONE on the wire").
 pub const CLIENT_STREAMS_PER_CONNECTION: usize = 100;
 /// How long the TCP connect to an HBONE server may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -1,7 +1,7 @@
 //! The HBONE client: pooled TLS+h2 connections and one `CONNECT` stream per tunnel.
 //!
 //! Connections are pooled per (source identity, destination identities, destination address)
-//! as DESIGN §5 says; a connection carries at most [`CLIENT_STREAMS_PER_CONNECTION`] open
+//! as docs/architecture.md ("HBONE on the wire") says; a connection carries at most [`CLIENT_STREAMS_PER_CONNECTION`] open
 //! tunnels, past that a new one is opened. A connection made with a certificate that has since
 //! been rotated keeps its open tunnels but gets no new ones, so new tunnels use the new
 //! certificate; so does a connection whose server sent `GOAWAY` (it is draining). A connection

@@ -1,4 +1,4 @@
-//! The TLS configurations of HBONE (DESIGN §5): TLS 1.3 only, ALPN `h2`, no SNI, client
+//! The TLS configurations of HBONE (docs/architecture.md, "HBONE on the wire"): TLS 1.3 only, ALPN `h2`, no SNI, client
 //! certificate required, identities checked by [`super::verify`].
 
 use std::sync::{Arc, OnceLock};
