@@ -160,11 +160,19 @@ fn a_restarted_node_is_ready_only_once_its_pods_have_certificates() -> anyhow::R
         Duration::from_secs(30),
         || readiness(&pods, 2).filter(|answer| answer.contains("Istio's CA")),
     );
-    let refused = ca
-        .requests()
-        .iter()
-        .filter(|request| request.outcome.is_err())
-        .count();
+    // Readiness can answer before the node's first request has reached the CA: wait for it.
+    let refused_requests = || {
+        ca.requests()
+            .iter()
+            .filter(|request| request.outcome.is_err())
+            .count()
+    };
+    let refused = wait_until(
+        "the restarted node to ask the failing CA",
+        Duration::from_secs(30),
+        || Some(refused_requests()).filter(|refused| *refused > 0),
+    )
+    .unwrap_or(0);
     ca.set_failing(false);
     let after = wait_until(
         "node 2 to be ready once the CA answers",
