@@ -60,21 +60,7 @@ impl CertificateAuthority {
             detail: error.to_string(),
         };
         let key = KeyPair::generate().map_err(fail)?;
-        let mut params = CertificateParams::default();
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, trust_domain);
-        name.push(DnType::CommonName, "ztunnel root CA");
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = SystemTime::now();
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ROOT_LIFETIME).into();
-        params.serial_number = Some(new_serial()?);
+        let params = ca_params(trust_domain, "ztunnel root CA")?;
         let root = params.self_signed(&key).map_err(fail)?;
         Ok(Self {
             root_pem: root.pem(),
@@ -92,21 +78,7 @@ impl CertificateAuthority {
             detail: error.to_string(),
         };
         let key = KeyPair::generate().map_err(fail)?;
-        let mut params = CertificateParams::default();
-        let mut subject = DistinguishedName::new();
-        subject.push(DnType::OrganizationName, name);
-        subject.push(DnType::CommonName, format!("{name} intermediate CA"));
-        params.distinguished_name = subject;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = SystemTime::now();
-        params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + ROOT_LIFETIME).into();
-        params.serial_number = Some(new_serial()?);
+        let params = ca_params(name, &format!("{name} intermediate CA"))?;
         let certificate = params.signed_by(&key, &self.issuer).map_err(fail)?;
         let mut intermediates_pem = vec![certificate.pem()];
         intermediates_pem.extend(self.intermediates_pem.iter().cloned());
@@ -424,6 +396,28 @@ fn new_serial() -> Result<SerialNumber, IdentityError> {
 
 fn to_pem(der: &CertificateDer<'_>) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref()))
+}
+
+/// The parameters of a CA certificate (root or intermediate) named `organization` /
+/// `common_name`: may sign certificates and CRLs, valid from a little before now for the root's
+/// lifetime, with a fresh random serial.
+fn ca_params(organization: &str, common_name: &str) -> Result<CertificateParams, IdentityError> {
+    let mut params = CertificateParams::default();
+    let mut subject = DistinguishedName::new();
+    subject.push(DnType::OrganizationName, organization);
+    subject.push(DnType::CommonName, common_name);
+    params.distinguished_name = subject;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = SystemTime::now();
+    params.not_before = (now - CLOCK_SKEW).into();
+    params.not_after = (now + ROOT_LIFETIME).into();
+    params.serial_number = Some(new_serial()?);
+    Ok(params)
 }
 
 #[cfg(test)]
